@@ -1,0 +1,349 @@
+"""Command line: the BIDS-Apps interface, ``bids_parcellate BIDS_DIR OUTPUT_DIR LEVEL``.
+
+Parses arguments into one validated, frozen :class:`~bids_parcellate.config.Config`,
+sets up logging (stderr, plus a log file under ``OUTPUT_DIR/logs/`` once the inputs are
+known to be usable) and runs the requested analysis levels.
+
+Exit codes: 0 success; 1 bad input or some participants failed; 2 usage error;
+3 internal error (a bug: rerun with ``-v`` for the traceback and report it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bids_parcellate import __version__
+from bids_parcellate.config import (
+    DENOISE_STRATEGIES,
+    METHODS,
+    STANDARDIZE_CHOICES,
+    Config,
+    UserError,
+    check_label,
+)
+
+LOGGER = logging.getLogger("bids_parcellate")
+PROG = "bids_parcellate"
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to generate the Boutiques descriptor and docs)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Data-driven brain parcellations from fMRIPrep derivatives "
+                    "(a BIDS-App).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Quick demo: bids_parcellate --demo OUT. Outputs: see docs/outputs.md.",
+    )
+    parser.add_argument("bids_dir", type=Path,
+                        help="fMRIPrep derivatives dataset, or a raw BIDS dataset whose "
+                             "derivatives are under derivatives/ or given with --derivatives")
+    parser.add_argument("output_dir", type=Path, help="where the outputs are written")
+    parser.add_argument("analysis_level", nargs="+", choices=["participant", "group"],
+                        help="'participant', 'group', or both in that order")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more output: -v debug messages and tracebacks, -vv also "
+                             "from pybids and nilearn")
+
+    sel = parser.add_argument_group("selection of inputs")
+    sel.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
+                     metavar="LABEL", help="participants to process (with or without sub-)")
+    sel.add_argument("--session-label", nargs="+", default=[], metavar="LABEL",
+                     help="sessions to process (with or without ses-)")
+    sel.add_argument("--task", nargs="+", default=[], metavar="LABEL", help="tasks")
+    sel.add_argument("--run", nargs="+", default=[], metavar="INDEX", help="run indices")
+    sel.add_argument("--space", default="MNI152NLin2009cAsym",
+                     help="output space of the fMRIPrep BOLD (a volumetric template)")
+    sel.add_argument("--res", default=None, metavar="LABEL",
+                     help="resolution label of the BOLD (res- entity), when several exist")
+    sel.add_argument("--bids-filter-file", type=Path, default=None, metavar="FILE",
+                     help="JSON with pybids queries in fMRIPrep's format; its 'bold' "
+                          "entry restricts the BOLD runs")
+    sel.add_argument("--derivatives", type=Path, action="append", default=[], metavar="PATH",
+                     help="fMRIPrep derivatives folder (repeatable); default: BIDS_DIR "
+                          "itself when it is a derivative dataset, else BIDS_DIR/derivatives/*")
+    sel.add_argument("-w", "--work-dir", type=Path, default=None,
+                     help="work directory (pybids database, caches); default a temporary "
+                          "folder removed at exit")
+    sel.add_argument("--bids-database-dir", type=Path, default=None, metavar="PATH",
+                     help="reusable pybids database folder (indexes all participants, so "
+                          "that array jobs can share it)")
+
+    den = parser.add_argument_group("denoising")
+    den.add_argument("--denoise-strategy", default="simple",
+                     help=f"nilearn confound strategy: {', '.join(DENOISE_STRATEGIES)}")
+    den.add_argument("--motion", choices=["basic", "power2", "derivatives", "full"],
+                     default=None, help="motion regressors (default: the strategy's)")
+    den.add_argument("--global-signal", choices=["basic", "power2", "derivatives", "full"],
+                     default=None, help="add global signal regressors")
+    den.add_argument("--fd-threshold", type=_positive_float, default=None, metavar="MM",
+                     help="scrubbing: framewise displacement threshold (default 0.5)")
+    den.add_argument("--std-dvars-threshold", type=_positive_float, default=None,
+                     metavar="VALUE", help="scrubbing: standardised DVARS threshold "
+                                           "(default 1.5)")
+    den.add_argument("--high-pass", type=_positive_float, default=None, metavar="HZ",
+                     help="Butterworth high-pass cut-off (the strategies already regress "
+                          "fMRIPrep's cosine drift terms)")
+    den.add_argument("--low-pass", type=_positive_float, default=None, metavar="HZ",
+                     help="Butterworth low-pass cut-off")
+    den.add_argument("--detrend", action=argparse.BooleanOptionalAction, default=True,
+                     help="remove linear trends")
+    den.add_argument("--standardize", default="zscore_sample",
+                     help=f"standardisation of voxel and parcel signals: "
+                          f"{', '.join(STANDARDIZE_CHOICES)}")
+    den.add_argument("--min-volumes", type=int, default=20, metavar="N",
+                     help="skip runs with fewer volumes left after censoring")
+
+    par = parser.add_argument_group("parcellation")
+    par.add_argument("--method", default="ward", help=f"one of {', '.join(METHODS)}")
+    par.add_argument("--n-parcels", type=int, nargs="+", default=[100, 200, 400],
+                     metavar="N", help="numbers of parcels (scales), learned in one run")
+    par.add_argument("--smoothing-fwhm", type=_positive_float, default=4.0, metavar="MM",
+                     help="spatial smoothing of the clustering features (0 = none)")
+    par.add_argument("--n-components", type=int, default=200, metavar="K",
+                     help="temporal dimensions kept for clustering (exact SVD when the "
+                          "runs have more volumes)")
+    par.add_argument("--random-seed", type=int, default=0, help="seed of every random step")
+
+    res = parser.add_argument_group("resources")
+    res.add_argument("--nprocs", "--n-cpus", type=int, default=1, help="CPUs to use")
+    res.add_argument("--mem-gb", type=_positive_float, default=None,
+                     help="memory limit in GB")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
+    """Validate parsed arguments into a :class:`Config` (raises ``UserError``)."""
+    from bids_parcellate.inputs import read_bids_filters
+
+    bids_dir = args.bids_dir.absolute()
+    output_dir = args.output_dir.absolute()
+    participants = tuple(sorted({check_label(p, "--participant-label", "sub")
+                                 for p in args.participant_label}))
+    sessions = tuple(sorted({check_label(s, "--session-label", "ses")
+                             for s in args.session_label}))
+    tasks = tuple(sorted({check_label(t, "--task", "task") for t in args.task}))
+    runs = []
+    for r in args.run:
+        text = r.removeprefix("run-")
+        if not text.isdigit():
+            raise UserError(f"--run {r!r}: not a run index (digits only)")
+        runs.append(int(text))
+    filters = read_bids_filters(args.bids_filter_file) if args.bids_filter_file else None
+    work_dir = args.work_dir.absolute() if args.work_dir else None
+    _check_locations(bids_dir, output_dir, work_dir)
+    return Config(
+        bids_dir=bids_dir,
+        output_dir=output_dir,
+        analysis_levels=tuple(dict.fromkeys(args.analysis_level)),
+        participant_label=participants,
+        session_label=sessions,
+        task=tasks,
+        run=tuple(sorted(set(runs))),
+        space=args.space,
+        res=args.res.removeprefix("res-") if args.res else None,
+        bids_filters=filters,
+        derivatives=tuple(p.absolute() for p in args.derivatives),
+        work_dir=work_dir,
+        bids_database_dir=args.bids_database_dir.absolute() if args.bids_database_dir
+        else None,
+        denoise_strategy=args.denoise_strategy,
+        motion=args.motion,
+        global_signal=args.global_signal,
+        fd_threshold=args.fd_threshold,
+        std_dvars_threshold=args.std_dvars_threshold,
+        high_pass=args.high_pass,
+        low_pass=args.low_pass,
+        detrend=args.detrend,
+        standardize=args.standardize,
+        min_volumes=args.min_volumes,
+        method=args.method,
+        n_parcels=tuple(args.n_parcels),
+        smoothing_fwhm=args.smoothing_fwhm,
+        n_components=args.n_components,
+        random_seed=args.random_seed,
+        nprocs=args.nprocs,
+        mem_gb=args.mem_gb,
+        verbosity=args.verbose,
+        command_line=tuple(argv),
+    )
+
+
+def _is_within(path: Path, parent: Path) -> bool:
+    path, parent = path.resolve(), parent.resolve()
+    return path == parent or parent in path.parents
+
+
+def _check_locations(bids_dir: Path, output_dir: Path, work_dir: Path | None) -> None:
+    """OUTPUT_DIR must not be BIDS_DIR or contain it; outputs under BIDS_DIR/derivatives/
+    are fine (BIDS convention); nothing else may be written inside BIDS_DIR."""
+    if _is_within(bids_dir, output_dir):
+        raise UserError(f"{output_dir}: OUTPUT_DIR must not be BIDS_DIR or one of its parents")
+    if _is_within(output_dir, bids_dir) and not _is_within(output_dir,
+                                                             bids_dir / "derivatives"):
+        raise UserError(
+            f"{output_dir}: OUTPUT_DIR inside BIDS_DIR must be under BIDS_DIR/derivatives/")
+    if work_dir is not None and _is_within(work_dir, bids_dir):
+        raise UserError(f"{work_dir}: the work directory must not be inside BIDS_DIR")
+
+
+# --------------------------------------------------------------------------- logging
+def setup_logging(verbosity: int) -> logging.handlers.MemoryHandler:
+    """Log to stderr; buffer records until the log file exists (see :func:`attach_log_file`)."""
+    level = logging.DEBUG if verbosity else logging.INFO
+    LOGGER.setLevel(logging.DEBUG)
+    for handler in list(LOGGER.handlers):
+        LOGGER.removeHandler(handler)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setLevel(level)
+    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s",
+                                          "%H:%M:%S"))
+    LOGGER.addHandler(stream)
+    memory = logging.handlers.MemoryHandler(capacity=100000, flushLevel=logging.CRITICAL + 1)
+    memory.setLevel(logging.DEBUG)
+    LOGGER.addHandler(memory)
+    LOGGER.propagate = False
+    if verbosity < 2:
+        for name in ("bids", "nilearn", "py.warnings"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    logging.captureWarnings(True)
+    return memory
+
+
+def attach_log_file(memory: logging.handlers.MemoryHandler, output_dir: Path,
+                    levels: tuple[str, ...]) -> Path:
+    """Open ``OUTPUT_DIR/logs/<level>-<time>-<pid>.log`` and replay buffered records."""
+    logs = output_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = logs / f"{'-'.join(levels)}-{stamp}-{os.getpid()}.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+    memory.setTarget(handler)
+    memory.flush()
+    LOGGER.removeHandler(memory)
+    LOGGER.addHandler(handler)
+    return path
+
+
+# --------------------------------------------------------------------------- main
+def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
+    """Run the analysis levels of ``config``; return the exit code."""
+    from bids_parcellate.denoise import check_strategy_options
+    from bids_parcellate.inputs import collect_runs
+    from bids_parcellate.participant import run_participant_level
+
+    check_strategy_options(config)
+    if "group" in config.analysis_levels:
+        raise UserError("analysis level 'group' is not available yet")
+    start = time.monotonic()
+    LOGGER.info("%s %s: %s", PROG, __version__, " ".join(config.command_line))
+    selection = collect_runs(config)
+    units = selection.units()
+    LOGGER.info("found %d run(s) in %d unit(s) (%s); %d skipped", len(selection.runs),
+                len(units), ", ".join(f"sub-{s}" + (f"_ses-{x}" if x else "")
+                                      for s, x in units), len(selection.skipped))
+    log_path = attach_log_file(memory, config.output_dir, config.analysis_levels)
+    LOGGER.debug("log file %s, config hash %s", log_path, config.config_hash())
+    results = run_participant_level(config, selection)
+    failed = [r for r in results if r.error]
+    LOGGER.info("done in %.1f s: %d unit(s) succeeded, %d failed", time.monotonic() - start,
+                len(results) - len(failed), len(failed))
+    for r in failed:
+        LOGGER.error("FAILED %s: %s", r.name, r.error)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``bids_parcellate`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--demo":
+        return demo_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    memory = setup_logging(args.verbose)
+    temp_work = None
+    try:
+        config = config_from_args(args, [PROG, *argv])
+        if config.work_dir is None:
+            temp_work = Path(tempfile.mkdtemp(prefix="bids_parcellate_work_"))
+            config = _replace_work_dir(config, temp_work)
+        return run(config, memory)
+    except UserError as exc:
+        LOGGER.debug("traceback", exc_info=True)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line unless -v
+        if args.verbose:
+            LOGGER.exception("internal error")
+        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (rerun with -v for the "
+              "traceback)", file=sys.stderr)
+        return 3
+    finally:
+        if temp_work is not None:
+            shutil.rmtree(temp_work, ignore_errors=True)
+        logging.shutdown()
+
+
+def _replace_work_dir(config: Config, work_dir: Path) -> Config:
+    from dataclasses import replace
+
+    return replace(config, work_dir=work_dir)
+
+
+def demo_main(argv: list[str]) -> int:
+    """``bids_parcellate --demo OUT [options]``: generate the demo dataset and run on it.
+
+    Writes a two-participant fMRIPrep-like dataset with a known ground-truth
+    parcellation to ``OUT/bids`` and runs the participant level into
+    ``OUT/bids_parcellate`` (extra options are passed through), then prints the adjusted
+    Rand index of each participant's parcellation against the truth.
+    """
+    if not argv or argv[0].startswith("-"):
+        print(f"usage: {PROG} --demo OUT [participant options]", file=sys.stderr)
+        return 2
+    import nibabel as nib
+    from sklearn.metrics import adjusted_rand_score
+
+    from bids_parcellate.demo import make_demo_dataset
+
+    out = Path(argv[0]).absolute()
+    bids_dir, output_dir = out / "bids", out / "bids_parcellate"
+    print(f"{PROG}: writing the demo dataset to {bids_dir}", file=sys.stderr)
+    truth = make_demo_dataset(bids_dir, seed=0)
+    n_true = int(truth.labels_img.get_fdata().max())
+    extra = argv[1:]
+    if "--n-parcels" not in extra:
+        extra = ["--n-parcels", str(n_true), "100", "200", *extra]
+    code = main([str(bids_dir), str(output_dir), "participant", *extra])
+    if code != 0:
+        return code
+    truth_data = truth.labels_img.get_fdata()
+    for dseg in sorted(output_dir.glob(f"sub-*/anat/*_scale-{n_true}_dseg.nii.gz")):
+        found = nib.load(dseg).get_fdata()
+        inside = truth_data > 0
+        ari = adjusted_rand_score(truth_data[inside], found[inside])
+        print(f"{dseg.name}: adjusted Rand index vs ground truth = {ari:.3f}")
+    print(f"outputs in {output_dir}", file=sys.stderr)
+    return 0

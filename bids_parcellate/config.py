@@ -1,0 +1,210 @@
+"""Every parameter of a run, validated once, frozen, with a stable hash.
+
+The :class:`Config` is built by :mod:`bids_parcellate.cli` and handed to every stage.
+Parameters that change output values enter :meth:`Config.config_hash`; paths, verbosity
+and resources (``nprocs``, ``mem_gb``) do not, so a rerun elsewhere with the same
+parameters is recognised as the same analysis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from bids_parcellate import __version__
+
+METHODS = ("ward", "complete", "average", "kmeans", "hierarchical_kmeans", "rena")
+DENOISE_STRATEGIES = ("simple", "scrubbing", "compcor", "ica_aroma", "none")
+STANDARDIZE_CHOICES = ("zscore_sample", "zscore", "psc", "none")
+ANALYSIS_LEVELS = ("participant", "group")
+#: BIDS label: alphanumeric only (BIDS specification, "label" rule).
+LABEL_PATTERN = re.compile(r"^[a-zA-Z0-9]+$")
+#: BIDS index (run numbers): non-negative integers.
+INDEX_PATTERN = re.compile(r"^[0-9]+$")
+
+#: Parameters that do not change output values (excluded from the hash).
+_NOT_HASHED = frozenset(
+    {
+        "bids_dir",
+        "output_dir",
+        "analysis_levels",
+        "work_dir",
+        "bids_database_dir",
+        "derivatives",
+        "verbosity",
+        "nprocs",
+        "mem_gb",
+        "command_line",
+        "participant_label",
+    }
+)
+
+
+class UserError(Exception):
+    """An error caused by the inputs or parameters; its message is one line for the user.
+
+    The CLI prints it without a traceback (unless ``-v``) and exits non-zero.
+    """
+
+
+class ConfigError(UserError):
+    """A parameter is invalid."""
+
+
+def check_label(value: str, option: str, prefix: str | None = None) -> str:
+    """Return a BIDS label with an optional ``prefix-`` stripped, or raise.
+
+    Parameters
+    ----------
+    value : str
+        Label as given by the user (``01`` or ``sub-01``).
+    option : str
+        Option name for the error message.
+    prefix : str, optional
+        Entity prefix that may be given (``sub``, ``ses``).
+
+    Returns
+    -------
+    str
+        The bare label.
+
+    Raises
+    ------
+    ConfigError
+        When the label contains anything but letters and digits (this rejects path
+        characters such as ``/``, ``..`` and absolute paths before any path is built).
+    """
+    label = value
+    if prefix and label.startswith(f"{prefix}-"):
+        label = label[len(prefix) + 1 :]
+    if not LABEL_PATTERN.match(label):
+        raise ConfigError(
+            f"{option} {value!r}: not a BIDS label (letters and digits only)"
+        )
+    return label
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated parameters of one invocation (see ``bids_parcellate --help``)."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_levels: tuple[str, ...] = ("participant",)
+    # selection
+    participant_label: tuple[str, ...] = ()
+    session_label: tuple[str, ...] = ()
+    task: tuple[str, ...] = ()
+    run: tuple[int, ...] = ()
+    space: str = "MNI152NLin2009cAsym"
+    res: str | None = None
+    bids_filters: dict | None = None
+    derivatives: tuple[Path, ...] = ()
+    work_dir: Path | None = None
+    bids_database_dir: Path | None = None
+    # denoising
+    denoise_strategy: str = "simple"
+    motion: str | None = None
+    global_signal: str | None = None
+    fd_threshold: float | None = None
+    std_dvars_threshold: float | None = None
+    high_pass: float | None = None
+    low_pass: float | None = None
+    detrend: bool = True
+    standardize: str = "zscore_sample"
+    min_volumes: int = 20
+    # parcellation
+    method: str = "ward"
+    n_parcels: tuple[int, ...] = (100, 200, 400)
+    smoothing_fwhm: float = 4.0
+    n_components: int = 200
+    random_seed: int = 0
+    # resources and logging
+    nprocs: int = 1
+    mem_gb: float | None = None
+    verbosity: int = 0
+    command_line: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        for level in self.analysis_levels:
+            if level not in ANALYSIS_LEVELS:
+                raise ConfigError(f"analysis level {level!r}: choose from {ANALYSIS_LEVELS}")
+        if self.method not in METHODS:
+            raise ConfigError(f"--method {self.method!r}: choose from {', '.join(METHODS)}")
+        if self.denoise_strategy not in DENOISE_STRATEGIES:
+            raise ConfigError(
+                f"--denoise-strategy {self.denoise_strategy!r}: choose from "
+                f"{', '.join(DENOISE_STRATEGIES)}"
+            )
+        if self.standardize not in STANDARDIZE_CHOICES:
+            raise ConfigError(
+                f"--standardize {self.standardize!r}: choose from {STANDARDIZE_CHOICES}"
+            )
+        if not self.n_parcels:
+            raise ConfigError("--n-parcels: give at least one number of parcels")
+        if any(n < 2 for n in self.n_parcels):
+            raise ConfigError(f"--n-parcels {list(self.n_parcels)}: every scale must be >= 2")
+        if len(set(self.n_parcels)) != len(self.n_parcels):
+            raise ConfigError(f"--n-parcels {list(self.n_parcels)}: scales repeat")
+        if self.smoothing_fwhm < 0:
+            raise ConfigError(f"--smoothing-fwhm {self.smoothing_fwhm}: must be >= 0")
+        if self.n_components < 1:
+            raise ConfigError(f"--n-components {self.n_components}: must be >= 1")
+        if self.min_volumes < 2:
+            raise ConfigError(f"--min-volumes {self.min_volumes}: must be >= 2")
+        for name in ("high_pass", "low_pass", "fd_threshold", "std_dvars_threshold"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} {value}: must be > 0")
+        if self.high_pass and self.low_pass and self.high_pass >= self.low_pass:
+            raise ConfigError(
+                f"--high-pass {self.high_pass} must be below --low-pass {self.low_pass}"
+            )
+        if self.nprocs < 1:
+            raise ConfigError(f"--nprocs {self.nprocs}: must be >= 1")
+        if not (0 <= self.random_seed < 2**32):
+            raise ConfigError(f"--random-seed {self.random_seed}: must be in [0, 2**32)")
+        if not LABEL_PATTERN.match(self.space):
+            raise ConfigError(f"--space {self.space!r}: not a BIDS label")
+        if self.res is not None and not LABEL_PATTERN.match(self.res):
+            raise ConfigError(f"--res {self.res!r}: not a BIDS label")
+
+    # ------------------------------------------------------------------ hashing
+    def hashed_parameters(self) -> dict:
+        """Parameters that determine output values, JSON-serialisable and sorted."""
+        params = {}
+        for f in fields(self):
+            if f.name in _NOT_HASHED:
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = list(value)
+            params[f.name] = value
+        return dict(sorted(params.items()))
+
+    def config_hash(self) -> str:
+        """Short stable hash of :meth:`hashed_parameters` and the major.minor version."""
+        version = ".".join(__version__.split(".")[:2])
+        payload = json.dumps(
+            {"version": version, **self.hashed_parameters()}, sort_keys=True, default=str
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def as_dict(self) -> dict:
+        """All parameters, JSON-serialisable (paths as strings)."""
+        out = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = [str(v) if isinstance(v, Path) else v for v in value]
+            out[key] = value
+        return out
+
+    @property
+    def standardize_arg(self) -> str | bool:
+        """The ``standardize`` argument for nilearn (``False`` for ``none``)."""
+        return False if self.standardize == "none" else self.standardize

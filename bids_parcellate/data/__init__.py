@@ -1,0 +1,1 @@
+"""Declarative data: denoising strategies, BIDS path patterns, report layout."""

@@ -1,0 +1,406 @@
+"""Find the fMRIPrep runs to process with pybids.
+
+Only the fMRIPrep derivatives are indexed (raw datasets are not needed: the preprocessed
+BOLD sidecar carries ``RepetitionTime``). The indexer ignores participants that were not
+requested and every datatype but ``func``; the pybids database lives under the work
+directory or ``--bids-database-dir``, never inside BIDS_DIR (inputs are often read-only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bids_parcellate.config import Config, UserError
+
+LOGGER = logging.getLogger("bids_parcellate")
+
+#: Entities that identify the acquisition a preprocessed run came from (BIDS order).
+SOURCE_ENTITIES = (
+    "subject",
+    "session",
+    "task",
+    "acquisition",
+    "ceagent",
+    "reconstruction",
+    "direction",
+    "run",
+    "echo",
+)
+
+
+class InputError(UserError):
+    """The input dataset cannot be used as asked."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One preprocessed BOLD run with everything needed to denoise it.
+
+    Attributes
+    ----------
+    entities : dict
+        Source entities (``subject``, ``session``, ``task``, ``run``, ...), strings.
+    bold, mask, confounds : Path
+        fMRIPrep files (``confounds`` is ``None`` only with ``--denoise-strategy none``).
+    tr : float
+        Repetition time in seconds.
+    metadata : dict
+        The BOLD sidecar.
+    """
+
+    entities: dict
+    bold: Path
+    mask: Path
+    confounds: Path | None
+    tr: float | None
+    metadata: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def unit(self) -> tuple[str, str | None]:
+        """The (participant, session) this run belongs to."""
+        return self.entities["subject"], self.entities.get("session")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A run that cannot be used, with the reason (recorded in logs and reports)."""
+
+    bold: Path
+    reason: str
+
+
+@dataclass
+class Selection:
+    """The runs found, grouped into processing units, and the runs skipped."""
+
+    fmriprep_dirs: list[Path]
+    runs: list[Run]
+    skipped: list[Skipped]
+
+    def units(self) -> dict[tuple[str, str | None], list[Run]]:
+        """Runs grouped by (participant, session), in sorted order.
+
+        One parcellation is learned per unit: per participant, or per participant and
+        session when the selected runs carry a ``ses-`` entity.
+        """
+        out: dict[tuple[str, str | None], list[Run]] = {}
+        for run in self.runs:
+            out.setdefault(run.unit, []).append(run)
+        return dict(sorted(out.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")))
+
+
+# --------------------------------------------------------------------------- datasets
+def read_dataset_description(path: Path) -> dict:
+    """Read ``dataset_description.json`` of a dataset root, or raise :class:`InputError`."""
+    desc = path / "dataset_description.json"
+    if not desc.is_file():
+        raise InputError(f"{path}: no dataset_description.json (not a BIDS dataset)")
+    try:
+        data = json.loads(desc.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{desc}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})")
+    if not isinstance(data, dict):
+        raise InputError(f"{desc}: not a JSON object")
+    return data
+
+
+def _generated_by(description: dict) -> set[str]:
+    return {
+        str(item.get("Name", "")).lower()
+        for item in description.get("GeneratedBy", []) or []
+        if isinstance(item, dict)
+    }
+
+
+def find_fmriprep_dirs(config: Config) -> list[Path]:
+    """Locate the derivatives datasets to query.
+
+    BIDS_DIR itself when it is a derivative dataset; otherwise ``--derivatives`` paths,
+    or the datasets under ``BIDS_DIR/derivatives/`` (our own output folder excluded).
+    """
+    bids_dir = config.bids_dir
+    if not bids_dir.is_dir():
+        raise InputError(f"{bids_dir}: BIDS_DIR does not exist or is not a folder")
+    description = read_dataset_description(bids_dir)
+    if config.derivatives:
+        dirs = []
+        for path in config.derivatives:
+            if not path.is_dir():
+                raise InputError(f"--derivatives {path}: not a folder")
+            read_dataset_description(path)
+            dirs.append(path)
+        return dirs
+    if description.get("DatasetType") == "derivative":
+        return [bids_dir]
+    candidates = []
+    deriv_root = bids_dir / "derivatives"
+    if deriv_root.is_dir():
+        output = config.output_dir.resolve()
+        for sub in sorted(deriv_root.iterdir()):
+            if not sub.is_dir() or sub.resolve() == output:
+                continue
+            if not (sub / "dataset_description.json").is_file():
+                continue
+            if "bids_parcellate" in _generated_by(read_dataset_description(sub)):
+                continue
+            candidates.append(sub)
+    if not candidates:
+        raise InputError(
+            f"{bids_dir}: no fMRIPrep derivatives found (BIDS_DIR is a raw dataset without "
+            "derivatives/; pass --derivatives PATH)"
+        )
+    return candidates
+
+
+# --------------------------------------------------------------------------- indexing
+def _ignore_patterns(participants: tuple[str, ...]) -> list[re.Pattern]:
+    patterns = [
+        # every datatype folder but func/ (anat, fmap, figures, ...)
+        re.compile(r"^/sub-[^/]+/(?:ses-[^/]+/)?(?!func(?:/|$)|ses-)[^/]+/"),
+        re.compile(r"^/sub-[^/]+/(?:ses-[^/]+/)?(?!func$|ses-)[^/.]+$"),
+        # top-level folders that are not participants (logs, figures, derivatives, ...)
+        re.compile(r"^/(?!sub-)[^/.]+/"),
+    ]
+    if participants:
+        keep = "|".join(re.escape(p) for p in sorted(participants))
+        patterns.append(re.compile(rf"^/sub-(?!(?:{keep})(?:/|$))[^/]+"))
+    return patterns
+
+
+def _database_path(config: Config, root: Path, participants: tuple[str, ...]) -> Path | None:
+    """Where pybids keeps its SQLite index for ``root``, keyed by what was indexed."""
+    if config.bids_database_dir is not None:
+        base = config.bids_database_dir
+    elif config.work_dir is not None:
+        base = config.work_dir / "bids_db"
+    else:
+        return None
+    key = json.dumps({"root": str(root.resolve()), "participants": list(participants)})
+    return base / hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def index_layout(config: Config, root: Path):
+    """Build (or reuse) the pybids layout of one derivatives dataset.
+
+    With ``--bids-database-dir`` every participant is indexed so that the database is
+    reusable by every array job; otherwise only the requested participants are.
+    """
+    from bids.layout import BIDSLayout, BIDSLayoutIndexer
+
+    participants = () if config.bids_database_dir is not None else config.participant_label
+    db_path = _database_path(config, root, participants)
+    reuse = db_path is not None and (db_path / "layout_index.sqlite").is_file()
+    indexer = BIDSLayoutIndexer(
+        validate=False, ignore=_ignore_patterns(participants), index_metadata=False
+    )
+    LOGGER.debug("indexing %s (database %s, reuse=%s)", root, db_path, reuse)
+    try:
+        return BIDSLayout(
+            root,
+            validate=False,
+            config=["bids", "derivatives"],
+            indexer=indexer,
+            database_path=db_path,
+            reset_database=not reuse,
+        )
+    except Exception as exc:  # pybids raises bare ValueErrors on broken datasets
+        raise InputError(f"{root}: cannot be indexed by pybids ({exc})") from exc
+
+
+# --------------------------------------------------------------------------- queries
+def read_bids_filters(path: Path) -> dict:
+    """Read an fMRIPrep-style ``--bids-filter-file`` and return its ``bold`` filters."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"--bids-filter-file {path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"--bids-filter-file {path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise InputError(
+            f"--bids-filter-file {path}: expected an object of query objects, "
+            'e.g. {"bold": {"session": "1"}}'
+        )
+    return data
+
+
+def _bold_filters(config: Config) -> dict:
+    filters = dict((config.bids_filters or {}).get("bold", {}))
+    for key in ("datatype", "suffix", "desc", "extension", "space", "scope"):
+        filters.pop(key, None)
+    return filters
+
+
+def _sidecar(path: Path) -> dict:
+    sidecar = Path(str(path).removesuffix(".gz").removesuffix(".nii") + ".json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        data = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{sidecar}: not valid JSON ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _repetition_time(bold: Path, metadata: dict) -> float | None:
+    """RepetitionTime from the sidecar, or from the NIfTI header (pixdim[4])."""
+    tr = metadata.get("RepetitionTime")
+    if tr is None:
+        import nibabel as nib
+
+        try:
+            header = nib.load(bold).header
+            zooms = header.get_zooms()
+            units = header.get_xyzt_units()[1]
+        except Exception:
+            return None
+        if len(zooms) < 4 or not zooms[3]:
+            return None
+        tr = float(zooms[3]) / (1000.0 if units == "msec" else 1.0)
+        LOGGER.warning("%s: RepetitionTime missing from the sidecar, %.3f s from the header",
+                       bold.name, tr)
+    try:
+        return float(tr)
+    except (TypeError, ValueError):
+        return None
+
+
+def _match_one(layout, entities: dict, **query) -> Path | None:
+    found = layout.get(return_type="file", **entities, **query)
+    return Path(sorted(found)[0]) if found else None
+
+
+def collect_runs(config: Config) -> Selection:
+    """Query the derivatives for the selected runs and pair each with mask and confounds.
+
+    Raises
+    ------
+    InputError
+        When no derivatives are found, a requested participant is absent, or no run is
+        left after the filters.
+    """
+    fmriprep_dirs = find_fmriprep_dirs(config)
+    runs: list[Run] = []
+    skipped: list[Skipped] = []
+    seen_subjects: set[str] = set()
+    any_bold = False
+    for root in fmriprep_dirs:
+        layout = index_layout(config, root)
+        seen_subjects.update(layout.get_subjects())
+        query: dict = {
+            "datatype": "func",
+            # ICA-AROMA denoising works on fMRIPrep's non-aggressively denoised BOLD
+            "desc": "smoothAROMAnonaggr" if config.denoise_strategy == "ica_aroma" else "preproc",
+            "suffix": "bold",
+            "extension": [".nii.gz", ".nii"],
+            "space": config.space,
+        }
+        if config.participant_label:
+            query["subject"] = list(config.participant_label)
+        if config.session_label:
+            query["session"] = list(config.session_label)
+        if config.task:
+            query["task"] = list(config.task)
+        if config.run:
+            query["run"] = list(config.run)
+        if config.res is not None:
+            query["res"] = config.res
+        query.update(_bold_filters(config))
+        if layout.get(datatype="func", desc="preproc", suffix="bold", return_type="id",
+                      target="subject"):
+            any_bold = True
+        files = layout.get(**query)
+        by_source: dict[tuple, list] = {}
+        for bf in files:
+            ents = bf.get_entities()
+            key = tuple(str(ents.get(k, "")) for k in SOURCE_ENTITIES)
+            by_source.setdefault(key, []).append(bf)
+        for key in sorted(by_source):
+            candidates = by_source[key]
+            if len(candidates) > 1:
+                resolutions = sorted({str(c.get_entities().get("res")) for c in candidates})
+                raise InputError(
+                    f"{Path(candidates[0].path).name}: several BOLD files for this run in "
+                    f"space {config.space} (res {', '.join(resolutions)}); choose with --res"
+                )
+            run = _pair_run(layout, candidates[0], config, skipped)
+            if run is not None:
+                runs.append(run)
+    missing = sorted(set(config.participant_label) - seen_subjects)
+    if missing:
+        raise InputError(
+            f"--participant-label {' '.join(missing)}: not found in "
+            f"{', '.join(str(d) for d in fmriprep_dirs)}"
+        )
+    if not any_bold:
+        raise InputError(
+            f"{', '.join(str(d) for d in fmriprep_dirs)}: no fMRIPrep derivatives found "
+            "(no *_desc-preproc_bold.nii[.gz] under func/)"
+        )
+    if not runs:
+        reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in skipped[:3])
+        raise InputError(
+            "no runs left after filters"
+            + (f" ({_describe_filters(config)})" if _describe_filters(config) else "")
+            + (f"; skipped: {reasons}" if reasons else "")
+        )
+    return Selection(fmriprep_dirs=fmriprep_dirs, runs=runs, skipped=skipped)
+
+
+def _describe_filters(config: Config) -> str:
+    parts = [f"space {config.space}"]
+    for name, value in (
+        ("participant", config.participant_label),
+        ("session", config.session_label),
+        ("task", config.task),
+        ("run", config.run),
+    ):
+        if value:
+            parts.append(f"{name} {' '.join(str(v) for v in value)}")
+    if config.res is not None:
+        parts.append(f"res {config.res}")
+    if config.bids_filters:
+        parts.append("--bids-filter-file")
+    return ", ".join(parts)
+
+
+def _pair_run(layout, bold_file, config: Config, skipped: list[Skipped]) -> Run | None:
+    bold = Path(bold_file.path)
+    ents = bold_file.get_entities()
+    source = {k: ents[k] for k in SOURCE_ENTITIES if k in ents}
+    spatial = {k: ents[k] for k in ("space", "res", "den") if k in ents}
+    none_for_missing = {k: None for k in SOURCE_ENTITIES if k not in source}
+    mask = _match_one(
+        layout, {**source, **spatial, **none_for_missing},
+        datatype="func", desc="brain", suffix="mask", extension=[".nii.gz", ".nii"],
+    )
+    if mask is None:
+        reason = "no matching desc-brain_mask"
+        LOGGER.warning("skipping %s: %s", bold.name, reason)
+        skipped.append(Skipped(bold, reason))
+        return None
+    confounds = None
+    if config.denoise_strategy != "none":
+        confounds = _match_one(
+            layout, {**source, **none_for_missing},
+            datatype="func", desc="confounds", suffix=["timeseries", "regressors"],
+            extension=".tsv", space=None, res=None,
+        )
+        if confounds is None:
+            reason = "no matching desc-confounds_timeseries.tsv"
+            LOGGER.warning("skipping %s: %s", bold.name, reason)
+            skipped.append(Skipped(bold, reason))
+            return None
+    metadata = _sidecar(bold)
+    tr = _repetition_time(bold, metadata)
+    entities = {k: str(v) for k, v in source.items()}
+    for k in ("space", "res"):
+        if k in ents:
+            entities[k] = str(ents[k])
+    return Run(entities=entities, bold=bold, mask=mask, confounds=confounds, tr=tr,
+               metadata=metadata)

@@ -1,0 +1,273 @@
+"""Learn parcellations: features from cleaned runs, then a method for every scale.
+
+Methods registry: ``METHODS[name](features, mask, scales, random_state) -> {scale: labels}``
+with ``features`` of shape (n_voxels, n_features) and ``labels`` int32 arrays 1..n
+over the in-mask voxels (C order of the 3D mask).
+
+Hierarchical methods (ward, complete, average) build one tree and cut it at every
+requested scale: the tree does not depend on the number of clusters.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import ndimage, sparse
+
+from bids_parcellate.config import UserError
+
+LOGGER = logging.getLogger("bids_parcellate")
+
+LabelsByScale = dict[int, np.ndarray]
+
+
+# --------------------------------------------------------------------------- features
+def smooth_masked(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
+                  fwhm: float, chunk: int = 32) -> np.ndarray:
+    """Gaussian smoothing restricted to the mask (normalised convolution).
+
+    Each volume is smoothed with the mask as weights and divided by the smoothed mask,
+    so brain signal does not fade towards the mask edge and no out-of-brain signal
+    leaks in (nilearn smooths the whole image, background included, before masking).
+
+    Parameters
+    ----------
+    data : ndarray, shape (n_times, n_voxels)
+    mask : ndarray of bool, 3D
+    affine : ndarray (4, 4)
+    fwhm : float
+        Full width at half maximum in mm; 0 returns ``data`` unchanged.
+    chunk : int
+        Volumes smoothed at once (bounds memory).
+
+    Returns
+    -------
+    ndarray, shape (n_times, n_voxels), float32
+    """
+    if not fwhm:
+        return data
+    voxel_size = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    sigma = fwhm / (np.sqrt(8 * np.log(2)) * voxel_size)
+    # crop to the mask's bounding box plus the kernel's reach
+    margin = np.ceil(4 * sigma).astype(int)
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(axis=0) - margin, 0)
+    hi = np.minimum(idx.max(axis=0) + margin + 1, mask.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    sub_mask = mask[box]
+    weight = ndimage.gaussian_filter(sub_mask.astype(np.float32), sigma, mode="constant")
+    norm = weight[sub_mask]
+    out = np.empty_like(data, dtype=np.float32)
+    volume = np.zeros(sub_mask.shape + (min(chunk, data.shape[0]),), dtype=np.float32)
+    for start in range(0, data.shape[0], chunk):
+        stop = min(start + chunk, data.shape[0])
+        n = stop - start
+        volume[...] = 0
+        volume[sub_mask, :n] = data[start:stop].T
+        smoothed = ndimage.gaussian_filter(volume[..., :n], (*sigma, 0), mode="constant")
+        out[start:stop] = (smoothed[sub_mask] / norm[:, None]).T
+    return out
+
+
+def standardize_columns(data: np.ndarray) -> np.ndarray:
+    """Z-score every column (ddof=1); constant columns become 0. In place when float32."""
+    data = np.asarray(data, dtype=np.float32)
+    data -= data.mean(axis=0, dtype=np.float64).astype(np.float32)
+    std = data.std(axis=0, ddof=1, dtype=np.float64).astype(np.float32)
+    std[std < np.finfo(np.float32).eps] = 1.0
+    data /= std
+    return data
+
+
+def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
+                   fwhm: float, n_components: int) -> np.ndarray:
+    """Voxel features for clustering from the cleaned runs of one unit.
+
+    Each run is smoothed within the mask and z-scored per voxel; runs are concatenated
+    in time. When there are more volumes than ``n_components`` the data are reduced
+    with an exact thin SVD computed from the (time x time) Gram matrix, which is exact
+    and much cheaper than a randomized SVD when volumes << voxels.
+
+    Returns
+    -------
+    ndarray, shape (n_voxels, n_features), float32
+    """
+    blocks = [
+        standardize_columns(smooth_masked(x, mask, affine, fwhm)) for x in runs_data
+    ]
+    data = np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+    del blocks
+    n_times = data.shape[0]
+    if n_times <= n_components:
+        return np.ascontiguousarray(data.T)
+    gram = data.astype(np.float64) @ data.T.astype(np.float64)
+    eigval, eigvec = np.linalg.eigh(gram)
+    order = np.argsort(eigval)[::-1][:n_components]
+    basis = eigvec[:, order]
+    # deterministic sign: largest-magnitude loading positive
+    signs = np.sign(basis[np.abs(basis).argmax(axis=0), np.arange(basis.shape[1])])
+    signs[signs == 0] = 1
+    basis = (basis * signs).astype(np.float32)
+    return np.ascontiguousarray(data.T @ basis)
+
+
+def grid_connectivity(mask: np.ndarray) -> sparse.csr_matrix:
+    """6-neighbour connectivity of the in-mask voxels (scikit-learn ``grid_to_graph``)."""
+    from sklearn.feature_extraction.image import grid_to_graph
+
+    return sparse.csr_matrix(grid_to_graph(*mask.shape, mask=mask))
+
+
+# --------------------------------------------------------------------------- labels
+def order_labels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Renumber cluster ids to 1..n by parcel centroid (x, then y, then z).
+
+    The order depends only on the partition, so it is identical across reruns and
+    across methods that find the same parcels.
+    """
+    _, inverse = np.unique(labels, return_inverse=True)
+    n = int(inverse.max()) + 1
+    coords = np.argwhere(mask).astype(np.float64)
+    counts = np.bincount(inverse, minlength=n)
+    centroids = np.stack(
+        [np.bincount(inverse, weights=coords[:, d], minlength=n) / counts for d in range(3)],
+        axis=1,
+    )
+    keys = np.round(centroids, 6)
+    order = np.lexsort((keys[:, 2], keys[:, 1], keys[:, 0]))
+    rank = np.empty(n, dtype=np.int32)
+    rank[order] = np.arange(1, n + 1, dtype=np.int32)
+    return rank[inverse]
+
+
+def cut_tree(children: np.ndarray, n_leaves: int, n_clusters: int) -> np.ndarray:
+    """Flat clusters from an agglomerative merge tree (scikit-learn ``children_``).
+
+    Applies the first ``n_leaves - n_clusters`` merges (merges are in order of
+    increasing linkage distance) and returns a cluster id for every leaf.
+    """
+    n_merges = n_leaves - n_clusters
+    parent = np.arange(n_leaves + n_merges, dtype=np.int64)
+    if n_merges > 0:
+        new_nodes = np.arange(n_leaves, n_leaves + n_merges)
+        parent[children[:n_merges, 0]] = new_nodes
+        parent[children[:n_merges, 1]] = new_nodes
+        # pointer jumping: every node ends pointing at the root of its cluster
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    return parent[:n_leaves]
+
+
+def _check_scales(scales: Sequence[int], n_voxels: int) -> None:
+    too_big = [n for n in scales if n >= n_voxels]
+    if too_big:
+        raise UserError(
+            f"--n-parcels {' '.join(map(str, too_big))}: must be below the {n_voxels} "
+            "voxels in the brain mask"
+        )
+
+
+def _tree(features: np.ndarray, mask: np.ndarray, linkage: str) -> np.ndarray:
+    from sklearn.cluster import linkage_tree, ward_tree
+
+    connectivity = grid_connectivity(mask)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if linkage == "ward":
+            children = ward_tree(features, connectivity=connectivity)[0]
+        else:
+            children = linkage_tree(features, connectivity=connectivity, linkage=linkage)[0]
+    for w in caught:
+        if "connected components" in str(w.message):
+            LOGGER.warning("the brain mask has several disconnected pieces: scikit-learn "
+                           "joins them, so parcels may straddle pieces")
+    return children
+
+
+def _hierarchical(linkage: str) -> Callable:
+    def fit(features, mask, scales, random_state) -> LabelsByScale:
+        children = _tree(features, mask, linkage)
+        n = features.shape[0]
+        return {k: order_labels(cut_tree(children, n, k), mask) for k in scales}
+
+    fit.__name__ = f"fit_{linkage}"
+    fit.__doc__ = f"{linkage.title()}-linkage agglomeration on the voxel grid; one tree, cut per scale."
+    return fit
+
+
+def fit_kmeans(features, mask, scales, random_state) -> LabelsByScale:
+    """MiniBatchKMeans on voxel features (as nilearn's Parcellations; not spatially constrained)."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    out = {}
+    for k in scales:
+        est = MiniBatchKMeans(n_clusters=k, init="k-means++", n_init=3,
+                              random_state=random_state)
+        out[k] = order_labels(est.fit(features).labels_, mask)
+    return out
+
+
+def fit_hierarchical_kmeans(features, mask, scales, random_state) -> LabelsByScale:
+    """nilearn's HierarchicalKMeans (balanced parcel sizes)."""
+    from nilearn.regions import HierarchicalKMeans
+
+    out = {}
+    for k in scales:
+        est = HierarchicalKMeans(n_clusters=k, random_state=random_state)
+        out[k] = order_labels(est.fit(features.T).labels_, mask)
+    return out
+
+
+def fit_rena(features, mask, scales, random_state) -> LabelsByScale:
+    """nilearn's ReNA (recursive nearest agglomeration, spatially constrained)."""
+    import nibabel as nib
+    from nilearn.regions import ReNA
+
+    mask_img = nib.Nifti1Image(mask.astype(np.uint8), np.eye(4))
+    out = {}
+    for k in scales:
+        est = ReNA(mask_img=mask_img, n_clusters=k, scaling=False, n_iter=10)
+        out[k] = order_labels(est.fit(features.T).labels_, mask)
+    return out
+
+
+METHODS: dict[str, Callable[..., LabelsByScale]] = {
+    "ward": _hierarchical("ward"),
+    "complete": _hierarchical("complete"),
+    "average": _hierarchical("average"),
+    "kmeans": fit_kmeans,
+    "hierarchical_kmeans": fit_hierarchical_kmeans,
+    "rena": fit_rena,
+}
+
+
+def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
+               scales: Sequence[int], random_state: int) -> LabelsByScale:
+    """Run ``method`` on ``features`` for every scale.
+
+    Returns
+    -------
+    dict
+        scale -> int32 labels (1..n) over the in-mask voxels.
+    """
+    _check_scales(scales, features.shape[0])
+    labels = METHODS[method](features, mask, sorted(scales), random_state)
+    for k, lab in labels.items():
+        found = int(lab.max())
+        if found != k:
+            LOGGER.warning("%s asked for %d parcels, found %d", method, k, found)
+    return labels
+
+
+def labels_to_volume(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Put in-mask labels back on the 3D grid (0 outside the mask), int16 when it fits."""
+    dtype = np.int16 if labels.max() < np.iinfo(np.int16).max else np.int32
+    volume = np.zeros(mask.shape, dtype=dtype)
+    volume[mask] = labels
+    return volume

@@ -1,0 +1,261 @@
+"""Participant level: for each (participant, session) unit, denoise its runs, learn one
+parcellation at every scale, extract parcel timeseries and write the outputs.
+
+Data move forward only: each run's BOLD is read once (:mod:`bids_parcellate.denoise`),
+features are built from the cleaned runs (:mod:`bids_parcellate.parcellate`), the same
+cleaned runs give the timeseries (:mod:`bids_parcellate.extract`), and only
+:mod:`bids_parcellate.outputs` names and writes files. A unit's outputs are written once
+it has been fully computed, so a failing unit leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bids_parcellate import outputs
+from bids_parcellate.config import Config, UserError
+from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask, strategies
+from bids_parcellate.extract import align_to_volumes, parcel_timeseries
+from bids_parcellate.inputs import Run, Selection, Skipped
+from bids_parcellate.parcellate import build_features, labels_to_volume, parcellate
+
+LOGGER = logging.getLogger("bids_parcellate")
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """One line per run on stderr with elapsed time and an ETA for the whole set."""
+
+    def __init__(self, total_runs: int) -> None:
+        self.total = total_runs
+        self.done = 0
+        self.start = time.monotonic()
+
+    def run_done(self, message: str) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        LOGGER.info("[%d/%d runs] %s | elapsed %s, ETA %s", self.done, self.total, message,
+                    _fmt_seconds(elapsed), _fmt_seconds(eta))
+
+
+@dataclass
+class UnitResult:
+    """What happened to one unit (for the summary, reports and provenance)."""
+
+    subject: str
+    session: str | None
+    runs: list[CleanRun] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    n_voxels: int = 0
+
+    @property
+    def name(self) -> str:
+        return outputs.unit_prefix(self.subject, self.session)
+
+
+def parcel_names(n: int) -> list[str]:
+    """Column / table names of parcels 1..n (``parcel001``...)."""
+    width = max(3, len(str(n)))
+    return [f"parcel{i:0{width}d}" for i in range(1, n + 1)]
+
+
+def _dseg_table(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> list[list]:
+    n = int(labels.max())
+    coords = np.argwhere(mask).astype(np.float64)
+    counts = np.bincount(labels, minlength=n + 1)[1:]
+    centroid_vox = np.stack(
+        [np.bincount(labels, weights=coords[:, d], minlength=n + 1)[1:] / counts
+         for d in range(3)], axis=1)
+    centroid_mm = nib.affines.apply_affine(affine, centroid_vox)
+    names = parcel_names(n)
+    return [
+        [i + 1, names[i], int(counts[i]), *(round(float(c), 2) for c in centroid_mm[i])]
+        for i in range(n)
+    ]
+
+
+DSEG_COLUMNS = {
+    "index": "Label value of the parcel in the dseg image.",
+    "name": "Parcel name; also the column name in the timeseries files.",
+    "n_voxels": "Number of voxels in the parcel.",
+    "x": "Parcel centroid, x (mm, world coordinates of the image).",
+    "y": "Parcel centroid, y (mm).",
+    "z": "Parcel centroid, z (mm).",
+}
+
+
+def _parameters(config: Config) -> dict:
+    return {
+        "Method": config.method,
+        "SmoothingFWHM": config.smoothing_fwhm,
+        "NumberOfComponents": config.n_components,
+        "RandomSeed": config.random_seed,
+        "DenoiseStrategy": config.denoise_strategy,
+        "Standardize": config.standardize,
+        "Detrend": config.detrend,
+        "HighPass": config.high_pass,
+        "LowPass": config.low_pass,
+    }
+
+
+def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
+                series: dict, source_dirs: list[Path]) -> list[Path]:
+    out = config.output_dir
+    first = result.runs[0].run
+    space = first.entities.get("space", config.space)
+    res = first.entities.get("res")
+    sources = sorted({outputs.bids_uri(p, source_dirs)
+                      for c in result.runs for p in (c.run.bold, c.run.mask)})
+    written: list[Path] = []
+    for scale in sorted(labels):
+        ents = {"subject": result.subject, "session": result.session, "space": space,
+                "res": res, "seg": outputs.seg_label(config.method), "scale": scale, "suffix": "dseg"}
+        volume = labels_to_volume(labels[scale], unit_mask.mask)
+        img = nib.Nifti1Image(volume, unit_mask.affine)
+        img.header.set_xyzt_units("mm")
+        img.header.set_intent("label")
+        written.append(outputs.write_nifti(
+            out / outputs.build_name("dseg", {**ents, "extension": ".nii.gz"}), img))
+        table = _dseg_table(labels[scale], unit_mask.mask, unit_mask.affine)
+        written.append(outputs.write_tsv(
+            out / outputs.build_name("dseg", {**ents, "extension": ".tsv"}),
+            list(DSEG_COLUMNS), table))
+        sidecar = {
+            "Description": f"{config.method} parcellation with {scale} parcels learned from "
+                           f"{len(result.runs)} run(s) of {result.name}",
+            "Method": config.method,
+            "NumberOfParcels": int(labels[scale].max()),
+            "Parameters": _parameters(config),
+            "Sources": sources,
+            "SpatialReference": space,
+            "ConfigHash": config.config_hash(),
+            **DSEG_COLUMNS_JSON,
+        }
+        if res is not None:
+            sidecar["Resolution"] = f"res-{res}: the resolution of the input BOLD grid"
+        written.append(outputs.write_json(
+            out / outputs.build_name("dseg", {**ents, "extension": ".json"}), sidecar))
+
+    strategy_text = strategies()[config.denoise_strategy]["description"]
+    for clean in result.runs:
+        run = clean.run
+        for scale in sorted(labels):
+            ents = {**run.entities, "space": space, "res": res, "seg": outputs.seg_label(config.method),
+                    "scale": scale, "stat": "mean", "suffix": "timeseries"}
+            block = align_to_volumes(series[run.bold][scale], clean.sample_mask,
+                                     clean.n_volumes)
+            names = parcel_names(block.shape[1])
+            written.append(outputs.write_matrix_tsv(
+                out / outputs.build_name("timeseries", {**ents, "extension": ".tsv"}),
+                names, block))
+            written.append(outputs.write_json(
+                out / outputs.build_name("timeseries", {**ents, "extension": ".json"}),
+                {
+                    "Description": "Mean cleaned BOLD signal of each parcel; one row per "
+                                   "BOLD volume, censored volumes are n/a.",
+                    "RepetitionTime": run.tr,
+                    "SamplingFrequency": 1.0 / run.tr,
+                    "NumberOfVolumes": clean.n_volumes,
+                    "CensoredVolumes": clean.censored,
+                    "DenoiseStrategy": config.denoise_strategy,
+                    "DenoiseStrategyDescription": strategy_text,
+                    "Confounds": clean.confounds,
+                    "Detrend": config.detrend,
+                    "HighPass": config.high_pass,
+                    "LowPass": config.low_pass,
+                    "Standardize": config.standardize,
+                    "Parcellation": outputs.build_name(
+                        "dseg", {"subject": result.subject, "session": result.session,
+                                 "space": space, "res": res, "seg": outputs.seg_label(config.method),
+                                 "scale": scale, "suffix": "dseg", "extension": ".nii.gz"}),
+                    "Sources": [outputs.bids_uri(run.bold, source_dirs),
+                                outputs.bids_uri(run.confounds, source_dirs)
+                                if run.confounds else None],
+                    "ConfigHash": config.config_hash(),
+                }))
+    return written
+
+
+#: Column descriptions for the dseg sidecar (``index`` and ``name`` are defined by BIDS).
+DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.items()
+                     if name not in ("index", "name")}
+
+
+def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
+                 source_dirs: list[Path], progress: Progress) -> UnitResult:
+    """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure."""
+    subject, session = key
+    result = UnitResult(subject=subject, session=session)
+    tic = time.monotonic()
+    unit_mask = load_unit_mask(runs)
+    result.n_voxels = unit_mask.n_voxels
+    for run in runs:
+        start = time.monotonic()
+        label = outputs.source_prefix(run.entities)
+        try:
+            clean = clean_run(run, unit_mask, config)
+        except SkipRun as exc:
+            LOGGER.warning("skipping %s: %s", run.bold.name, exc)
+            result.skipped.append(Skipped(run.bold, str(exc)))
+            progress.run_done(f"{label}: skipped ({exc})")
+            continue
+        result.runs.append(clean)
+        progress.run_done(
+            f"{label}: {clean.sample_mask.size}/{clean.n_volumes} volumes kept, "
+            f"{len(clean.confounds)} regressors ({time.monotonic() - start:.1f} s)")
+    result.timings["denoise"] = time.monotonic() - tic
+    if not result.runs:
+        reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in result.skipped)
+        raise UserError(f"{result.name}: no usable runs ({reasons})")
+
+    tic = time.monotonic()
+    features = build_features([c.data for c in result.runs], unit_mask.mask,
+                              unit_mask.affine, config.smoothing_fwhm, config.n_components)
+    result.timings["features"] = time.monotonic() - tic
+    tic = time.monotonic()
+    labels = parcellate(features, unit_mask.mask, config.method, config.n_parcels,
+                        config.random_seed)
+    del features
+    result.timings["parcellate"] = time.monotonic() - tic
+    tic = time.monotonic()
+    series = {c.run.bold: parcel_timeseries(c.data, labels, config.standardize_arg)
+              for c in result.runs}
+    result.timings["extract"] = time.monotonic() - tic
+    tic = time.monotonic()
+    outputs.prepare_output_dir(config.output_dir, source_dirs)
+    result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+    result.timings["write"] = time.monotonic() - tic
+    LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
+                result.name, len(labels), ", ".join(map(str, sorted(labels))),
+                unit_mask.n_voxels, len(result.runs), len(result.files))
+    return result
+
+
+def run_participant_level(config: Config, selection: Selection) -> list[UnitResult]:
+    """Process every unit; a failing unit is reported and does not stop the others."""
+    units = selection.units()
+    progress = Progress(sum(len(r) for r in units.values()))
+    results = []
+    for key, runs in units.items():
+        try:
+            results.append(process_unit(config, key, runs, selection.fmriprep_dirs, progress))
+        except UserError as exc:
+            name = outputs.unit_prefix(*key)
+            LOGGER.error("%s failed: %s", name, exc)
+            LOGGER.debug("traceback", exc_info=True)
+            results.append(UnitResult(subject=key[0], session=key[1], error=str(exc)))
+    return results
