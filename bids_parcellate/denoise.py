@@ -155,11 +155,6 @@ class CleanRun:
     mean_img: np.ndarray
     framewise_displacement: np.ndarray | None = None
 
-    @property
-    def censored(self) -> list[int]:
-        """Indices of the volumes that were removed (non-steady-state, scrubbed)."""
-        return sorted(set(range(self.n_volumes)) - set(self.sample_mask.tolist()))
-
 
 def load_bold(run: Run, unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
     """Read a run's BOLD once; return (time x voxels float32 in the mask, mean image)."""

@@ -49,13 +49,33 @@ class Progress:
                     _fmt_seconds(elapsed), _fmt_seconds(eta))
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    """What denoising did to one run (no data arrays: results are kept for every unit)."""
+
+    run: Run
+    n_volumes: int
+    sample_mask: np.ndarray
+    confounds: list[str]
+    framewise_displacement: np.ndarray | None
+
+    @classmethod
+    def of(cls, clean: CleanRun) -> RunSummary:
+        return cls(clean.run, clean.n_volumes, clean.sample_mask, clean.confounds,
+                   clean.framewise_displacement)
+
+    @property
+    def censored(self) -> list[int]:
+        return sorted(set(range(self.n_volumes)) - set(self.sample_mask.tolist()))
+
+
 @dataclass
 class UnitResult:
     """What happened to one unit (for the summary, reports and provenance)."""
 
     subject: str
     session: str | None
-    runs: list[CleanRun] = field(default_factory=list)
+    runs: list[RunSummary] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -114,6 +134,7 @@ def _parameters(config: Config) -> dict:
 
 def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
                 series: dict, source_dirs: list[Path]) -> list[Path]:
+    """Write the dseg files of every scale and the timeseries of every run."""
     out = config.output_dir
     first = result.runs[0].run
     space = first.entities.get("space", config.space)
@@ -203,6 +224,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     tic = time.monotonic()
     unit_mask = load_unit_mask(runs)
     result.n_voxels = unit_mask.n_voxels
+    cleaned: list[CleanRun] = []
     for run in runs:
         start = time.monotonic()
         label = outputs.source_prefix(run.entities)
@@ -213,7 +235,8 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
             result.skipped.append(Skipped(run.bold, str(exc)))
             progress.run_done(f"{label}: skipped ({exc})")
             continue
-        result.runs.append(clean)
+        cleaned.append(clean)
+        result.runs.append(RunSummary.of(clean))
         progress.run_done(
             f"{label}: {clean.sample_mask.size}/{clean.n_volumes} volumes kept, "
             f"{len(clean.confounds)} regressors ({time.monotonic() - start:.1f} s)")
@@ -223,7 +246,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         raise UserError(f"{result.name}: no usable runs ({reasons})")
 
     tic = time.monotonic()
-    features = build_features([c.data for c in result.runs], unit_mask.mask,
+    features = build_features([c.data for c in cleaned], unit_mask.mask,
                               unit_mask.affine, config.smoothing_fwhm, config.n_components)
     result.timings["features"] = time.monotonic() - tic
     tic = time.monotonic()
@@ -233,7 +256,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     result.timings["parcellate"] = time.monotonic() - tic
     tic = time.monotonic()
     series = {c.run.bold: parcel_timeseries(c.data, labels, config.standardize_arg)
-              for c in result.runs}
+              for c in cleaned}
     result.timings["extract"] = time.monotonic() - tic
     tic = time.monotonic()
     outputs.prepare_output_dir(config.output_dir, source_dirs)
