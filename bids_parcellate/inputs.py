@@ -103,7 +103,7 @@ def read_dataset_description(path: Path) -> dict:
     try:
         data = json.loads(desc.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{desc}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})")
+        raise InputError(f"{desc}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InputError(f"{desc}: not a JSON object")
     return data

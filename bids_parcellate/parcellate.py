@@ -197,12 +197,14 @@ def _hierarchical(linkage: str) -> Callable:
         return {k: order_labels(cut_tree(children, n, k), mask) for k in scales}
 
     fit.__name__ = f"fit_{linkage}"
-    fit.__doc__ = f"{linkage.title()}-linkage agglomeration on the voxel grid; one tree, cut per scale."
+    fit.__doc__ = (f"{linkage.title()}-linkage agglomeration on the voxel grid; "
+                   "one tree, cut at every scale.")
     return fit
 
 
 def fit_kmeans(features, mask, scales, random_state) -> LabelsByScale:
-    """MiniBatchKMeans on voxel features (as nilearn's Parcellations; not spatially constrained)."""
+    """MiniBatchKMeans on voxel features (as nilearn's Parcellations; not spatially
+    constrained)."""
     from sklearn.cluster import MiniBatchKMeans
 
     out = {}

@@ -139,12 +139,13 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
     first = result.runs[0].run
     space = first.entities.get("space", config.space)
     res = first.entities.get("res")
+    seg = outputs.seg_label(config.method)
     sources = sorted({outputs.bids_uri(p, source_dirs)
                       for c in result.runs for p in (c.run.bold, c.run.mask)})
     written: list[Path] = []
     for scale in sorted(labels):
         ents = {"subject": result.subject, "session": result.session, "space": space,
-                "res": res, "seg": outputs.seg_label(config.method), "scale": scale, "suffix": "dseg"}
+                "res": res, "seg": seg, "scale": scale, "suffix": "dseg"}
         volume = labels_to_volume(labels[scale], unit_mask.mask)
         img = nib.Nifti1Image(volume, unit_mask.affine)
         img.header.set_xyzt_units("mm")
@@ -175,7 +176,7 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
     for clean in result.runs:
         run = clean.run
         for scale in sorted(labels):
-            ents = {**run.entities, "space": space, "res": res, "seg": outputs.seg_label(config.method),
+            ents = {**run.entities, "space": space, "res": res, "seg": seg,
                     "scale": scale, "stat": "mean", "suffix": "timeseries"}
             block = align_to_volumes(series[run.bold][scale], clean.sample_mask,
                                      clean.n_volumes)
@@ -201,7 +202,7 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
                     "Standardize": config.standardize,
                     "Parcellation": outputs.build_name(
                         "dseg", {"subject": result.subject, "session": result.session,
-                                 "space": space, "res": res, "seg": outputs.seg_label(config.method),
+                                 "space": space, "res": res, "seg": seg,
                                  "scale": scale, "suffix": "dseg", "extension": ".nii.gz"}),
                     "Sources": [outputs.bids_uri(run.bold, source_dirs),
                                 outputs.bids_uri(run.confounds, source_dirs)

@@ -23,7 +23,8 @@ SPACE = "space-MNI152NLin2009cAsym"
 def dseg_path(out: Path, sub: str, method: str, scale: int, ses: str | None = None) -> Path:
     folder = out / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
     ses_part = f"_ses-{ses}" if ses else ""
-    return folder / f"sub-{sub}{ses_part}_{SPACE}_seg-{method.replace('_', '')}_scale-{scale}_dseg.nii.gz"
+    seg = method.replace("_", "")
+    return folder / f"sub-{sub}{ses_part}_{SPACE}_seg-{seg}_scale-{scale}_dseg.nii.gz"
 
 
 def ari_to_truth(dseg: Path, truth_img) -> float:
@@ -113,7 +114,8 @@ def test_rerun_is_byte_identical(demo8, demo8_out, tmp_path):
     assert run_cli(demo8.root, out, "--n-parcels", "20", "50") == 0
     first, second = sha256_tree(demo8_out), sha256_tree(out)
     assert first and first == second
-    assert len(first) == 2 * 2 * 2 + 2 * 2 * 2  # (nii + tsv) x scale x sub; tsv x run x scale x sub
+    # dseg (nii + tsv) x 2 scales x 2 participants; timeseries x 2 runs x 2 scales x 2
+    assert len(first) == 2 * 2 * 2 + 2 * 2 * 2
 
 
 @pytest.mark.parametrize("method, threshold", [
@@ -126,7 +128,8 @@ def test_every_method_end_to_end(demo8, tmp_path, method, threshold):
                    "--n-parcels", "20") == 0
     ari = ari_to_truth(dseg_path(out, "01", method, 20), demo8.participant_labels["01"])
     assert ari > threshold, (method, ari)
-    ts = list((out / "sub-01" / "func").glob(f"*_seg-{method.replace('_', '')}_scale-20_stat-mean_timeseries.tsv"))
+    seg = method.replace("_", "")
+    ts = list((out / "sub-01" / "func").glob(f"*_seg-{seg}_scale-20_stat-mean_timeseries.tsv"))
     assert len(ts) == 2
 
 
