@@ -5,7 +5,8 @@ with ``features`` of shape (n_voxels, n_features) and ``labels`` int32 arrays 1.
 over the in-mask voxels (C order of the 3D mask).
 
 Hierarchical methods (ward, complete, average) build one tree and cut it at every
-requested scale: the tree does not depend on the number of clusters.
+requested scale: the tree does not depend on the number of clusters. Ward runs on
+supervoxels first when the grid is large (:mod:`bids_parcellate.ward`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from scipy import ndimage, sparse
 
 from bids_parcellate.config import UserError
+from bids_parcellate.ward import cut_tree, ward_labels
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -26,7 +28,7 @@ LabelsByScale = dict[int, np.ndarray]
 
 # --------------------------------------------------------------------------- features
 def smooth_masked(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
-                  fwhm: float, chunk: int = 32) -> np.ndarray:
+                  fwhm: float, chunk: int = 16, *, n_jobs: int = 1) -> np.ndarray:
     """Gaussian smoothing restricted to the mask (normalised convolution).
 
     Each volume is smoothed with the mask as weights and divided by the smoothed mask,
@@ -42,11 +44,17 @@ def smooth_masked(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
         Full width at half maximum in mm; 0 returns ``data`` unchanged.
     chunk : int
         Volumes smoothed at once (bounds memory).
+    n_jobs : int
+        Threads smoothing blocks of volumes in parallel (scipy.ndimage releases the GIL).
 
     Returns
     -------
     ndarray, shape (n_times, n_voxels), float32
+        A transposed view of a C-contiguous (n_voxels, n_times) array, so that
+        ``result.T`` (voxel features) needs no copy.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     if not fwhm:
         return data
     voxel_size = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
@@ -58,32 +66,46 @@ def smooth_masked(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
     hi = np.minimum(idx.max(axis=0) + margin + 1, mask.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     sub_mask = mask[box]
+    inside = np.flatnonzero(sub_mask)
     weight = ndimage.gaussian_filter(sub_mask.astype(np.float32), sigma, mode="constant")
-    norm = weight[sub_mask]
-    out = np.empty_like(data, dtype=np.float32)
-    volume = np.zeros(sub_mask.shape + (min(chunk, data.shape[0]),), dtype=np.float32)
-    for start in range(0, data.shape[0], chunk):
-        stop = min(start + chunk, data.shape[0])
-        n = stop - start
-        volume[...] = 0
-        volume[sub_mask, :n] = data[start:stop].T
-        smoothed = ndimage.gaussian_filter(volume[..., :n], (*sigma, 0), mode="constant")
-        out[start:stop] = (smoothed[sub_mask] / norm[:, None]).T
-    return out
+    inv_norm = (1.0 / weight.ravel()[inside]).astype(np.float32)
+    n_times = data.shape[0]
+    out = np.empty((data.shape[1], n_times), dtype=np.float32)
+
+    def smooth_block(start: int) -> None:
+        stop = min(start + chunk, n_times)
+        volumes = np.zeros((stop - start, sub_mask.size), dtype=np.float32)
+        volumes[:, inside] = data[start:stop]
+        grid = volumes.reshape((stop - start, *sub_mask.shape))
+        ndimage.gaussian_filter(grid, (0, *sigma), mode="constant", output=grid)
+        smoothed = volumes[:, inside]
+        smoothed *= inv_norm
+        out[:, start:stop] = smoothed.T
+
+    starts = range(0, n_times, chunk)
+    if n_jobs > 1:
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            list(pool.map(smooth_block, starts))
+    else:
+        for start in starts:
+            smooth_block(start)
+    return out.T
 
 
 def standardize_columns(data: np.ndarray) -> np.ndarray:
     """Z-score every column (ddof=1); constant columns become 0. In place when float32."""
     data = np.asarray(data, dtype=np.float32)
     data -= data.mean(axis=0, dtype=np.float64).astype(np.float32)
-    std = data.std(axis=0, ddof=1, dtype=np.float64).astype(np.float32)
+    # sum of squares without the float64 temporary copy that ``np.std`` makes
+    sum_sq = np.einsum("ij,ij->j", data, data, dtype=np.float64)
+    std = np.sqrt(sum_sq / max(data.shape[0] - 1, 1)).astype(np.float32)
     std[std < np.finfo(np.float32).eps] = 1.0
     data /= std
     return data
 
 
 def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
-                   fwhm: float, n_components: int) -> np.ndarray:
+                   fwhm: float, n_components: int, *, n_jobs: int = 1) -> np.ndarray:
     """Voxel features for clustering from the cleaned runs of one unit.
 
     Each run is smoothed within the mask and z-scored per voxel; runs are concatenated
@@ -95,15 +117,23 @@ def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np
     -------
     ndarray, shape (n_voxels, n_features), float32
     """
-    blocks = [
-        standardize_columns(smooth_masked(x, mask, affine, fwhm)) for x in runs_data
+    # (n_voxels, n_times) blocks: smoothing already returns that layout; without
+    # smoothing, copy (standardisation is in place and the cleaned runs are still needed
+    # for the timeseries)
+    columns = [
+        standardize_columns(smooth_masked(x, mask, affine, fwhm, n_jobs=n_jobs) if fwhm
+                            else np.array(x, dtype=np.float32)).T
+        for x in runs_data
     ]
-    data = np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
-    del blocks
-    n_times = data.shape[0]
+    data = np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
+    del columns
+    n_times = data.shape[1]
     if n_times <= n_components:
-        return np.ascontiguousarray(data.T)
-    gram = data.astype(np.float64) @ data.T.astype(np.float64)
+        return np.ascontiguousarray(data)
+    gram = np.zeros((n_times, n_times))
+    for start in range(0, data.shape[0], 16384):
+        part = data[start:start + 16384].astype(np.float64)
+        gram += part.T @ part
     eigval, eigvec = np.linalg.eigh(gram)
     order = np.argsort(eigval)[::-1][:n_components]
     basis = eigvec[:, order]
@@ -111,7 +141,7 @@ def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np
     signs = np.sign(basis[np.abs(basis).argmax(axis=0), np.arange(basis.shape[1])])
     signs[signs == 0] = 1
     basis = (basis * signs).astype(np.float32)
-    return np.ascontiguousarray(data.T @ basis)
+    return np.ascontiguousarray(data @ basis)
 
 
 def grid_connectivity(mask: np.ndarray) -> sparse.csr_matrix:
@@ -143,27 +173,6 @@ def order_labels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return rank[inverse]
 
 
-def cut_tree(children: np.ndarray, n_leaves: int, n_clusters: int) -> np.ndarray:
-    """Flat clusters from an agglomerative merge tree (scikit-learn ``children_``).
-
-    Applies the first ``n_leaves - n_clusters`` merges (merges are in order of
-    increasing linkage distance) and returns a cluster id for every leaf.
-    """
-    n_merges = n_leaves - n_clusters
-    parent = np.arange(n_leaves + n_merges, dtype=np.int64)
-    if n_merges > 0:
-        new_nodes = np.arange(n_leaves, n_leaves + n_merges)
-        parent[children[:n_merges, 0]] = new_nodes
-        parent[children[:n_merges, 1]] = new_nodes
-        # pointer jumping: every node ends pointing at the root of its cluster
-        while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
-    return parent[:n_leaves]
-
-
 def _check_scales(scales: Sequence[int], n_voxels: int) -> None:
     too_big = [n for n in scales if n >= n_voxels]
     if too_big:
@@ -174,20 +183,24 @@ def _check_scales(scales: Sequence[int], n_voxels: int) -> None:
 
 
 def _tree(features: np.ndarray, mask: np.ndarray, linkage: str) -> np.ndarray:
-    from sklearn.cluster import linkage_tree, ward_tree
+    from sklearn.cluster import linkage_tree
 
     connectivity = grid_connectivity(mask)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if linkage == "ward":
-            children = ward_tree(features, connectivity=connectivity)[0]
-        else:
-            children = linkage_tree(features, connectivity=connectivity, linkage=linkage)[0]
+        children = linkage_tree(features, connectivity=connectivity, linkage=linkage)[0]
     for w in caught:
         if "connected components" in str(w.message):
             LOGGER.warning("the brain mask has several disconnected pieces: scikit-learn "
                            "joins them, so parcels may straddle pieces")
     return children
+
+
+def fit_ward(features, mask, scales, random_state) -> LabelsByScale:
+    """Ward agglomeration on the voxel grid: supervoxels, then one exact size-weighted
+    Ward tree cut at every scale (:mod:`bids_parcellate.ward`)."""
+    labels = ward_labels(features, grid_connectivity(mask), scales)
+    return {k: order_labels(lab, mask) for k, lab in labels.items()}
 
 
 def _hierarchical(linkage: str) -> Callable:
@@ -240,7 +253,7 @@ def fit_rena(features, mask, scales, random_state) -> LabelsByScale:
 
 
 METHODS: dict[str, Callable[..., LabelsByScale]] = {
-    "ward": _hierarchical("ward"),
+    "ward": fit_ward,
     "complete": _hierarchical("complete"),
     "average": _hierarchical("average"),
     "kmeans": fit_kmeans,

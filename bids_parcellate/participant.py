@@ -248,7 +248,8 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
 
     tic = time.monotonic()
     features = build_features([c.data for c in cleaned], unit_mask.mask,
-                              unit_mask.affine, config.smoothing_fwhm, config.n_components)
+                              unit_mask.affine, config.smoothing_fwhm, config.n_components,
+                              n_jobs=config.nprocs)
     result.timings["features"] = time.monotonic() - tic
     tic = time.monotonic()
     labels = parcellate(features, unit_mask.mask, config.method, config.n_parcels,
@@ -258,6 +259,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     tic = time.monotonic()
     series = {c.run.bold: parcel_timeseries(c.data, labels, config.standardize_arg)
               for c in cleaned}
+    del cleaned  # the voxel data are not needed any more
     result.timings["extract"] = time.monotonic() - tic
     tic = time.monotonic()
     outputs.prepare_output_dir(config.output_dir, source_dirs)
@@ -271,15 +273,21 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
 
 def run_participant_level(config: Config, selection: Selection) -> list[UnitResult]:
     """Process every unit; a failing unit is reported and does not stop the others."""
+    from threadpoolctl import threadpool_limits
+
     units = selection.units()
     progress = Progress(sum(len(r) for r in units.values()))
     results = []
-    for key, runs in units.items():
-        try:
-            results.append(process_unit(config, key, runs, selection.fmriprep_dirs, progress))
-        except UserError as exc:
-            name = outputs.unit_prefix(*key)
-            LOGGER.error("%s failed: %s", name, exc)
-            LOGGER.debug("traceback", exc_info=True)
-            results.append(UnitResult(subject=key[0], session=key[1], error=str(exc)))
+    # BLAS / OpenMP threads follow --nprocs, not the machine's core count (a SLURM task
+    # given 2 CPUs on a 64-core node must not start 64 threads)
+    with threadpool_limits(limits=config.nprocs):
+        for key, runs in units.items():
+            try:
+                results.append(process_unit(config, key, runs, selection.fmriprep_dirs,
+                                            progress))
+            except UserError as exc:
+                name = outputs.unit_prefix(*key)
+                LOGGER.error("%s failed: %s", name, exc)
+                LOGGER.debug("traceback", exc_info=True)
+                results.append(UnitResult(subject=key[0], session=key[1], error=str(exc)))
     return results
