@@ -339,7 +339,7 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
             f"(< --min-volumes {config.min_volumes})"
         )
     operator = cleaning_operator(n_volumes, confounds, sample_mask, config, run.tr)
-    cleaned = apply_in_blocks(operator, series)
+    cleaned = apply_operator(operator, series, sample_mask, n_jobs=config.nprocs)
     del series
     return CleanRun(
         run=run,
@@ -373,7 +373,7 @@ def cleaning_operator(n_volumes: int, confounds: np.ndarray | None, sample_mask:
     censoring with interpolation; no standardisation) is linear in the signal and the
     same for every voxel, so it is a matrix ``L`` and ``clean(X) == L @ X``. We let
     nilearn build ``L`` by cleaning the identity matrix, then apply it ourselves
-    (:func:`apply_in_blocks`): calling ``clean`` on the data directly copies it four times
+    (:func:`apply_operator`): calling ``clean`` on the data directly copies it four times
     in float64 and forms ``Q Q^T X`` (2.8 s and about 2 GB for a 2 mm run, against 0.5 s
     and a few MB per block here), with the same result to 1e-6.
     """
@@ -396,11 +396,45 @@ def cleaning_operator(n_volumes: int, confounds: np.ndarray | None, sample_mask:
     return np.ascontiguousarray(operator, dtype=np.float64)
 
 
-def apply_in_blocks(operator: np.ndarray, series: np.ndarray,
-                    block: int = 8192) -> np.ndarray:
-    """``operator @ series`` in float64, voxel block by voxel block; float32 result."""
-    out = np.empty((operator.shape[0], series.shape[1]), dtype=np.float32)
-    for start in range(0, series.shape[1], block):
-        part = series[:, start:start + block].astype(np.float64)
-        out[:, start:start + block] = operator @ part
+def apply_operator(operator: np.ndarray, series: np.ndarray, sample_mask: np.ndarray,
+                   n_jobs: int = 1) -> np.ndarray:
+    """``operator @ series`` in float64, voxel block by voxel block; float32 result.
+
+    A cleaning operator is the selection of the kept volumes plus a correction of low
+    rank (removing the confounds and trends: rank 33 for ``simple``): ``L = S + U V^T``.
+    When that rank is under a third of the volumes, ``S X + U (V^T X)`` is computed
+    instead of ``L X`` (0.23 instead of 0.39 s of CPU at 2 mm, same result to
+    rounding); Butterworth filtering makes ``L`` full rank, and then it is applied as is.
+    Blocks run on ``n_jobs`` threads (numpy releases the GIL in matrix products).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    kept, n_volumes = operator.shape
+    correction = operator.copy()
+    correction[np.arange(kept), sample_mask] -= 1.0
+    u, sv, vt = np.linalg.svd(correction, full_matrices=False)
+    tol = sv[0] * max(correction.shape) * np.finfo(np.float64).eps if sv.size else 0.0
+    rank = int((sv > tol).sum())
+    low_rank = rank < n_volumes / 3
+    left = u[:, :rank] * sv[:rank]
+    right = np.ascontiguousarray(vt[:rank])
+    out = np.empty((kept, series.shape[1]), dtype=np.float32)
+    width = 1024  # blocks that stay in cache
+
+    def clean_block(start: int) -> None:
+        part = series[:, start:start + width].astype(np.float64)
+        if low_rank:
+            block = left @ (right @ part)
+            block += part[sample_mask]
+        else:
+            block = operator @ part
+        out[:, start:start + width] = block
+
+    starts = range(0, series.shape[1], width)
+    if n_jobs > 1:
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            list(pool.map(clean_block, starts))
+    else:
+        for start in starts:
+            clean_block(start)
     return out

@@ -1,6 +1,7 @@
 """Learn parcellations: features from cleaned runs, then a method for every scale.
 
-Methods registry: ``METHODS[name](features, mask, scales, random_state) -> {scale: labels}``
+Methods registry: ``METHODS[name](features, mask, scales, random_state, n_jobs=1)
+-> {scale: labels}``
 with ``features`` of shape (n_voxels, n_features) and ``labels`` int32 arrays 1..n
 over the in-mask voxels (C order of the 3D mask).
 
@@ -196,15 +197,15 @@ def _tree(features: np.ndarray, mask: np.ndarray, linkage: str) -> np.ndarray:
     return children
 
 
-def fit_ward(features, mask, scales, random_state) -> LabelsByScale:
+def fit_ward(features, mask, scales, random_state, n_jobs=1) -> LabelsByScale:
     """Ward agglomeration on the voxel grid: supervoxels, then one exact size-weighted
     Ward tree cut at every scale (:mod:`bids_parcellate.ward`)."""
-    labels = ward_labels(features, grid_connectivity(mask), scales)
+    labels = ward_labels(features, grid_connectivity(mask), scales, n_jobs=n_jobs)
     return {k: order_labels(lab, mask) for k, lab in labels.items()}
 
 
 def _hierarchical(linkage: str) -> Callable:
-    def fit(features, mask, scales, random_state) -> LabelsByScale:
+    def fit(features, mask, scales, random_state, n_jobs=1) -> LabelsByScale:
         children = _tree(features, mask, linkage)
         n = features.shape[0]
         return {k: order_labels(cut_tree(children, n, k), mask) for k in scales}
@@ -215,7 +216,7 @@ def _hierarchical(linkage: str) -> Callable:
     return fit
 
 
-def fit_kmeans(features, mask, scales, random_state) -> LabelsByScale:
+def fit_kmeans(features, mask, scales, random_state, n_jobs=1) -> LabelsByScale:
     """MiniBatchKMeans on voxel features (as nilearn's Parcellations; not spatially
     constrained)."""
     from sklearn.cluster import MiniBatchKMeans
@@ -228,7 +229,7 @@ def fit_kmeans(features, mask, scales, random_state) -> LabelsByScale:
     return out
 
 
-def fit_hierarchical_kmeans(features, mask, scales, random_state) -> LabelsByScale:
+def fit_hierarchical_kmeans(features, mask, scales, random_state, n_jobs=1) -> LabelsByScale:
     """nilearn's HierarchicalKMeans (balanced parcel sizes)."""
     from nilearn.regions import HierarchicalKMeans
 
@@ -239,7 +240,7 @@ def fit_hierarchical_kmeans(features, mask, scales, random_state) -> LabelsBySca
     return out
 
 
-def fit_rena(features, mask, scales, random_state) -> LabelsByScale:
+def fit_rena(features, mask, scales, random_state, n_jobs=1) -> LabelsByScale:
     """nilearn's ReNA (recursive nearest agglomeration, spatially constrained)."""
     import nibabel as nib
     from nilearn.regions import ReNA
@@ -263,8 +264,11 @@ METHODS: dict[str, Callable[..., LabelsByScale]] = {
 
 
 def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
-               scales: Sequence[int], random_state: int) -> LabelsByScale:
+               scales: Sequence[int], random_state: int, *, n_jobs: int = 1) -> LabelsByScale:
     """Run ``method`` on ``features`` for every scale.
+
+    ``n_jobs`` threads are used where a method splits its own work (the labels do not
+    depend on it).
 
     Returns
     -------
@@ -272,7 +276,7 @@ def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
         scale -> int32 labels (1..n) over the in-mask voxels.
     """
     _check_scales(scales, features.shape[0])
-    labels = METHODS[method](features, mask, sorted(scales), random_state)
+    labels = METHODS[method](features, mask, sorted(scales), random_state, n_jobs=n_jobs)
     for k, lab in labels.items():
         found = int(lab.max())
         if found != k:

@@ -253,7 +253,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     result.timings["features"] = time.monotonic() - tic
     tic = time.monotonic()
     labels = parcellate(features, unit_mask.mask, config.method, config.n_parcels,
-                        config.random_seed)
+                        config.random_seed, n_jobs=config.nprocs)
     del features
     result.timings["parcellate"] = time.monotonic() - tic
     tic = time.monotonic()
@@ -278,9 +278,14 @@ def run_participant_level(config: Config, selection: Selection) -> list[UnitResu
     units = selection.units()
     progress = Progress(sum(len(r) for r in units.values()))
     results = []
-    # BLAS / OpenMP threads follow --nprocs, not the machine's core count (a SLURM task
-    # given 2 CPUs on a 64-core node must not start 64 threads)
-    with threadpool_limits(limits=config.nprocs):
+    # Threads are set here, not by the machine's core count (a SLURM task given 2 CPUs on
+    # a 64-core node must not start 64): BLAS runs single-threaded, and the stages split
+    # their work in blocks over --nprocs threads themselves. Multithreaded BLAS on the
+    # small matrices of this pipeline mostly spins (an SVD of 166 x 168 took 1.4 s on a
+    # busy 2-core machine), and results then do not depend on --nprocs.
+    # scikit-learn's OpenMP loops (k-means) get --nprocs threads.
+    with threadpool_limits(limits=1, user_api="blas"), \
+            threadpool_limits(limits=config.nprocs, user_api="openmp"):
         for key, runs in units.items():
             try:
                 results.append(process_unit(config, key, runs, selection.fmriprep_dirs,

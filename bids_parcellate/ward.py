@@ -54,18 +54,31 @@ def _upper_edges(connectivity: sparse.spmatrix) -> tuple[np.ndarray, np.ndarray]
 
 
 def ward_costs(centroids: np.ndarray, weights: np.ndarray, rows: np.ndarray,
-               cols: np.ndarray) -> np.ndarray:
+               cols: np.ndarray, n_jobs: int = 1) -> np.ndarray:
     """Ward cost of merging clusters ``rows[e]`` and ``cols[e]`` for every edge ``e``.
 
     ``w_i w_j / (w_i + w_j) * ||c_i - c_j||^2``: the increase of the within-cluster sum
-    of squares caused by the merge.
+    of squares caused by the merge. Blocks of edges run on ``n_jobs`` threads (the result
+    does not depend on ``n_jobs``).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     out = np.empty(rows.size, dtype=np.float64)
-    for start in range(0, rows.size, _EDGE_CHUNK):
+
+    def block(start: int) -> None:
         r = rows[start:start + _EDGE_CHUNK]
         c = cols[start:start + _EDGE_CHUNK]
-        diff = centroids[r] - centroids[c]
+        diff = centroids.take(r, axis=0)
+        diff -= centroids.take(c, axis=0)
         out[start:start + _EDGE_CHUNK] = np.einsum("ij,ij->i", diff, diff)
+
+    starts = range(0, rows.size, _EDGE_CHUNK)
+    if n_jobs > 1 and rows.size > 4 * _EDGE_CHUNK:
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            list(pool.map(block, starts))
+    else:
+        for start in starts:
+            block(start)
     out *= weights[rows] * weights[cols] / (weights[rows] + weights[cols])
     return out
 
@@ -93,7 +106,7 @@ def _nearest_neighbours(n: int, rows: np.ndarray, cols: np.ndarray,
 
 
 def reciprocal_agglomeration(
-    features: np.ndarray, connectivity: sparse.spmatrix, n_clusters: int,
+    features: np.ndarray, connectivity: sparse.spmatrix, n_clusters: int, n_jobs: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, sparse.csr_matrix]:
     """Supervoxels by rounds of reciprocal-nearest-neighbour Ward merges.
 
@@ -108,6 +121,8 @@ def reciprocal_agglomeration(
         Symmetric adjacency (e.g. the 6-neighbourhood of the voxel grid).
     n_clusters : int
         Number of clusters to stop at (fewer only if the graph runs out of edges).
+    n_jobs : int
+        Threads computing Ward costs (the result does not depend on it).
 
     Returns
     -------
@@ -124,7 +139,7 @@ def reciprocal_agglomeration(
     weights = np.ones(n)
     centroids = np.asarray(features, dtype=np.float32)
     rows, cols = _upper_edges(connectivity)
-    cost = ward_costs(centroids, weights, rows, cols)
+    cost = ward_costs(centroids, weights, rows, cols, n_jobs)
     m = n
     while m > n_clusters and rows.size:
         nearest, best = _nearest_neighbours(m, rows, cols, cost)
@@ -140,8 +155,9 @@ def reciprocal_agglomeration(
         alive[b] = False
         new_id = np.cumsum(alive) - 1
         new_id[b] = new_id[a]
-        new_centroids = centroids[alive]
-        new_weights = weights[alive]
+        survivors = np.flatnonzero(alive)
+        new_centroids = centroids.take(survivors, axis=0)
+        new_weights = weights[survivors]
         into = new_id[a]
         share = (weights[b] / (weights[a] + weights[b])).astype(np.float32)
         for start in range(0, a.size, _EDGE_CHUNK):
@@ -167,7 +183,8 @@ def reciprocal_agglomeration(
         kept = ~touched
         rows = np.concatenate([new_id[rows[kept]], lo])
         cols = np.concatenate([new_id[cols[kept]], hi])
-        cost = np.concatenate([cost[kept], ward_costs(new_centroids, new_weights, lo, hi)])
+        cost = np.concatenate([cost[kept],
+                               ward_costs(new_centroids, new_weights, lo, hi, n_jobs)])
         labels = new_id[labels]
         centroids, weights, m = new_centroids, new_weights, m_new
     adjacency = sparse.coo_matrix((np.ones(rows.size), (rows, cols)), shape=(m, m))
@@ -204,8 +221,8 @@ def weighted_ward_tree(centroids: np.ndarray, weights: np.ndarray,
     heap = list(zip(cost.tolist(), cols.tolist(), rows.tolist(), strict=True))
     heapq.heapify(heap)
     pop, push = heapq.heappop, heapq.heappush
-    active = np.zeros(n_total, dtype=bool)
-    active[:m] = True
+    active = bytearray(n_total)  # faster than a numpy array for scalar access
+    active[:m] = b"\x01" * m
     children = np.empty((m - 1, 2), dtype=np.intp)
     for k in range(m, n_total):
         while True:
@@ -215,8 +232,8 @@ def weighted_ward_tree(centroids: np.ndarray, weights: np.ndarray,
             _, i, j = pop(heap)
             if active[i] and active[j]:
                 break
-        active[i] = active[j] = False
-        active[k] = True
+        active[i] = active[j] = 0
+        active[k] = 1
         children[k - m] = (j, i)
         size_i, size_j = size[i], size[j]
         size[k] = size_i + size_j
@@ -305,7 +322,7 @@ def cut_tree(children: np.ndarray, n_leaves: int, n_clusters: int) -> np.ndarray
 
 
 def ward_labels(features: np.ndarray, connectivity: sparse.spmatrix,
-                scales: Sequence[int]) -> dict[int, np.ndarray]:
+                scales: Sequence[int], n_jobs: int = 1) -> dict[int, np.ndarray]:
     """Ward parcellations at every scale from one tree (cluster ids, not yet ordered).
 
     Parameters
@@ -315,6 +332,8 @@ def ward_labels(features: np.ndarray, connectivity: sparse.spmatrix,
         Symmetric adjacency of the samples.
     scales : sequence of int
         Numbers of clusters.
+    n_jobs : int
+        Threads for the supervoxel step (the result does not depend on it).
 
     Returns
     -------
@@ -325,7 +344,7 @@ def ward_labels(features: np.ndarray, connectivity: sparse.spmatrix,
     target = n_supervoxels(n, scales)
     if target < n:
         supervoxel, centroids, weights, adjacency = reciprocal_agglomeration(
-            features, connectivity, target)
+            features, connectivity, target, n_jobs)
         LOGGER.debug("ward: %d voxels -> %d supervoxels (largest %d voxels)", n,
                      centroids.shape[0], int(weights.max()))
     else:

@@ -1,0 +1,342 @@
+"""Participant-level speed and memory against nilearn's ``Parcellations``, side by side.
+
+One command generates the data (the demo generator at 4 mm and 2 mm, one run each),
+then runs whole processes in alternation, several times:
+
+* ``read``:    nibabel ``get_fdata(dtype=float32)`` of the BOLD (the bare
+  read + decompress time of the same file: the floor for anything that reads it);
+* ``nilearn``: ``benchmarks/nilearn_parcellations.py`` (``Parcellations`` fit +
+  ``transform``, same smoothing, standardisation, confounds and scale);
+* ``ours``:    ``bids_parcellate BIDS OUT participant`` on the same files.
+
+Wall time and peak RSS come from ``os.wait4`` on each child. Medians are reported with
+their ratios, together with the ARI of each parcellation to the generator's ground
+truth. Also measured: 5 scales (100 200 400 700 1000) against 1 scale, and kmeans,
+hierarchical_kmeans and rena against nilearn's.
+
+Usage::
+
+    python benchmarks/run.py            # full: 4 mm and 2 mm (about an hour on 2 cores)
+    python benchmarks/run.py --quick    # 4 mm only, 2 repetitions (a few minutes)
+    python benchmarks/run.py --profile  # py-spy profiles of our CLI (pip install py-spy)
+
+See benchmarks/README.md for the machine, the results and the profiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SPACE = "space-MNI152NLin2009cAsym"
+#: resolution (mm) -> demo generator arguments (sizes of the issue: 29k voxels x 168
+#: volumes at 4 mm, 235k x 200 at 2 mm); 1000 true parcels so that the ARI at scale 1000
+#: measures the recovery of parcels of the size being learned
+DATASETS = {
+    4: {"resolution": 4, "n_volumes": 168, "n_true_parcels": 1000},
+    2: {"resolution": 2, "n_volumes": 200, "n_true_parcels": 1000},
+}
+SCALES5 = (100, 200, 400, 700, 1000)
+OTHER_METHODS = ("kmeans", "hierarchical_kmeans", "rena")
+
+
+# --------------------------------------------------------------------------- data
+def dataset(work: Path, res: int) -> Path:
+    """Generate (once) the demo dataset at ``res`` mm; return its root."""
+    root = work / f"data-{res}mm"
+    stamp = root / "sourcedata" / "ground_truth" / "demo_parameters.json"
+    if not stamp.is_file():
+        from bids_parcellate.demo import make_demo_dataset
+
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"generating the {res} mm dataset in {root} ...", flush=True)
+        make_demo_dataset(root, participants=("01",), runs=(1,), seed=0, **DATASETS[res])
+    return root
+
+
+def run_files(root: Path) -> dict[str, Path]:
+    func = root / "derivatives" / "fmriprep" / "sub-01" / "func"
+    prefix = f"sub-01_task-rest_run-1_{SPACE}"
+    return {
+        "bold": func / f"{prefix}_desc-preproc_bold.nii.gz",
+        "mask": func / f"{prefix}_desc-brain_mask.nii.gz",
+        "truth": root / "sourcedata" / "ground_truth"
+        / f"sub-01_{SPACE}_desc-truth_dseg.nii.gz",
+    }
+
+
+# --------------------------------------------------------------------------- processes
+def measure(cmd: list[str], log: Path) -> dict:
+    """Run ``cmd`` as a child process; wall time (s), peak RSS (GB), exit code, stdout."""
+    with open(log, "w") as err, subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                 stderr=err, text=True) as proc:
+        start = time.monotonic()
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}); see {log}")
+    return {"wall_s": wall, "rss_gb": usage.ru_maxrss / 2**20,
+            "cpu_s": usage.ru_utime + usage.ru_stime, "stdout": out}
+
+
+READ_SCRIPT = """
+import json, sys, time
+t = time.monotonic()
+import nibabel as nib, numpy as np
+img = nib.load(sys.argv[1])
+t0 = time.monotonic()
+data = img.get_fdata(dtype=np.float32)
+print(json.dumps({"read_s": time.monotonic() - t0, "total_s": time.monotonic() - t}))
+"""
+
+
+def read_cmd(files: dict) -> list[str]:
+    return [sys.executable, "-c", READ_SCRIPT, str(files["bold"])]
+
+
+def nilearn_cmd(files: dict, method: str, scale: int, out: Path) -> list[str]:
+    return [sys.executable, str(HERE / "nilearn_parcellations.py"), str(files["bold"]),
+            str(files["mask"]), str(out), "--method", method, "--n-parcels", str(scale)]
+
+
+def ours_cmd(root: Path, out: Path, work: Path, method: str, scales, nprocs: int) -> list:
+    return [sys.executable, "-m", "bids_parcellate", str(root), str(out), "participant",
+            "--method", method, "--n-parcels", *map(str, scales), "--nprocs", str(nprocs),
+            "-w", str(work)]
+
+
+def our_dseg(out: Path, method: str, scale: int) -> Path:
+    seg = method.replace("_", "")
+    return out / "sub-01" / "anat" / f"sub-01_{SPACE}_seg-{seg}_scale-{scale}_dseg.nii.gz"
+
+
+def ari(labels_path: Path, truth_path: Path) -> float:
+    import nibabel as nib
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score
+
+    truth = np.asarray(nib.load(truth_path).dataobj)
+    found = np.asarray(nib.load(labels_path).dataobj)
+    inside = truth > 0
+    return float(adjusted_rand_score(truth[inside], found[inside]))
+
+
+# --------------------------------------------------------------------------- cases
+class Case:
+    """One measured command, run ``repeats`` times in alternation with the others."""
+
+    def __init__(self, name: str, make_cmd, labels: Path | None = None,
+                 truth: Path | None = None, clean: Path | None = None):
+        self.name, self.make_cmd, self.labels, self.truth, self.clean = (
+            name, make_cmd, labels, truth, clean)
+        self.runs: list[dict] = []
+        self.ari: float | None = None
+
+    def run(self, logs: Path) -> None:
+        if self.clean is not None:
+            shutil.rmtree(self.clean, ignore_errors=True)
+        result = measure(self.make_cmd(), logs / f"{self.name}-{len(self.runs)}.log")
+        if self.name.startswith("read"):
+            result["read_s"] = json.loads(result["stdout"])["read_s"]
+        self.runs.append(result)
+        if self.labels is not None and self.ari is None:
+            self.ari = ari(self.labels, self.truth)
+
+    def median(self, key: str) -> float:
+        return statistics.median(r[key] for r in self.runs)
+
+
+def build_cases(work: Path, resolutions, methods: bool, nprocs: int) -> list[Case]:
+    cases = []
+    for res in resolutions:
+        root = dataset(work, res)
+        files = run_files(root)
+        out = work / "out"
+        cases.append(Case(f"read-{res}mm", lambda f=files: read_cmd(f)))
+        targets = [("ward", (1000,))]
+        if methods:
+            targets += [(m, (1000,)) for m in OTHER_METHODS]
+        for method, scales in targets:
+            tag = f"{method}-{res}mm"
+            nl_labels = out / f"nilearn-{tag}.nii.gz"
+            cases.append(Case(f"nilearn-{tag}",
+                              lambda f=files, m=method, o=nl_labels: nilearn_cmd(f, m, 1000, o),
+                              nl_labels, files["truth"]))
+            ours_out = out / f"ours-{tag}"
+            cases.append(Case(
+                f"ours-{tag}",
+                lambda r=root, o=ours_out, m=method, s=scales: ours_cmd(
+                    r, o, work / "pybids", m, s, nprocs),
+                our_dseg(ours_out, method, 1000), files["truth"], clean=ours_out))
+        five = out / f"ours-ward5-{res}mm"
+        cases.append(Case(f"ours-ward5-{res}mm",
+                          lambda r=root, o=five: ours_cmd(r, o, work / "pybids", "ward",
+                                                          SCALES5, nprocs),
+                          our_dseg(five, "ward", 1000), files["truth"], clean=five))
+    return cases
+
+
+# --------------------------------------------------------------------------- report
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 2**20:.0f} GB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    import nilearn
+    import numpy
+    import sklearn
+
+    return (f"{os.cpu_count()} CPUs ({cpu}){mem}, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, numpy {numpy.__version__}, scikit-learn "
+            f"{sklearn.__version__}, nilearn {nilearn.__version__}")
+
+
+def report(cases: list[Case], resolutions, methods: bool) -> str:
+    by = {c.name: c for c in cases}
+    lines = []
+
+    def fmt(c: Case) -> str:
+        ari_text = f"{c.ari:.4f}" if c.ari is not None else "-"
+        return (f"{c.median('wall_s'):8.1f} s {c.median('rss_gb'):6.2f} GB "
+                f"cpu {c.median('cpu_s'):7.1f} s  ARI {ari_text}")
+
+    lines.append(f"repetitions: {len(cases[0].runs)} (medians)")
+    for name, c in by.items():
+        lines.append(f"  {name:34s} {fmt(c)}")
+    lines.append("")
+    lines.append("| data | method | nilearn wall / RSS | ours wall / RSS | speed-up | RSS ratio "
+                 "| ours / bare read | ARI nilearn / ours |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for res in resolutions:
+        read = by[f"read-{res}mm"].median("read_s")
+        for method in ("ward", *(OTHER_METHODS if methods else ())):
+            nl, us = by[f"nilearn-{method}-{res}mm"], by[f"ours-{method}-{res}mm"]
+            lines.append(
+                f"| {res} mm | {method} 1000 | {nl.median('wall_s'):.1f} s / "
+                f"{nl.median('rss_gb'):.2f} GB | {us.median('wall_s'):.1f} s / "
+                f"{us.median('rss_gb'):.2f} GB | {nl.median('wall_s') / us.median('wall_s'):.1f}x "
+                f"| {us.median('rss_gb') / nl.median('rss_gb'):.2f} "
+                f"| {us.median('wall_s') / read:.1f}x | {nl.ari:.4f} / {us.ari:.4f} |")
+    lines.append("")
+    for res in resolutions:
+        one, five = by[f"ours-ward-{res}mm"], by[f"ours-ward5-{res}mm"]
+        read = by[f"read-{res}mm"].median("read_s")
+        lines.append(f"{res} mm: bare read {read:.2f} s; ward 5 scales / 1 scale = "
+                     f"{five.median('wall_s'):.1f} / {one.median('wall_s'):.1f} s = "
+                     f"{five.median('wall_s') / one.median('wall_s'):.2f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- profile
+def profile(work: Path, resolutions, nprocs: int) -> None:
+    """py-spy profile of our CLI (ward, 1000) at each resolution; prints the top frames."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists() and not shutil.which("py-spy"):
+        sys.exit("--profile needs py-spy (pip install py-spy)")
+    for res in resolutions:
+        root = dataset(work, res)
+        out = work / "out" / f"profile-{res}mm"
+        shutil.rmtree(out, ignore_errors=True)
+        speedscope = work / f"profile-{res}mm.speedscope.json"
+        subprocess.run([exe, "record", "-r", "50", "-f", "speedscope", "-o", str(speedscope),
+                        "--", *ours_cmd(root, out, work / "pybids", "ward", (1000,), nprocs)],
+                       check=True, capture_output=True)
+        print(f"## {res} mm: {speedscope} (open in https://www.speedscope.app)")
+        print(summarise_speedscope(speedscope))
+
+
+def summarise_speedscope(path: Path, top: int = 25) -> str:
+    """Inclusive share of the samples per function of our package (and its callees)."""
+    data = json.loads(path.read_text())
+    frames = data["shared"]["frames"]
+    lines = []
+    for prof in data["profiles"]:
+        total = sum(prof["weights"]) or 1.0
+        inclusive: dict[str, float] = {}
+        for stack, weight in zip(prof["samples"], prof["weights"], strict=True):
+            seen = set()
+            for index in stack:
+                frame = frames[index]
+                key = f"{frame['name']} ({Path(frame.get('file', '')).name}:{frame.get('line')})"
+                if key not in seen:
+                    seen.add(key)
+                    inclusive[key] = inclusive.get(key, 0.0) + weight
+        lines.append(f"thread {prof['name']}: {total:.1f} s sampled")
+        interesting = [(k, v) for k, v in inclusive.items()
+                       if "bids_parcellate" in k or any(
+                           s in k for s in (".py:", "ward", "denoise", "parcellate", "extract"))]
+        for key, value in sorted(interesting, key=lambda kv: -kv[1])[:top]:
+            lines.append(f"  {100 * value / total:5.1f}%  {key}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="4 mm only, 2 repetitions, no other methods")
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 3)")
+    parser.add_argument("--resolutions", type=int, nargs="+", choices=sorted(DATASETS),
+                        default=None, help="resolutions in mm (default 4 2)")
+    parser.add_argument("--no-methods", action="store_true",
+                        help="only ward (skip kmeans, hierarchical_kmeans and rena)")
+    parser.add_argument("--nprocs", type=int, default=os.cpu_count(),
+                        help="--nprocs given to bids_parcellate (default: all CPUs, as "
+                             "nilearn's BLAS uses)")
+    parser.add_argument("--work", type=Path, default=Path("benchmark_work"),
+                        help="data, outputs and logs (default ./benchmark_work)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile our CLI with py-spy instead of benchmarking")
+    args = parser.parse_args()
+    resolutions = args.resolutions or ([4] if args.quick else [4, 2])
+    repeats = args.repeats or (2 if args.quick else 3)
+    methods = not (args.quick or args.no_methods)
+    work = args.work.resolve()
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    (work / "out").mkdir(exist_ok=True)
+    if args.profile:
+        profile(work, resolutions, args.nprocs)
+        return
+    cases = build_cases(work, resolutions, methods, args.nprocs)
+    print(f"machine: {machine()}")
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    for rep in range(repeats):
+        for case in cases:
+            case.run(work / "logs")
+            print(f"[{rep + 1}/{repeats}] {case.name:34s} {case.runs[-1]['wall_s']:7.1f} s "
+                  f"{case.runs[-1]['rss_gb']:5.2f} GB", flush=True)
+    print(f"load average after: {os.getloadavg()}\n")
+    text = report(cases, resolutions, methods)
+    print(text)
+    results = {
+        "machine": machine(),
+        "cases": {c.name: {"runs": [{k: v for k, v in r.items() if k != "stdout"}
+                                    for r in c.runs], "ari": c.ari} for c in cases},
+    }
+    (work / "results.json").write_text(json.dumps(results, indent=1))
+    (work / "results.md").write_text(text + "\n")
+    print(f"\nwritten: {work / 'results.md'}, {work / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
