@@ -157,8 +157,10 @@ class CleanRun:
 
 
 #: Bytes of BOLD decompressed per block while reading (bounds memory: the 4D image is
-#: never held whole, only the in-mask voxels are kept).
-_READ_BLOCK_BYTES = 64 * 2**20
+#: never held whole, only the in-mask voxels are kept). Below glibc's 32 MB mmap
+#: threshold, so the blocks reuse freed heap memory instead of page-faulting fresh memory
+#: (64 MB blocks cost 1.1 s of system time per 2 mm run).
+_READ_BLOCK_BYTES = 16 * 2**20
 
 
 def _open_image(path) -> tuple[nib.Nifti1Image, object]:

@@ -29,7 +29,7 @@ LabelsByScale = dict[int, np.ndarray]
 
 # --------------------------------------------------------------------------- features
 def smooth_masked(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
-                  fwhm: float, chunk: int = 16, *, n_jobs: int = 1) -> np.ndarray:
+                  fwhm: float, chunk: int | None = None, *, n_jobs: int = 1) -> np.ndarray:
     """Gaussian smoothing restricted to the mask (normalised convolution).
 
     Each volume is smoothed with the mask as weights and divided by the smoothed mask,
@@ -43,8 +43,9 @@ def smooth_masked(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
     affine : ndarray (4, 4)
     fwhm : float
         Full width at half maximum in mm; 0 returns ``data`` unchanged.
-    chunk : int
-        Volumes smoothed at once (bounds memory).
+    chunk : int, optional
+        Volumes smoothed at once (bounds memory); default: about 8 MB of volumes, which
+        stays under glibc's mmap threshold (freed blocks are reused, not page-faulted).
     n_jobs : int
         Threads smoothing blocks of volumes in parallel (scipy.ndimage releases the GIL).
 
@@ -71,6 +72,8 @@ def smooth_masked(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
     weight = ndimage.gaussian_filter(sub_mask.astype(np.float32), sigma, mode="constant")
     inv_norm = (1.0 / weight.ravel()[inside]).astype(np.float32)
     n_times = data.shape[0]
+    if chunk is None:
+        chunk = max(1, 2 * 2**20 // sub_mask.size)
     out = np.empty((data.shape[1], n_times), dtype=np.float32)
 
     def smooth_block(start: int) -> None:

