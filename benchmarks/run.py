@@ -94,15 +94,20 @@ READ_SCRIPT = """
 import json, sys, time
 t = time.monotonic()
 import nibabel as nib, numpy as np
-img = nib.load(sys.argv[1])
+if sys.argv[2] == "isal":  # the same read with ISA-L decompression, as bids_parcellate does
+    from isal import igzip
+    stream = igzip.open(sys.argv[1], "rb")
+    img = nib.Nifti1Image.from_file_map({"image": nib.FileHolder(sys.argv[1], stream)})
+else:
+    img = nib.load(sys.argv[1])
 t0 = time.monotonic()
 data = img.get_fdata(dtype=np.float32)
 print(json.dumps({"read_s": time.monotonic() - t0, "total_s": time.monotonic() - t}))
 """
 
 
-def read_cmd(files: dict) -> list[str]:
-    return [sys.executable, "-c", READ_SCRIPT, str(files["bold"])]
+def read_cmd(files: dict, how: str = "nibabel") -> list[str]:
+    return [sys.executable, "-c", READ_SCRIPT, str(files["bold"]), how]
 
 
 def nilearn_cmd(files: dict, method: str, scale: int, out: Path) -> list[str]:
@@ -164,6 +169,7 @@ def build_cases(work: Path, resolutions, methods: bool, nprocs: int) -> list[Cas
         files = run_files(root)
         out = work / "out"
         cases.append(Case(f"read-{res}mm", lambda f=files: read_cmd(f)))
+        cases.append(Case(f"read_isal-{res}mm", lambda f=files: read_cmd(f, "isal")))
         targets = [("ward", (1000,))]
         if methods:
             targets += [(m, (1000,)) for m in OTHER_METHODS]
@@ -242,7 +248,10 @@ def report(cases: list[Case], resolutions, methods: bool) -> str:
     for res in resolutions:
         one, five = by[f"ours-ward-{res}mm"], by[f"ours-ward5-{res}mm"]
         read = by[f"read-{res}mm"].median("read_s")
-        lines.append(f"{res} mm: bare read {read:.2f} s; ward 5 scales / 1 scale = "
+        read_isal = by[f"read_isal-{res}mm"].median("read_s")
+        lines.append(f"{res} mm: bare read {read:.2f} s (with ISA-L {read_isal:.2f} s: ours / "
+                     f"that = {one.median('wall_s') / read_isal:.1f}x); ward 5 scales / "
+                     f"1 scale = "
                      f"{five.median('wall_s'):.1f} / {one.median('wall_s'):.1f} s = "
                      f"{five.median('wall_s') / one.median('wall_s'):.2f}")
     return "\n".join(lines)
