@@ -122,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "runs have more volumes)")
     par.add_argument("--random-seed", type=int, default=0, help="seed of every random step")
 
+    rep = parser.add_argument_group("reports and methods text")
+    only = rep.add_mutually_exclusive_group()
+    only.add_argument("--reports-only", action="store_true",
+                      help="only rebuild the HTML reports from the outputs already in "
+                           "OUTPUT_DIR (nothing is recomputed and BIDS_DIR is not read)")
+    only.add_argument("--boilerplate-only", action="store_true",
+                      help="only write the methods text (OUTPUT_DIR/logs/CITATION.md, "
+                           ".html, .bib) for the selected inputs; no data are processed")
+
     res = parser.add_argument_group("resources")
     res.add_argument("--nprocs", "--n-cpus", type=int, default=1, help="CPUs to use")
     res.add_argument("--mem-gb", type=_positive_float, default=None,
@@ -182,6 +191,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         nprocs=args.nprocs,
         mem_gb=args.mem_gb,
         verbosity=args.verbose,
+        reports_only=args.reports_only,
+        boilerplate_only=args.boilerplate_only,
         command_line=tuple(argv),
     )
 
@@ -247,11 +258,20 @@ def attach_log_file(memory: logging.handlers.MemoryHandler, output_dir: Path,
 # --------------------------------------------------------------------------- main
 def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     """Run the analysis levels of ``config``; return the exit code."""
+    from bids_parcellate import report
     from bids_parcellate.denoise import check_strategy_options
     from bids_parcellate.inputs import collect_runs
     from bids_parcellate.participant import run_participant_level
 
     check_strategy_options(config)
+    if config.reports_only:
+        log_path = attach_log_file(memory, _existing_output_dir(config),
+                                   config.analysis_levels)
+        LOGGER.debug("log file %s", log_path)
+        written = report.reports_only(config)
+        LOGGER.info("reports rebuilt from %s: %s", config.output_dir,
+                    ", ".join(p.name for p in written))
+        return 0
     if "group" in config.analysis_levels:
         raise UserError("analysis level 'group' is not available yet")
     start = time.monotonic()
@@ -261,15 +281,27 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     LOGGER.info("found %d run(s) in %d unit(s) (%s); %d skipped", len(selection.runs),
                 len(units), ", ".join(f"sub-{s}" + (f"_ses-{x}" if x else "")
                                       for s, x in units), len(selection.skipped))
+    if config.boilerplate_only:
+        written = report.boilerplate_only(config, selection)
+        LOGGER.info("methods text written: %s", ", ".join(str(p) for p in written))
+        return 0
     log_path = attach_log_file(memory, config.output_dir, config.analysis_levels)
     LOGGER.debug("log file %s, config hash %s", log_path, config.config_hash())
     results = run_participant_level(config, selection)
+    report.finish_participant_level(config, results)
     failed = [r for r in results if r.error]
     LOGGER.info("done in %.1f s: %d unit(s) succeeded, %d failed", time.monotonic() - start,
                 len(results) - len(failed), len(failed))
     for r in failed:
         LOGGER.error("FAILED %s: %s", r.name, r.error)
     return 1 if failed else 0
+
+
+def _existing_output_dir(config: Config) -> Path:
+    if not config.output_dir.is_dir():
+        raise UserError(f"{config.output_dir}: OUTPUT_DIR does not exist (nothing to "
+                        "report on)")
+    return config.output_dir
 
 
 def main(argv: list[str] | None = None) -> int:

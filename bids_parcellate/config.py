@@ -39,6 +39,8 @@ _NOT_HASHED = frozenset(
         "mem_gb",
         "command_line",
         "participant_label",
+        "reports_only",
+        "boilerplate_only",
     }
 )
 
@@ -126,6 +128,9 @@ class Config:
     nprocs: int = 1
     mem_gb: float | None = None
     verbosity: int = 0
+    # what to do: everything, or only the reports / the methods text
+    reports_only: bool = False
+    boilerplate_only: bool = False
     command_line: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -171,6 +176,8 @@ class Config:
             raise ConfigError(f"--space {self.space!r}: not a BIDS label")
         if self.res is not None and not LABEL_PATTERN.match(self.res):
             raise ConfigError(f"--res {self.res!r}: not a BIDS label")
+        if self.reports_only and self.boilerplate_only:
+            raise ConfigError("--reports-only and --boilerplate-only exclude each other")
 
     # ------------------------------------------------------------------ hashing
     def hashed_parameters(self) -> dict:

@@ -230,3 +230,21 @@ Data-driven brain parcellations learned from fMRIPrep outputs by bids_parcellate
 
 Every file is described in the bids_parcellate documentation (docs/outputs.md).
 """
+
+
+# --------------------------------------------------------------------------- reports
+def participant_report_path(output_dir: Path, subject: str) -> Path:
+    """``OUTPUT_DIR/sub-<label>.html`` (fMRIPrep's convention)."""
+    return Path(output_dir) / build_name("participant_report",
+                                         {"subject": subject, "extension": ".html"})
+
+
+def group_report_path(output_dir: Path) -> Path:
+    """``OUTPUT_DIR/group.html``."""
+    return Path(output_dir) / "group.html"
+
+
+def citation_paths(output_dir: Path) -> dict[str, Path]:
+    """``OUTPUT_DIR/logs/CITATION.{md,html,bib}``: the methods text of the last run."""
+    logs = Path(output_dir) / "logs"
+    return {ext: logs / f"CITATION.{ext}" for ext in ("md", "html", "bib")}

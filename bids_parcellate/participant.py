@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import outputs
+from bids_parcellate import outputs, report
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
@@ -81,6 +81,8 @@ class UnitResult:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     n_voxels: int = 0
+    #: The unit's report record (see :mod:`bids_parcellate.report.record`).
+    report: dict | None = None
 
     @property
     def name(self) -> str:
@@ -218,8 +220,13 @@ DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.
 
 
 def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
-                 source_dirs: list[Path], progress: Progress) -> UnitResult:
-    """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure."""
+                 source_dirs: list[Path], progress: Progress,
+                 unit_log: report.UnitLog | None = None) -> UnitResult:
+    """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure.
+
+    With ``unit_log`` (warnings and skipped inputs of the unit), the report figures and
+    record are written too.
+    """
     subject, session = key
     result = UnitResult(subject=subject, session=session)
     tic = time.monotonic()
@@ -263,6 +270,11 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     outputs.prepare_output_dir(config.output_dir, source_dirs)
     result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
     result.timings["write"] = time.monotonic() - tic
+    # report (figures + record) while the cleaned data are still in memory
+    if unit_log is not None:
+        files, result.report = report.write_unit_report_data(
+            config, result, unit_mask, cleaned, labels, series, source_dirs, unit_log)
+        result.files += files
     LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
                 result.name, len(labels), ", ".join(map(str, sorted(labels))),
                 unit_mask.n_voxels, len(result.runs), len(result.files))
@@ -275,8 +287,12 @@ def run_participant_level(config: Config, selection: Selection) -> list[UnitResu
     progress = Progress(sum(len(r) for r in units.values()))
     results = []
     for key, runs in units.items():
+        unit_log = report.UnitLog(skipped_inputs=report.record.skipped_of_unit(
+            selection.skipped, *key))
         try:
-            results.append(process_unit(config, key, runs, selection.fmriprep_dirs, progress))
+            with unit_log:
+                results.append(process_unit(config, key, runs, selection.fmriprep_dirs,
+                                            progress, unit_log))
         except UserError as exc:
             name = outputs.unit_prefix(*key)
             LOGGER.error("%s failed: %s", name, exc)

@@ -1,0 +1,1 @@
+"""Methods-text templates (jinja2) and references.bib, shipped as ``bids_parcellate.boilerplate``."""
