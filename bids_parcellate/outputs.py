@@ -33,7 +33,9 @@ BIDSIGNORE = (
     "*_timeseries.json",
     "logs/",
     "*.html",
-    "figures/",
+    # report figures and records under sub-<label>/figures/ (the validator does not
+    # match "figures/" below the root: "figures" does)
+    "figures",
 )
 
 
@@ -226,7 +228,10 @@ Data-driven brain parcellations learned from fMRIPrep outputs by bids_parcellate
   parcellation per participant (and session) and scale; labels 1..n, 0 is background.
 - `sub-<label>/func/*_stat-mean_timeseries.tsv` (+ `.json`): parcel mean timeseries per
   run and scale; one row per BOLD volume, censored volumes are `n/a`.
-- `logs/`: log files of every invocation.
+- `sub-<label>.html`, `group.html`: HTML reports; `sub-<label>/figures/`: their figures
+  and data.
+- `logs/`: log files of every invocation; `logs/CITATION.md` (`.html`, `.bib`): methods
+  text of the last run, with references.
 
 Every file is described in the bids_parcellate documentation (docs/outputs.md).
 """

@@ -67,7 +67,7 @@ class Slicer:
     mask_img : Nifti1Image
         Brain mask (non-zero inside).
     n_cuts : int
-        Axial cuts between the 10th and 90th percentile of the mask's extent in z.
+        Axial cuts between the 15th and 90th percentile of the mask's extent in z.
     """
 
     def __init__(self, mask_img: nib.Nifti1Image, n_cuts: int = N_CUTS) -> None:
@@ -75,7 +75,7 @@ class Slicer:
         self.mask = mask > 0
         z = np.flatnonzero(self.mask.any(axis=(0, 1)))
         self.planes = [int(k) for k in
-                       np.linspace(*np.percentile(z, [10, 90]), n_cuts).round()]
+                       np.linspace(*np.percentile(z, [15, 90]), n_cuts).round()]
         xy = np.argwhere(self.mask.any(axis=2))
         self.box = (slice(xy[:, 0].min(), xy[:, 0].max() + 1),
                     slice(xy[:, 1].min(), xy[:, 1].max() + 1))

@@ -84,7 +84,9 @@ class Reference:
         details = ", ".join(p for p in (
             f.get("volume", "") + (f"({f['number']})" if f.get("number") else ""),
             f.get("pages", "").replace("--", "–")) if p)
-        text = f"{who} ({f.get('year', 'n.d.')}). {f.get('title', '')}. {venue}"
+        title = f.get("title", "")
+        title += "" if title.endswith(("?", "!", ".")) else "."
+        text = f"{who} ({f.get('year', 'n.d.')}). {title} {venue}"
         text += f", {details}." if details else "."
         link = f"https://doi.org/{f['doi']}" if f.get("doi") else f.get("url")
         return text, link
