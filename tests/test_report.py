@@ -13,20 +13,22 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
-import matplotlib.image
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
 
 from bids_parcellate.demo import make_demo_dataset
 from bids_parcellate.report.assemble import write_group_report
 from bids_parcellate.report.methods import parse_bib, references, render_methods
 from bids_parcellate.report.record import UnitLog
 
-from .conftest import run_cli
+from .conftest import SHARED_DATA, run_cli
 
 SPACE = "space-MNI152NLin2009cAsym"
 FIGURES = ("labels", "compressed", "sizes", "carpet", "correlation", "fd")
@@ -34,6 +36,7 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage")
 HOSTILE = "<script>alert(1)</script>"
+SVG = "http://www.w3.org/2000/svg"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -97,15 +100,29 @@ def parse(html: str) -> Elements:
     return parser
 
 
-def decode_png(uri: str) -> np.ndarray:
-    """Decode a ``data:image/png;base64,`` URI; the pixels must not be uniform."""
-    assert uri.startswith("data:image/png;base64,"), uri[:40]
-    data = base64.b64decode(uri.split(",", 1)[1], validate=True)
+def raster(data: bytes) -> np.ndarray:
+    """Pixels (RGB) of PNG bytes; they must not all be the same."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pixels = matplotlib.image.imread(io.BytesIO(data), format="png")
-    assert pixels.shape[0] > 50 and pixels.shape[1] > 200
-    assert pixels.reshape(-1, pixels.shape[-1]).std(axis=0).max() > 0.02, "blank figure"
+    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=float)
+    assert pixels.reshape(-1, 3).std(axis=0).max() > 5, "uniform raster"
     return pixels
+
+
+def decode_figure(uri: str) -> ET.Element:
+    """Decode a figure's data URI (SVG) and check it draws something: every raster it
+    embeds decodes and is not uniform, and it has rasters or a line of many points."""
+    assert uri.startswith("data:image/svg+xml;charset=utf-8,"), uri[:40]
+    svg = ET.fromstring(unquote(uri.split(",", 1)[1]))
+    assert svg.tag == f"{{{SVG}}}svg" and float(svg.get("width")) > 300
+    assert not list(svg.iter(f"{{{SVG}}}script"))
+    images = list(svg.iter(f"{{{SVG}}}image"))
+    for image in images:
+        href = image.get("href")
+        assert href.startswith("data:image/png;base64,")
+        raster(base64.b64decode(href.split(",", 1)[1], validate=True))
+    lines = [p for p in svg.iter(f"{{{SVG}}}polyline") if len(p.get("points").split()) > 10]
+    assert images or lines, "empty figure"
+    return svg
 
 
 def without_timestamp(html: str) -> str:
@@ -133,7 +150,7 @@ def test_report_record_and_files(demo8, demo8_out):
         assert [s["scale"] for s in record["scales"]] == [20, 50]
         assert sorted(record["figures"]) == sorted(FIGURES)
         for entry in record["figures"].values():
-            assert (demo8_out / entry["file"]).stat().st_size > 5000
+            assert (demo8_out / entry["file"]).stat().st_size > 3000
         # checksums are those of the input files
         for rel, digest in record["checksums"].items():
             assert hashlib.sha256((demo8.root / rel).read_bytes()).hexdigest() == digest
@@ -161,8 +178,9 @@ def test_participant_report_in_chromium(demo8_out, tmp_path):
     source = page.read_text()
     # no external resource: every src and <link> is a data: URI, the style sheet is inline
     assert re.findall(r'src="([a-z]+):', source) == ["data"] * len(FIGURES)
+    assert "href=%22http" not in source  # nor inside the figures' SVG
     assert re.findall(r'<link [^>]*href="([a-z]+):', source) == ["data"]
-    assert "url(" not in source and "@import" not in source
+    assert not re.findall(r"url\((?!%23)", source) and "@import" not in source
     dom, console = load_page(page)
     assert console == "", console
     elements = parse(dom)
@@ -170,7 +188,7 @@ def test_participant_report_in_chromium(demo8_out, tmp_path):
     assert elements.root["data-report-images"] == f"{len(FIGURES)} {len(FIGURES)}"
     assert len(elements.images) == len(FIGURES)
     for image in elements.images:
-        decode_png(image["src"])
+        decode_figure(image["src"])
     text = "".join(elements.text)
     for heading in ("Summary", "Denoising", "Parcellation", "Quality", "Warnings",
                     "Methods", "Provenance", "Runs used", "Regressors used"):
@@ -180,8 +198,8 @@ def test_participant_report_in_chromium(demo8_out, tmp_path):
     proc = chromium(page, f"--screenshot={shot}", "--window-size=1280,2400",
                     "--hide-scrollbars")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    pixels = matplotlib.image.imread(shot)
-    assert pixels.shape[:2] == (2400, 1280)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float) / 255
+    assert pixels.shape == (2400, 1280)
     # a real page: dark header, white body, figures and text in between
     assert pixels[:20].mean() < 0.35 and 0.6 < pixels.mean() < 0.99
 
@@ -353,11 +371,38 @@ def test_group_report_from_group_outputs(demo8_out, tmp_path):
     elements = parse(dom)
     assert json.loads(elements.root["data-report-errors"]) == []
     assert elements.root["data-report-images"] == "1 1"
-    pixels = decode_png(elements.images[0]["src"])
-    assert pixels.shape[0] > 200  # two rows of cuts
+    svg = decode_figure(elements.images[0]["src"])
+    assert [t.text for t in svg.iter(f"{{{SVG}}}text")][:2] == ["20 parcels", "50 parcels"]
     assert "sub-01.html" in elements.links and "sub-02.html" in elements.links
     text = "".join(elements.text)
     assert "atlas-demoward" in text and "0.812" in text and "0.775" in text
     labels = np.asarray(nib.load(tpl / "tpl-MNI152NLin2009cAsym_atlas-demoward_scale-50"
                                        "_dseg.nii.gz").dataobj)
     assert f">{len(np.unique(labels)) - 1}<" in path.read_text()  # parcels counted
+    first = path.read_text()
+    path.unlink()
+    assert run_cli(tmp_path / "gone", out, "--reports-only", level="group") == 0
+    assert without_timestamp(path.read_text()) == without_timestamp(first)
+
+
+@pytest.mark.slow
+def test_real_studyforrest_report(tmp_path):
+    """The report of a real 3T run (4 mm, 156 volumes) renders with every figure."""
+    out = tmp_path / "out"
+    assert run_cli(SHARED_DATA, out, "--n-parcels", "100", "400") == 0
+    record = record_of(out, "sf02")
+    (run,) = record["runs"]
+    assert run["n_volumes"] == run["n_kept"] == 156 and len(run["confounds"]) == 30
+    assert run["files"]["bold"].startswith("derivatives/fmriprep/sub-sf02/func/")
+    assert record["grid"]["shape"] == [50, 59, 50]
+    # real signal: parcel means keep a sizeable share of a cleaned volume's variance,
+    # more with more parcels
+    r2 = record["figures"]["compressed"]["r2"]
+    assert 0.1 < r2["100"] < r2["400"] < 1
+    dom, console = load_page(out / "sub-sf02.html")
+    assert console == "", console
+    elements = parse(dom)
+    assert json.loads(elements.root["data-report-errors"]) == []
+    assert elements.root["data-report-images"] == f"{len(FIGURES)} {len(FIGURES)}"
+    for image in elements.images:
+        decode_figure(image["src"])

@@ -48,10 +48,12 @@ def finish_participant_level(config: Config, results: Sequence) -> None:
     if not records:
         return
     tic = time.monotonic()
-    for subject in sorted({r["subject"] for r in records}):
+    subjects = sorted({r["subject"] for r in records})
+    for subject in subjects:
         write_participant_report(config.output_dir, subject)
     write_citation(config.output_dir, records)
-    LOGGER.debug("reports and methods text written in %.1f s", time.monotonic() - tic)
+    LOGGER.info("%d report(s) and logs/CITATION.* assembled in %.2f s", len(subjects),
+                time.monotonic() - tic)
 
 
 def reports_only(config: Config) -> list:

@@ -1,7 +1,7 @@
 """Everything a unit's report needs, saved while its cleaned data are in memory.
 
 The participant level calls :func:`write_unit_report_data` once a unit's outputs are
-written: it draws the figures (PNG files under ``sub-<label>/figures/``) and writes one
+written: it draws the figures (SVG files under ``sub-<label>/figures/``) and writes one
 JSON record per unit (runs used and skipped, volumes kept, regressors, framewise
 displacement, grid, parameters, software versions, input checksums, timings, warnings).
 The HTML report (:mod:`bids_parcellate.report.assemble`) is built from these files
@@ -10,7 +10,6 @@ only, so ``--reports-only`` rebuilds the same report without touching any BOLD f
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import importlib
 import logging
@@ -203,7 +202,7 @@ def _zscore(block: np.ndarray) -> np.ndarray:
 
 def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
                   series: dict, threshold: float | None) -> dict[str, tuple[bytes, dict]]:
-    """Every figure of a unit: name -> (PNG bytes, extra record fields)."""
+    """Every figure of a unit: name -> (SVG bytes, extra record fields)."""
     from bids_parcellate.extract import align_to_volumes
     from bids_parcellate.parcellate import labels_to_volume
     from bids_parcellate.report import figures
@@ -311,25 +310,18 @@ def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, lab
     unit_ents = {"subject": result.subject, "session": result.session, "space": space,
                  "seg": seg, "res": res}
     threshold = fd_threshold(config)
-    # plotting libraries' own notices are not facts about the data: not in the report.
-    # Matplotlib makes many short-lived objects; with pybids' and nilearn's objects alive
-    # the cyclic garbage collector's passes cost 15-30 % of the drawing time, so it is
-    # paused while drawing (nothing cyclic of size is made here).
-    gc.disable()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            drawn = _draw_figures(config, result, unit_mask, cleaned, labels, series,
-                                  threshold)
-    finally:
-        gc.enable()
+    # numerical notices while drawing (e.g. a constant parcel's correlation) are about
+    # the figures, not the data: not in the report
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        drawn = _draw_figures(config, result, unit_mask, cleaned, labels, series, threshold)
     files: list[Path] = []
     figure_entries = {}
-    for name, (png, extra) in drawn.items():
+    for name, (svg, extra) in drawn.items():
         desc, suffix = FIGURE_FILES[name]
         rel = outputs.build_name("figure", {**unit_ents, "desc": desc, "suffix": suffix,
-                                            "extension": ".png"})
-        files.append(outputs.write_bytes(config.output_dir / rel, png))
+                                            "extension": ".svg"})
+        files.append(outputs.write_bytes(config.output_dir / rel, svg))
         figure_entries[name] = {"file": rel, **extra}
     timings = dict(result.timings)
     timings["report_figures"] = time.monotonic() - tic
