@@ -7,10 +7,10 @@ from the group atlases under ``tpl-*/``, the group tables and the unit records. 
 is recomputed from BOLD data, which is what ``--reports-only`` relies on.
 
 Pages are jinja2 templates (``report/templates/``, autoescaping on) with figures
-embedded as data URIs (SVG, with PNG rasters inside), the style sheet inline and no external resource, so they
-open from ``file://`` and from a copy of the output folder. A Content-Security-Policy
-allows only the page's own inline style and script (by hash) and ``data:`` images: an
-injected script would not run even if escaping failed.
+embedded as data URIs (SVG, with PNG rasters inside), the style sheet inline and no
+external resource, so they open from ``file://`` and from a copy of the output folder.
+A Content-Security-Policy allows only the page's own inline style and script (by hash)
+and ``data:`` images: an injected script would not run even if escaping failed.
 """
 
 from __future__ import annotations
