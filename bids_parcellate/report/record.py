@@ -43,7 +43,7 @@ SOFTWARE = {
     "nilearn": "nilearn",
     "pybids": "pybids",
     "pandas": "pandas",
-    "matplotlib": "matplotlib",
+    "pillow": "pillow",
     "jinja2": "jinja2",
 }
 
