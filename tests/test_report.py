@@ -120,7 +120,7 @@ def decode_figure(uri: str) -> ET.Element:
         href = image.get("href")
         assert href.startswith("data:image/png;base64,")
         raster(base64.b64decode(href.split(",", 1)[1], validate=True))
-    lines = [p for p in svg.iter(f"{{{SVG}}}polyline") if len(p.get("points").split()) > 10]
+    lines = [p for p in svg.iter(f"{{{SVG}}}polyline") if len(p.get("points").split()) > 1]
     assert images or lines, "empty figure"
     return svg
 
@@ -244,6 +244,35 @@ def test_boilerplate_only_writes_only_the_methods_text(demo8, tmp_path):
     assert "volumes were kept" not in md  # nothing was processed
     bib = (out / "logs" / "CITATION.bib").read_text()
     assert "@article{hoyosidrobo2019," in bib and "@article{ward1963," not in bib
+
+
+def test_quality_tables_appear_in_the_report(demo8_out, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(demo8_out, out)
+    columns = ["participant_id", "method", "scale", "accuracy", "ari", "homogeneity",
+               "homogeneity_null_mean", "homogeneity_null_sd"]
+    values = {20: ["sub-01", "ward", "20", "0.61", "0.72", "0.41", "0.30", "0.01"],
+              50: ["sub-01", "ward", "50", "0.70", "0.61", "0.47", "0.36", "0.012"]}
+    for scale, row in values.items():
+        stem = out / "sub-01" / "anat" / f"sub-01_{SPACE}_seg-ward_scale-{scale}_quality"
+        stem.with_suffix(".tsv").write_text("\t".join(columns) + "\n" + "\t".join(row) + "\n")
+        stem.with_suffix(".json").write_text(json.dumps(
+            {"ari": {"Description": "split-half adjusted Rand index"}}))
+    assert run_cli(tmp_path / "gone", out, "--participant-label", "01",
+                   "--reports-only") == 0
+    page = out / "sub-01.html"
+    dom, console = load_page(page)
+    assert console == "", console
+    elements = parse(dom)
+    assert json.loads(elements.root["data-report-errors"]) == []
+    assert len(elements.images) == len(FIGURES) + 1  # the quality chart
+    chart = decode_figure(elements.images[-1]["src"])
+    assert {"accuracy (R²)", "reproducibility", "homogeneity"} <= {
+        t.text for t in chart.iter(f"{{{SVG}}}text")}
+    text = "".join(elements.text)
+    assert "split-half adjusted Rand index" in text and "0.72" in text and "0.61" in text
+    assert "No quality measures" not in text
+    assert "Each parcellation was evaluated with the criteria of Thirion" in text
 
 
 # --------------------------------------------------------------------------- escaping

@@ -119,36 +119,61 @@ def _table(path: Path) -> dict:
             "n_rows": len(rows)}
 
 
-def quality_slot(output_dir: Path, record: dict) -> dict:
-    """QUALITY SLOT (issue 5): quality tables and figures of a unit, when they exist.
+#: Columns of quality tables that identify a row rather than measure something.
+QUALITY_KEYS = ("participant_id", "session_id", "method", "scale")
 
-    Looks for ``*_quality.tsv`` / ``*_quality.json`` beside the unit's dseg files and
-    for ``*_desc-quality*`` figures under ``sub-<label>/figures/``; shows whatever is
-    there, so the report picks the quality outputs up as soon as they are written.
+
+def quality_slot(output_dir: Path, record: dict) -> dict:
+    """QUALITY SLOT (issue 5): a unit's quality measures, when they exist.
+
+    Reads the ``<dseg stem>_quality.tsv`` tables beside the unit's dseg files (one row
+    per scale) with the column descriptions of their ``.json`` sidecars, and returns
+    them as one table (rows: measures, columns: scales) plus a figure of accuracy,
+    reproducibility and homogeneity against its null across scales (drawn from the
+    tables, so ``--reports-only`` shows the same). ``*_desc-quality*`` figures under
+    ``sub-<label>/figures/`` are shown as they are.
     """
+    from bids_parcellate.report import figures
+
     output_dir = Path(output_dir)
-    tables, values, images = [], [], []
+    rows: list[dict] = []
+    descriptions: dict[str, str] = {}
     folders = sorted({(output_dir / s["dseg"]).parent for s in record["scales"]})
     prefix = record["name"] + "_"
     for folder in folders:
-        for path in sorted(folder.glob(f"{prefix}*quality*.tsv")):
-            if f"seg-{record['seg']}" in path.name or "seg-" not in path.name:
-                tables.append(_table(path))
-        for path in sorted(folder.glob(f"{prefix}*quality*.json")):
-            if f"seg-{record['seg']}" in path.name or "seg-" not in path.name:
+        for path in sorted(folder.glob(f"{prefix}*_quality.tsv")):
+            if f"_seg-{record['seg']}_" not in path.name:
+                continue
+            table = _table(path)
+            for row in table["rows"]:
+                values = dict(zip(table["columns"], row, strict=False))
+                if "scale" not in values:
+                    found = re.search(r"_scale-([0-9]+)_", path.name)
+                    values["scale"] = found.group(1) if found else "n/a"
+                rows.append(values)
+            sidecar = path.with_suffix(".json")
+            if sidecar.is_file():
                 try:
-                    data = json.loads(path.read_text(encoding="utf-8"))
+                    meta = json.loads(sidecar.read_text(encoding="utf-8"))
                 except json.JSONDecodeError:
-                    continue
-                values.append({"name": path.name, "items": sorted(
-                    (k, json.dumps(v) if isinstance(v, dict | list) else v)
-                    for k, v in data.items())})
+                    meta = {}
+                descriptions.update({k: str(v["Description"]) for k, v in meta.items()
+                                     if isinstance(v, dict) and "Description" in v})
+    rows.sort(key=lambda r: int(r["scale"]) if str(r["scale"]).isdigit() else 0)
+    columns = [c for r in rows for c in r if c not in QUALITY_KEYS]
+    measures = [{"name": c, "description": descriptions.get(c, ""),
+                 "values": [r.get(c, "") for r in rows]} for c in dict.fromkeys(columns)]
+    chart = None
+    if rows:
+        svg = figures.quality(rows)
+        chart = {"uri": svg_uri(svg)} if svg else None
+    images = []
     figures_dir = output_dir / f"sub-{record['subject']}" / "figures"
     for pattern in (f"{prefix}*desc-quality*.png", f"{prefix}*desc-quality*.svg"):
         for path in sorted(figures_dir.glob(pattern)):
             images.append({"name": path.name, "uri": data_uri(path)})
-    return {"tables": tables, "values": values, "images": images,
-            "available": bool(tables or values or images)}
+    return {"scales": [r["scale"] for r in rows], "measures": measures, "chart": chart,
+            "images": images, "available": bool(rows or images)}
 
 
 def _unit_view(output_dir: Path, record: dict) -> dict:

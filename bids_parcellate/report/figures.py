@@ -124,6 +124,14 @@ class Canvas:
         self.items.append({"kind": "polyline", "points": points, "color": color,
                            "width": width})
 
+    def polygon(self, xs, ys, fill, opacity=1.0) -> None:
+        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
+        self.items.append({"kind": "polygon", "points": points, "fill": fill,
+                           "opacity": opacity})
+
+    def marker(self, x, y, color) -> None:
+        self.items.append({"kind": "marker", "x": x, "y": y, "color": color})
+
     def rect(self, x, y, w, h, fill="none", stroke=None, opacity=1.0) -> None:
         self.items.append({"kind": "rect", "x": x, "y": y, "w": w, "h": h, "fill": fill,
                            "stroke": stroke, "opacity": opacity})
@@ -516,6 +524,78 @@ def framewise_displacement(fd: Sequence[np.ndarray | None], censored: Sequence[S
         canvas.text(x + 20, ax.y0 + 12 + 15 * k, text, size=10)
     ticks = [t for t in nice_ticks(0, total - 1, 8) if t <= total - 1]
     ax.frame("volume", "FD (mm)", xticks=ticks, yticks=yticks)
+    return canvas.svg()
+
+
+def _floats(rows: Sequence[Mapping], column: str) -> np.ndarray:
+    out = []
+    for row in rows:
+        try:
+            out.append(float(row.get(column, "nan")))
+        except ValueError:
+            out.append(np.nan)
+    return np.asarray(out)
+
+
+def quality(rows: Sequence[Mapping]) -> bytes | None:
+    """Accuracy, reproducibility and homogeneity against its null, across scales.
+
+    Parameters
+    ----------
+    rows : sequence of mapping
+        One quality-table row per scale (column -> text value), with ``scale`` and any
+        of ``accuracy``, ``accuracy_heldout``, ``ari``, ``nmi``, ``homogeneity``,
+        ``homogeneity_null_mean``, ``homogeneity_null_sd``.
+
+    Returns
+    -------
+    bytes or None
+        SVG, or None when the rows have none of these measures.
+    """
+    scales = _floats(rows, "scale")
+    panels = [
+        ("accuracy (R²)", [("accuracy", "in-sample"), ("accuracy_heldout", "held-out")]),
+        ("reproducibility", [("ari", "ARI"), ("nmi", "NMI")]),
+        ("homogeneity", [("homogeneity", "parcels"),
+                         ("homogeneity_null_mean", "random parcels")]),
+    ]
+    panels = [(title, [(c, label) for c, label in series
+                       if np.isfinite(_floats(rows, c)).any()]) for title, series in panels]
+    panels = [(title, series) for title, series in panels if series]
+    if not panels or not np.isfinite(scales).all():
+        return None
+    canvas = Canvas(WIDTH, 250)
+    lo, hi = scales.min() / 1.4, scales.max() * 1.4
+    width = (WIDTH - 40) / len(panels)
+    for k, (title, series) in enumerate(panels):
+        values = np.concatenate([_floats(rows, c) for c, _ in series])
+        if title == "homogeneity":
+            mean, sd = _floats(rows, "homogeneity_null_mean"), _floats(rows,
+                                                                       "homogeneity_null_sd")
+            values = np.concatenate([values, mean - 2 * sd, mean + 2 * sd])
+            ylim = (min(0.0, np.nanmin(values)), np.nanmax(values) * 1.1 or 1.0)
+        else:
+            ylim = (0.0, 1.0)
+        ax = Axes(canvas, 55 + k * width, 28, width - 85, 160, (lo, hi), ylim, xlog=True)
+        canvas.text(ax.x0 + ax.w / 2, 16, title, size=11, anchor="middle")
+        if title == "homogeneity" and np.isfinite(sd).all():
+            xs = ax.x(scales)
+            canvas.polygon(np.r_[xs, xs[::-1]], np.r_[ax.y(mean + 2 * sd),
+                                                     ax.y((mean - 2 * sd)[::-1])],
+                           fill="#9aa5b1", opacity=0.35)
+        for j, (column, label) in enumerate(series):
+            color = SCALE_COLORS[j]
+            ys = _floats(rows, column)
+            ok = np.isfinite(ys)
+            canvas.polyline(ax.x(scales[ok]), ax.y(ys[ok]), color=color, width=1.8)
+            for x, y in zip(ax.x(scales[ok]), ax.y(ys[ok]), strict=True):
+                canvas.marker(float(x), float(y), color)
+            legend_y = ax.y0 + ax.h - 12 - 14 * (len(series) - 1 - j)
+            canvas.line(ax.x0 + ax.w - 110, legend_y, ax.x0 + ax.w - 94, legend_y,
+                        color=color, width=2)
+            canvas.text(ax.x0 + ax.w - 90, legend_y + 4, label, size=10)
+        ax.frame("parcels", xticks=list(scales), yticks=nice_ticks(*ylim, 4),
+                 xtick_labels=[f"{s:g}" for s in scales])
     return canvas.svg()
 
 
