@@ -33,6 +33,8 @@ import numpy as np
 N_CUTS = 7
 #: Width of every figure in CSS pixels.
 WIDTH = 960
+#: Largest correlation matrix drawn pixel for pixel; larger ones are block-averaged.
+MAX_MATRIX = 500
 FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
 INK, MUTED, GRID = "#1f2933", "#616e7c", "#d9e2ec"
 #: Colours of successive scales (Okabe-Ito, distinguishable with colour blindness).
@@ -473,9 +475,16 @@ def correlation(matrices: Mapping[int, np.ndarray],
         x = 10 + k * (panel + 20)
         order = orders[scale]
         matrix = np.nan_to_num(matrices[scale])[np.ix_(order, order)]
+        title = f"{scale} parcels"
+        block = math.ceil(len(matrix) / MAX_MATRIX)
+        if block > 1:  # more parcels than pixels: average blocks (bounded size and cost)
+            n = len(matrix) // block * block
+            matrix = matrix[:n, :n].reshape(n // block, block, n // block, block).mean(
+                axis=(1, 3))
+            title += f" ({block}×{block} blocks averaged)"
         canvas.image(x, 26, panel, panel, indexed=quantize((matrix + 1) / 2, "RdBu_r"))
         canvas.rect(x, 26, panel, panel, stroke=GRID)
-        canvas.text(x + panel / 2, 18, f"{scale} parcels", size=11, anchor="middle")
+        canvas.text(x + panel / 2, 18, title, size=11, anchor="middle")
     canvas.colorbar(10 + len(scales) * (panel + 20), 26, 12, panel, "RdBu_r",
                     [(0.0, "-1"), (0.25, "-0.5"), (0.5, "0"), (0.75, "0.5"), (1.0, "1")],
                     label="Pearson r")

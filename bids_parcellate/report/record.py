@@ -248,8 +248,10 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
         orders[s] = figures.cluster_order(matrices[s])
     out["correlation"] = (figures.correlation(matrices, orders), {})
     starts = np.cumsum([c.n_volumes for c in cleaned])[:-1].tolist()
-    full = {s: np.concatenate([align_to_volumes(series[c.run.bold][s], c.sample_mask,
-                                                c.n_volumes) for c in cleaned])
+    # z-scored per run for display whatever --standardize was (psc, none)
+    full = {s: np.concatenate([align_to_volumes(_zscore(series[c.run.bold][s]),
+                                                c.sample_mask, c.n_volumes)
+                               for c in cleaned])
             for s in scales}
     out["carpet"] = (figures.carpet(full, orders, starts, run_labels, cleaned[0].run.tr), {})
 
