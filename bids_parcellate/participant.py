@@ -272,9 +272,14 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     result.timings["write"] = time.monotonic() - tic
     # report (figures + record) while the cleaned data are still in memory
     if unit_log is not None:
-        files, result.report = report.write_unit_report_data(
-            config, result, unit_mask, cleaned, labels, series, source_dirs, unit_log)
-        result.files += files
+        try:
+            files, result.report = report.write_unit_report_data(
+                config, result, unit_mask, cleaned, labels, series, source_dirs, unit_log)
+            result.files += files
+        except Exception as exc:  # a report problem must not lose the unit's data outputs
+            LOGGER.error("%s: report data not written (%s: %s)", result.name,
+                         type(exc).__name__, exc)
+            LOGGER.debug("traceback", exc_info=True)
     LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
                 result.name, len(labels), ", ".join(map(str, sorted(labels))),
                 unit_mask.n_voxels, len(result.runs), len(result.files))
