@@ -60,6 +60,11 @@ say "engine: $("$ENGINE" --version)"
 say "image:  $IMAGE ($("$ENGINE" image inspect --format '{{.Size}}' "$IMAGE" \
     | awk '{printf "%.0f MB", $1 / 1e6}'))"
 
+# Every check below relies on exit codes: make sure the engine reports them (the Docker
+# CLI talking to podman 4.3's Docker API loses them with --rm).
+rc=0; "${RUN[@]}" --entrypoint /bin/sh "$IMAGE" -c 'exit 3' || rc=$?
+[ "$rc" -eq 3 ] || die "$ENGINE returned exit code $rc for a container that exited with 3"
+
 timed "run --version" "${RUN[@]}" "$IMAGE" --version | tee "$WORK/version.txt"
 version_out=$(cat "$WORK/version.txt")
 [[ "$version_out" == bids_parcellate\ * ]] || die "--version printed '$version_out'"
