@@ -123,9 +123,12 @@ for sub in ("01", "02"):
             need(ts + ".json")
 for rel in ("dataset_description.json", ".bidsignore", "README.md"):
     need(rel)
-if group_ran:
-    if not list(out.glob("tpl-*/*_dseg.nii.gz")):
-        missing.append("tpl-*/*_dseg.nii.gz (group atlas)")
+if group_ran:  # the group atlas at every scale (docs/outputs.md, group level)
+    space = "MNI152NLin2009cAsym"
+    for scale in scales:
+        pattern = f"tpl-{space}/tpl-{space}_atlas-*_scale-{scale}_dseg.nii.gz"
+        if not list(out.glob(pattern)):
+            missing.append(pattern)
 if missing:
     sys.exit("missing outputs: " + ", ".join(missing))
 description = json.loads((out / "dataset_description.json").read_text())
