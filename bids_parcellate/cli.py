@@ -15,6 +15,7 @@ import logging
 import logging.handlers
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -234,11 +235,13 @@ def setup_logging(verbosity: int) -> logging.handlers.MemoryHandler:
 
 def attach_log_file(memory: logging.handlers.MemoryHandler, output_dir: Path,
                     levels: tuple[str, ...]) -> Path:
-    """Open ``OUTPUT_DIR/logs/<level>-<time>-<pid>.log`` and replay buffered records."""
+    """Open ``OUTPUT_DIR/logs/<level>-<time>-<host>-<pid>.log``; replay buffered records."""
     logs = output_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = logs / f"{'-'.join(levels)}-{stamp}-{os.getpid()}.log"
+    # host name + pid: containers all run as pid 1, array jobs share the folder
+    host = "".join(ch for ch in socket.gethostname() if ch.isalnum()) or "host"
+    path = logs / f"{'-'.join(levels)}-{stamp}-{host}-{os.getpid()}.log"
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
