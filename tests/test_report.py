@@ -41,8 +41,10 @@ SVG = "http://www.w3.org/2000/svg"
 
 # --------------------------------------------------------------------------- helpers
 def chromium(page: Path, *args: str) -> subprocess.CompletedProcess:
-    """Open ``page`` in headless Chromium (Debian's ``chromium``; .ci/run installs it)."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    """Open ``page`` in headless Chromium (Debian's ``chromium``, which .ci/run installs;
+    GitHub's Ubuntu runners have Google Chrome, the same engine)."""
+    exe = (shutil.which("chromium") or shutil.which("chromium-browser")
+           or shutil.which("google-chrome"))
     assert exe, "chromium is not installed (apt-get install chromium)"
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
