@@ -284,7 +284,8 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
         raise UserError("analysis level 'group' is not available yet")
     start = time.monotonic()
     LOGGER.info("%s %s: %s", PROG, __version__, " ".join(config.command_line))
-    selection = collect_runs(config)
+    with report.UnitLog() as selection_log:
+        selection = collect_runs(config)
     units = selection.units()
     LOGGER.info("found %d run(s) in %d unit(s) (%s); %d skipped", len(selection.runs),
                 len(units), ", ".join(f"sub-{s}" + (f"_ses-{x}" if x else "")
@@ -295,7 +296,8 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
         return 0
     log_path = attach_log_file(memory, config.output_dir, config.analysis_levels)
     LOGGER.debug("log file %s, config hash %s", log_path, config.config_hash())
-    results = run_participant_level(config, selection)
+    results = run_participant_level(config, selection,
+                                    selection_warnings=selection_log.messages)
     report.finish_participant_level(config, results)
     failed = [r for r in results if r.error]
     LOGGER.info("done in %.1f s: %d unit(s) succeeded, %d failed", time.monotonic() - start,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -286,14 +287,20 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     return result
 
 
-def run_participant_level(config: Config, selection: Selection) -> list[UnitResult]:
-    """Process every unit; a failing unit is reported and does not stop the others."""
+def run_participant_level(config: Config, selection: Selection, *,
+                          selection_warnings: Sequence[str] = ()) -> list[UnitResult]:
+    """Process every unit; a failing unit is reported and does not stop the others.
+
+    ``selection_warnings`` (warnings logged while the inputs were queried) go to the
+    reports of the units whose files they name.
+    """
     units = selection.units()
     progress = Progress(sum(len(r) for r in units.values()))
     results = []
     for key, runs in units.items():
-        unit_log = report.UnitLog(skipped_inputs=report.record.skipped_of_unit(
-            selection.skipped, *key))
+        unit_log = report.UnitLog(
+            skipped_inputs=report.record.skipped_of_unit(selection.skipped, *key),
+            earlier=report.record.warnings_of_unit(selection_warnings, *key))
         try:
             with unit_log:
                 results.append(process_unit(config, key, runs, selection.fmriprep_dirs,

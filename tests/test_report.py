@@ -280,8 +280,8 @@ def test_quality_tables_appear_in_the_report(demo8_out, tmp_path):
 # --------------------------------------------------------------------------- escaping
 @pytest.fixture(scope="module")
 def hostile_out(tmp_path_factory):
-    """One participant whose BOLD sidecar has a TaskName with a script; run 2 has no
-    confounds (skipped at selection, with its reason in the report)."""
+    """One participant whose BOLD sidecar has a TaskName with a script and no
+    RepetitionTime; run 2 has no confounds (skipped at selection, with its reason)."""
     root = tmp_path_factory.mktemp("hostile")
     demo = make_demo_dataset(root / "bids", participants=("01",), runs=(1, 2),
                              resolution=8, n_volumes=60, n_true_parcels=10, seed=5)
@@ -289,6 +289,7 @@ def hostile_out(tmp_path_factory):
     for sidecar in func.glob("*_desc-preproc_bold.json"):
         meta = json.loads(sidecar.read_text())
         meta["TaskName"] = HOSTILE
+        del meta["RepetitionTime"]  # read from the header instead, with a warning
         sidecar.write_text(json.dumps(meta))
     next(func.glob("*run-2_desc-confounds_timeseries.tsv")).unlink()
     out = root / "out"
@@ -322,6 +323,10 @@ def test_skipped_run_and_reason_are_reported(hostile_out):
         "reason": "no matching desc-confounds_timeseries.tsv", "stage": "selection"}]
     text = "".join(parse((hostile_out / "sub-01.html").read_text()).text)
     assert "no matching desc-confounds_timeseries.tsv" in text
+    # warnings logged while the inputs were queried reach the unit's report
+    assert any("RepetitionTime missing from the sidecar" in w for w in record["warnings"])
+    assert any("run-2" in w and "skipping" in w for w in record["warnings"])
+    assert "RepetitionTime missing from the sidecar" in text
     assert "1 run was not used" in (hostile_out / "logs" / "CITATION.md").read_text()
 
 

@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import logging
 import platform
+import re
 import sys
 import time
 import warnings
@@ -120,14 +121,21 @@ def fmriprep_versions(source_dirs: Sequence[Path]) -> list[str]:
     return sorted(set(found))
 
 
+def _entity(name: str, key: str) -> str | None:
+    found = re.search(rf"(?:^|[_/\s]){key}-([a-zA-Z0-9]+)", name)
+    return found.group(1) if found else None
+
+
 def skipped_of_unit(skipped: Sequence, subject: str, session: str | None) -> list:
     """The runs skipped at selection (:class:`~bids_parcellate.inputs.Skipped`) of a unit."""
-    def entity(name: str, key: str) -> str | None:
-        found = [p.split("-", 1)[1] for p in name.split("_") if p.startswith(f"{key}-")]
-        return found[0] if found else None
+    return [s for s in skipped if _entity(s.bold.name, "sub") == subject
+            and _entity(s.bold.name, "ses") == session]
 
-    return [s for s in skipped if entity(s.bold.name, "sub") == subject
-            and entity(s.bold.name, "ses") == session]
+
+def warnings_of_unit(messages: Sequence[str], subject: str, session: str | None) -> list:
+    """The messages that name a file of the unit (``sub-<subject>[_ses-<session>]``)."""
+    return [m for m in messages if _entity(m, "sub") == subject
+            and (session is None or _entity(m, "ses") == session)]
 
 
 # --------------------------------------------------------------------------- warnings
@@ -144,13 +152,15 @@ class _ListHandler(logging.Handler):
 class UnitLog:
     """What happens to a unit besides its data: warnings raised, runs skipped at selection.
 
-    Use as a context manager around the unit's processing; warnings logged by
+    ``earlier`` holds warnings of the unit logged before its processing (while the
+    inputs were queried). Use as a context manager around the processing; warnings logged by
     bids_parcellate and Python warnings (library notices such as deprecations excepted)
     are collected in order. Python warnings are passed on to the ``py.warnings`` logger
     as usual.
     """
 
     skipped_inputs: list = field(default_factory=list)
+    earlier: list[str] = field(default_factory=list)
     _logged: list[str] = field(default_factory=list, repr=False)
     _caught: list = field(default_factory=list, repr=False)
 
@@ -171,8 +181,8 @@ class UnitLog:
 
     @property
     def messages(self) -> list[str]:
-        """Distinct warning messages so far, in order."""
-        found = list(self._logged)
+        """Distinct warning messages so far (after ``earlier`` ones), in order."""
+        found = list(self.earlier) + list(self._logged)
         for item in self._caught:
             if issubclass(item.category, _IGNORED_CATEGORIES):
                 continue
