@@ -398,8 +398,12 @@ def test_group_report_from_group_outputs(demo8_out, tmp_path):
         src = out / "sub-01" / "anat" / f"sub-01_{SPACE}_seg-ward_scale-{scale}_dseg.nii.gz"
         shutil.copy(src, tpl / f"tpl-MNI152NLin2009cAsym_atlas-demoward_scale-{scale}"
                                "_dseg.nii.gz")
-    (out / "group_agreement.tsv").write_text(
-        "participant_id\tscale\tari\nsub-01\t20\t0.812\nsub-02\t20\t0.775\n")
+    (out / "group_atlas-demoward_agreement.tsv").write_text(
+        "participant_id\tscale\tari\tnmi\tn_voxels\n"
+        "sub-01\t20\t0.812\t0.901\t3666\nsub-02\t20\t0.775\t0.880\t3666\n"
+        "sub-01\t50\t0.613\t0.850\t3666\nsub-02\t50\t0.598\t0.842\t3666\n")
+    (out / "group_quality.tsv").write_text("participant_id\tscale\taccuracy\n"
+                                           "sub-01\t20\t0.5\n")
     path = write_group_report(out)
     assert path == out / "group.html"
     dom, console = load_page(path)
@@ -412,6 +416,12 @@ def test_group_report_from_group_outputs(demo8_out, tmp_path):
     assert "sub-01.html" in elements.links and "sub-02.html" in elements.links
     text = "".join(elements.text)
     assert "atlas-demoward" in text and "0.812" in text and "0.775" in text
+    # agreement per scale in the participants table; other group tables only as tables
+    header = re.search(r"<h2>Participants</h2>.*?</thead>", path.read_text(), re.S).group(0)
+    assert [c for c in ("ari (20)", "nmi (20)", "ari (50)", "nmi (50)") if c in header] == [
+        "ari (20)", "nmi (20)", "ari (50)", "nmi (50)"]
+    assert "accuracy" not in header and "n_voxels" not in header
+    assert "group_quality.tsv" in text
     labels = np.asarray(nib.load(tpl / "tpl-MNI152NLin2009cAsym_atlas-demoward_scale-50"
                                        "_dseg.nii.gz").dataobj)
     assert f">{len(np.unique(labels)) - 1}<" in path.read_text()  # parcels counted

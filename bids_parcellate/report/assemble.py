@@ -288,9 +288,9 @@ def write_group_report(output_dir: Path) -> Path:
     """Assemble ``OUTPUT_DIR/group.html`` from whatever group outputs exist.
 
     Shows every group atlas (all scales), a participants table (runs, volumes kept and
-    censored, columns of group tables keyed by ``participant_id`` such as the agreement
-    of each participant with the group atlas) with links to the participant reports,
-    and every ``group*.tsv`` table.
+    censored, and the agreement of each participant with the group atlas from the
+    ``group*agreement*.tsv`` tables) with links to the participant reports, and every
+    ``group*.tsv`` table.
 
     Raises
     ------
@@ -307,22 +307,27 @@ def write_group_report(output_dir: Path) -> Path:
         raise UserError(f"{output_dir}: no group atlas (tpl-*/) and no participant report "
                         "data to report on")
     tables = [_table(p) for p in sorted(output_dir.glob("group*.tsv"))]
+    # agreement tables (one row per participant, session and scale) become columns of
+    # the participants table: "<measure> (<scale>)", sessions' values joined by " / "
     extra_columns: list[str] = []
-    extra: dict[str, dict] = {}
+    extra: dict[str, dict[str, list]] = {}
     for table in tables:
-        if "participant_id" not in table["columns"]:
+        if "agreement" not in table["name"] or "participant_id" not in table["columns"]:
             continue
-        key = table["columns"].index("participant_id")
-        prefix = table["name"].removesuffix(".tsv")
+        atlas = re.search(r"atlas-([A-Za-z0-9]+)", table["name"])
+        n_agreement = sum("agreement" in t["name"] for t in tables)
         for row in table["rows"]:
-            pid = row[key]
-            for column, value in zip(table["columns"], row, strict=False):
-                if column == "participant_id":
+            cells = dict(zip(table["columns"], row, strict=False))
+            for column in table["columns"]:
+                if column in ("participant_id", "session_id", "scale", "n_voxels"):
                     continue
-                name = f"{column} ({prefix})" if len(tables) > 1 else column
+                name = column + (f" ({cells['scale']})" if "scale" in cells else "")
+                if atlas and n_agreement > 1:
+                    name += f" atlas-{atlas.group(1)}"
                 if name not in extra_columns:
                     extra_columns.append(name)
-                extra.setdefault(pid, {})[name] = value
+                extra.setdefault(cells["participant_id"], {}).setdefault(name, []).append(
+                    cells[column])
     participants: dict[str, dict] = {}
     for record in records:
         entry = participants.setdefault(f"sub-{record['subject']}", {
@@ -340,7 +345,8 @@ def write_group_report(output_dir: Path) -> Path:
         report = outputs.participant_report_path(output_dir, pid.removeprefix("sub-"))
         rows.append({"participant_id": pid, **participants[pid],
                      "report": report.name if report.is_file() else None,
-                     "extra": [extra.get(pid, {}).get(c, "") for c in extra_columns]})
+                     "extra": [" / ".join(extra.get(pid, {}).get(c, []))
+                               for c in extra_columns]})
     methods = render_methods(records) if records else None
     html = render_page("group.html.j2", atlases=atlases, participants=rows,
                        extra_columns=extra_columns, tables=tables, methods=methods)
