@@ -10,10 +10,12 @@ from the BOLD headers (grid x volumes, nothing is decompressed) and the brain ma
 with a one-line message saying how much it needs. The model, measured with
 ``/usr/bin/time -v`` (``benchmarks/memory_estimate.py`` re-measures it), is
 
-``peak = base + a * largest BOLD grid (float32 bytes) + b * unit data (float32 bytes)
-+ c * clustering features (float64 bytes)``
+``peak = held + margin + a * largest BOLD grid (float32 bytes) + b * unit data (float32
+bytes) + c * clustering features (float64 bytes)``
 
-where the unit data are mask voxels x all volumes of the unit and the features are
+where ``held`` is the peak memory of the process when the estimate is made (interpreter
+and libraries loaded),
+the unit data are mask voxels x all volumes of the unit and the features are
 mask voxels x min(volumes, ``--n-components``).
 """
 
@@ -32,9 +34,11 @@ LOGGER = logging.getLogger("bids_parcellate")
 GB = 1e9
 # Fitted on peak RSS measured with /usr/bin/time -v (generated data at 4 mm with 1 and
 # 3 runs of 150 volumes and at 2 mm with 1 run of 100 volumes, ward and kmeans, and the
-# real studyforrest run); the estimate is 15-20 % above every measurement.
-#: Interpreter and libraries (numpy, scipy, scikit-learn, nilearn, pybids), bytes.
-BASE_BYTES = 0.25 * GB
+# real studyforrest run); the estimate is 15-30 % above every measurement
+# (benchmarks/memory_estimate.py).
+#: Margin over the memory the process already holds (interpreter and libraries,
+#: measured when the estimate is made) for what the pipeline allocates besides the data.
+MARGIN_BYTES = 0.1 * GB
 #: Per float32 byte of the largest run's 4D image (read whole, once).
 GRID_FACTOR = 1.0
 #: Per float32 byte of the unit's in-mask data (voxels x all volumes): float64 cleaning
@@ -44,6 +48,19 @@ DATA_FACTOR = 5.5
 #: scikit-learn's agglomerative trees keep per-node moments.
 FEATURE_FACTOR = {"ward": 1.0, "complete": 1.0, "average": 1.0}
 DEFAULT_FEATURE_FACTOR = 0.3
+
+
+def base_bytes() -> float:
+    """Peak memory of this process so far, with the pipeline's libraries loaded."""
+    import resource
+
+    import nilearn.interfaces.fmriprep  # noqa: F401
+    import nilearn.signal  # noqa: F401
+    import scipy.ndimage  # noqa: F401
+    import sklearn.cluster  # noqa: F401
+
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    return kilobytes * 1024 + MARGIN_BYTES
 
 
 @dataclass(frozen=True)
@@ -60,9 +77,13 @@ class MemoryEstimate:
         return self.peak_bytes / GB
 
 
-def estimate_unit_memory(runs: list[Run], config: Config) -> MemoryEstimate | None:
+def estimate_unit_memory(runs: list[Run], config: Config,
+                         base: float | None = None) -> MemoryEstimate | None:
     """Estimate a unit's peak memory from headers and masks; ``None`` when unreadable
-    (the unit then fails later with the proper message)."""
+    (the unit then fails later with the proper message).
+
+    ``base``: bytes held before the unit is processed (default :func:`base_bytes`).
+    """
     import nibabel as nib
     import numpy as np
 
@@ -78,7 +99,8 @@ def estimate_unit_memory(runs: list[Run], config: Config) -> MemoryEstimate | No
     grid = max(int(np.prod(s[:3])) * s[3] for s in shapes)
     features = mask_voxels * min(volumes, config.n_components)
     factor = FEATURE_FACTOR.get(config.method, DEFAULT_FEATURE_FACTOR)
-    peak = (BASE_BYTES + GRID_FACTOR * 4 * grid + DATA_FACTOR * 4 * mask_voxels * volumes
+    base = base_bytes() if base is None else base
+    peak = (base + GRID_FACTOR * 4 * grid + DATA_FACTOR * 4 * mask_voxels * volumes
             + factor * 8 * features)
     return MemoryEstimate(mask_voxels, volumes, max(int(np.prod(s[:3])) for s in shapes),
                           peak)
@@ -87,12 +109,13 @@ def estimate_unit_memory(runs: list[Run], config: Config) -> MemoryEstimate | No
 def check_memory(config: Config, units: dict) -> None:
     """Log each unit's estimate; raise :class:`UserError` when one is above ``--mem-gb``."""
     worst = None
+    base = base_bytes()
     for key, runs in units.items():
-        estimate = estimate_unit_memory(runs, config)
+        estimate = estimate_unit_memory(runs, config, base)
         if estimate is None:
             continue
         name = "sub-" + key[0] + (f"_ses-{key[1]}" if key[1] else "")
-        LOGGER.debug("%s: estimated peak memory %.2f GB (%d voxels x %d volumes)", name,
+        LOGGER.debug("%s: estimated peak memory %.3f GB (%d voxels x %d volumes)", name,
                      estimate.gb, estimate.n_voxels, estimate.n_volumes)
         if worst is None or estimate.peak_bytes > worst[1].peak_bytes:
             worst = (name, estimate)
