@@ -18,10 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bids_parcellate.config import Config
 from bids_parcellate.demo import make_demo_dataset
-from bids_parcellate.inputs import collect_runs
-from bids_parcellate.resources import estimate_unit_memory
 
 
 def peak_rss_gb(command: list[str]) -> float:
@@ -30,6 +27,12 @@ def peak_rss_gb(command: list[str]) -> float:
         sys.exit(proc.stderr[-2000:])
     kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)[1])
     return kb * 1024 / 1e9
+
+
+def logged_estimate_gb(out: Path) -> float:
+    """The estimate the run itself made (and would check --mem-gb against)."""
+    log = max((out / "logs").glob("participant-*.log"), key=lambda p: p.stat().st_mtime)
+    return float(re.findall(r"estimated peak memory ([0-9.]+) GB", log.read_text())[-1])
 
 
 def main() -> int:
@@ -53,10 +56,7 @@ def main() -> int:
                        "participant", "--n-parcels", "100", "--method", method,
                        "--overwrite", *select]
                 measured = peak_rss_gb(cli)
-                config = Config(bids_dir=root, output_dir=out, method=method,
-                                n_parcels=(100,), run=tuple(int(r) for r in select[1:]))
-                (key, unit_runs), = collect_runs(config).units().items()
-                estimate = estimate_unit_memory(unit_runs, config).gb
+                estimate = logged_estimate_gb(out)
                 label = f"{res} mm, {len(select) - 1} run(s)"
                 print(f"{label:<22}{method:<9}{measured:>12.3f}{estimate:>12.3f}"
                       f"{estimate / measured:>7.2f}", flush=True)

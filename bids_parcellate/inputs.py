@@ -164,6 +164,8 @@ def find_fmriprep_dirs(config: Config) -> list[Path]:
             f"{bids_dir}: no fMRIPrep derivatives found (BIDS_DIR is a raw dataset without "
             "derivatives/; pass --derivatives PATH)"
         )
+    for path in candidates:
+        _check_not_output(path, config.output_dir, "derivatives dataset")
     return candidates
 
 

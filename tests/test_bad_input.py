@@ -356,6 +356,8 @@ DATASET_CASES = [
      lambda root, tmp: (root, root / "derivatives" / "fmriprep" / "x",
                         ["--derivatives", root / "derivatives" / "fmriprep"]),
      ["--derivatives", "overlaps OUTPUT_DIR"]),
+    ("output-is-derivatives-root", lambda root, tmp: (root, root / "derivatives", []),
+     ["derivatives dataset", "fmriprep: overlaps OUTPUT_DIR"]),
     ("work-dir-inside-bids", _args("-w", "WORK"), ["work directory must not be inside "
                                                    "BIDS_DIR"]),
     ("output-is-a-file", _out_file, ["OUTPUT_DIR exists and is not a folder"]),
