@@ -5,7 +5,8 @@ sets up logging (stderr, plus a log file under ``OUTPUT_DIR/logs/`` once the inp
 known to be usable) and runs the requested analysis levels.
 
 Exit codes: 0 success; 1 bad input or some participants failed; 2 usage error;
-3 internal error (a bug: rerun with ``-v`` for the traceback and report it).
+3 internal error (a bug: rerun with ``-v`` for the traceback and report it);
+130 interrupted (Ctrl-C); 143 terminated by SIGTERM (rerun the command to resume).
 """
 
 from __future__ import annotations
