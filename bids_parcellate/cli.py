@@ -14,11 +14,14 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.handlers
+import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bids_parcellate import __version__
@@ -33,6 +36,9 @@ from bids_parcellate.config import (
 
 LOGGER = logging.getLogger("bids_parcellate")
 PROG = "bids_parcellate"
+#: Variables read by BLAS and OpenMP runtimes when they load (and by child processes).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def _positive_float(text: str) -> float:
@@ -262,7 +268,7 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     from bids_parcellate.inputs import collect_runs
     from bids_parcellate.outputs import check_output_dir, write_manifest
     from bids_parcellate.participant import run_participant_level
-    from bids_parcellate.resources import blas_threads, check_memory
+    from bids_parcellate.resources import check_memory
     from bids_parcellate.resume import plan_units
 
     check_strategy_options(config)
@@ -281,8 +287,7 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     log_path = attach_log_file(memory, config.output_dir, config.analysis_levels)
     LOGGER.debug("log file %s, config hash %s", log_path, config.config_hash())
     try:
-        with blas_threads(config.nprocs):
-            results = run_participant_level(config, selection, plans)
+        results = run_participant_level(config, selection, plans)
     finally:
         write_manifest(config.output_dir)
     failed = [r for r in results if r.error]
@@ -312,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         if config.work_dir is None:
             temp_work = Path(tempfile.mkdtemp(prefix="bids_parcellate_work_"))
             config = _replace_work_dir(config, temp_work)
-        return run(config, memory)
+        with limit_threads(config.nprocs):
+            return run(config, memory)
     except UserError as exc:
         LOGGER.debug("traceback", exc_info=True)
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -351,6 +357,39 @@ def _terminate_on_sigterm():
         return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (embedded use): leave signals alone
         return None
+
+
+@contextmanager
+def limit_threads(nprocs: int) -> Iterator[None]:
+    """Cap BLAS and OpenMP threads at ``nprocs`` (``--nprocs``) for the duration.
+
+    Sets :data:`THREAD_VARIABLES` (read by libraries loaded later and by child
+    processes), loads numpy's, scipy's and scikit-learn's native libraries and limits
+    them with threadpoolctl (the variables have no effect on libraries already loaded).
+    Everything is restored on exit, so in-process callers (tests) see no global change.
+    Containers rely on this: they report the host's CPU count, not the job's share.
+
+    Parameters
+    ----------
+    nprocs : int
+        Maximum number of threads of each BLAS / OpenMP pool.
+    """
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: str(nprocs) for name in THREAD_VARIABLES})
+    try:
+        import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS)
+        import sklearn.cluster  # noqa: F401  (loads scikit-learn's OpenMP runtime)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=nprocs):
+            LOGGER.debug("BLAS/OpenMP threads capped at %d", nprocs)
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _replace_work_dir(config: Config, work_dir: Path) -> Config:

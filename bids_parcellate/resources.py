@@ -1,10 +1,10 @@
-"""Resources: CPU threads from ``--nprocs`` and a memory estimate checked against ``--mem-gb``.
+"""Memory: an estimate of each unit's peak memory, checked against ``--mem-gb``.
 
-Threads: BLAS (OpenBLAS/MKL) and OpenMP pools are limited to ``--nprocs`` with
-threadpoolctl for the whole run. Outputs do not depend on the number of threads
-(tested byte for byte with 1 and 2).
+(Threads: ``--nprocs`` caps the BLAS and OpenMP pools for the whole run, see
+:func:`bids_parcellate.cli.limit_threads`; outputs do not depend on it, tested byte for
+byte with 1 and 2.)
 
-Memory: before anything is computed, the peak resident memory of every unit is estimated
+Before anything is computed, the peak resident memory of every unit is estimated
 from the BOLD headers (grid x volumes, nothing is decompressed) and the brain masks
 (voxels in the mask); when ``--mem-gb`` is given and a unit needs more, the run stops
 with a one-line message saying how much it needs. The model, measured with
@@ -21,9 +21,7 @@ mask voxels x min(volumes, ``--n-components``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bids_parcellate.config import Config, UserError
@@ -127,16 +125,3 @@ def check_memory(config: Config, units: dict) -> None:
         f"({estimate.n_voxels} voxels x {estimate.n_volumes} volumes, --method "
         f"{config.method}); raise --mem-gb or select fewer runs"
     )
-
-
-@contextlib.contextmanager
-def blas_threads(nprocs: int) -> Iterator[None]:
-    """Limit BLAS and OpenMP thread pools to ``nprocs`` within the block."""
-    # load the libraries first: threadpoolctl only limits pools already loaded
-    import numpy  # noqa: F401
-    import scipy.linalg  # noqa: F401
-    import sklearn.cluster  # noqa: F401
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=nprocs):
-        yield
