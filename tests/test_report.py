@@ -293,7 +293,8 @@ def hostile_out(tmp_path_factory):
         sidecar.write_text(json.dumps(meta))
     next(func.glob("*run-2_desc-confounds_timeseries.tsv")).unlink()
     out = root / "out"
-    assert run_cli(demo.root, out, "--n-parcels", "10") == 0
+    # exit 1: a run with a missing input file is reported as incomplete (issue 8)
+    assert run_cli(demo.root, out, "--n-parcels", "10") == 1
     return out
 
 
@@ -317,12 +318,13 @@ def test_hostile_task_name_is_escaped_and_never_runs(hostile_out):
 def test_skipped_run_and_reason_are_reported(hostile_out):
     record = record_of(hostile_out, "01")
     assert [r["label"] for r in record["runs"]] == ["sub-01_task-rest_run-1"]
-    assert record["skipped"] == [{
-        "file": "derivatives/fmriprep/sub-01/func/"
-                f"sub-01_task-rest_run-2_{SPACE}_desc-preproc_bold.nii.gz",
-        "reason": "no matching desc-confounds_timeseries.tsv", "stage": "selection"}]
+    (skipped,) = record["skipped"]
+    assert skipped["file"] == ("derivatives/fmriprep/sub-01/func/"
+                               f"sub-01_task-rest_run-2_{SPACE}_desc-preproc_bold.nii.gz")
+    assert skipped["stage"] == "inputs"
+    assert "no matching *_desc-confounds_timeseries.tsv" in skipped["reason"]
     text = "".join(parse((hostile_out / "sub-01.html").read_text()).text)
-    assert "no matching desc-confounds_timeseries.tsv" in text
+    assert "no matching *_desc-confounds_timeseries.tsv" in text
     # warnings logged while the inputs were queried reach the unit's report
     assert any("RepetitionTime missing from the sidecar" in w for w in record["warnings"])
     assert any("run-2" in w and "skipping" in w for w in record["warnings"])

@@ -41,14 +41,23 @@ def finish_participant_level(config: Config, results: Sequence) -> None:
     results : sequence of UnitResult
         Units of this invocation; those that failed have no report record.
     """
-    from bids_parcellate.report.assemble import write_participant_report
+    from bids_parcellate import outputs
+    from bids_parcellate.report.assemble import load_unit_records, write_participant_report
     from bids_parcellate.report.methods import write_citation
 
     records = [r.report for r in results if getattr(r, "report", None)]
+    subjects = sorted({r["subject"] for r in records})
+    # units complete from an earlier run (not recomputed) keep their reports; their
+    # records still belong to this invocation's methods text
+    reused = {(r.subject, r.session) for r in results if getattr(r, "reused", False)}
+    if reused:
+        seg = outputs.seg_label(config.method)
+        records += [r for r in load_unit_records(config.output_dir,
+                                                 sorted({s for s, _ in reused}))
+                    if (r["subject"], r.get("session")) in reused and r.get("seg") == seg]
     if not records:
         return
     tic = time.monotonic()
-    subjects = sorted({r["subject"] for r in records})
     for subject in subjects:
         write_participant_report(config.output_dir, subject)
     write_citation(config.output_dir, records)

@@ -360,7 +360,8 @@ def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, lab
             else [round(float(v), 4) for v in clean.framewise_displacement],
             "mask_voxels": unit_mask.n_voxels_per_run.get(run.bold.name),
         })
-    skipped = [{"file": display_path(s.bold, config), "reason": s.reason, "stage": stage}
+    skipped = [{"file": display_path(s.bold, config), "reason": s.reason,
+                "stage": "inputs" if getattr(s, "missing_input", False) else stage}
                for stage, group in (("selection", unit_log.skipped_inputs),
                                     ("denoising", result.skipped))
                for s in group]
