@@ -160,7 +160,9 @@ def test_report_record_and_files(demo8, demo8_out):
         assert bold in record["checksums"]
         assert {"denoise", "parcellate", "report_figures"} <= set(record["timings"])
         assert record["parameters"]["n_parcels"] == [20, 50]
-        assert record["config_hash"] and record["software"]["nilearn"]
+        sidecar = next((demo8_out / f"sub-{sub}" / "anat").glob("*_dseg.json"))
+        assert record["ConfigHash"] == json.loads(sidecar.read_text())["ConfigHash"]
+        assert record["software"]["nilearn"]
     citation = demo8_out / "logs"
     md = (citation / "CITATION.md").read_text()
     assert "4 preprocessed BOLD runs of participants sub-01 and sub-02" in md
@@ -357,7 +359,7 @@ def _record(method: str, strategy: str, **params) -> dict:
                        "n_components": 200, "random_seed": 0,
                        "standardize": "zscore_sample", **params},
         "fd_threshold": 0.5 if strategy == "scrubbing" else None,
-        "config_hash": "abc", "fmriprep_versions": ["24.1.0"],
+        "ConfigHash": "abc", "fmriprep_versions": ["24.1.0"],
         "software": {k: "1.0" for k in ("python", "bids_parcellate", "numpy", "scipy",
                                         "scikit-learn", "nibabel", "nilearn", "pybids",
                                         "pandas")},

@@ -205,7 +205,7 @@ def methods_context(records: Sequence[dict], quality: bool = False) -> dict:
         dvars = importlib.import_module(
             "nilearn.interfaces.fmriprep.load_confounds_strategy"
         ).preset_strategies["scrubbing"]["std_dvars_threshold"]
-    hashes = sorted({r["config_hash"] for r in records})
+    hashes = sorted({r["ConfigHash"] for r in records})
     return {
         "code_url": outputs.CODE_URL,
         "software": first["software"],
@@ -274,7 +274,7 @@ def planned_records(config: Config, selection) -> list[dict]:
                       "files": {"bold": display_path(r.bold, config)}} for r in runs],
             "skipped": skipped,
             "parameters": config.as_dict(),
-            "config_hash": config.config_hash(),
+            "ConfigHash": config.config_hash(),
             "fd_threshold": fd_threshold(config),
             "software": versions,
             "fmriprep_versions": fmriprep,

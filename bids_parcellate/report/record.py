@@ -400,7 +400,7 @@ def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, lab
         "warnings": unit_log.messages,
         "parameters": config.as_dict(),
         "hashed_parameters": config.hashed_parameters(),
-        "config_hash": config.config_hash(),
+        "ConfigHash": config.config_hash(),
         "command_line": list(config.command_line),
         "software": software_versions(),
         "fmriprep_versions": fmriprep_versions(source_dirs),
