@@ -39,6 +39,9 @@ _NOT_HASHED = frozenset(
         "mem_gb",
         "command_line",
         "participant_label",
+        "overwrite",
+        "reports_only",
+        "boilerplate_only",
     }
 )
 
@@ -125,7 +128,11 @@ class Config:
     # resources and logging
     nprocs: int = 1
     mem_gb: float | None = None
+    overwrite: bool = False
     verbosity: int = 0
+    # what to do: everything, or only the reports / the methods text
+    reports_only: bool = False
+    boilerplate_only: bool = False
     command_line: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -165,12 +172,16 @@ class Config:
             )
         if self.nprocs < 1:
             raise ConfigError(f"--nprocs {self.nprocs}: must be >= 1")
+        if self.mem_gb is not None and not self.mem_gb > 0:
+            raise ConfigError(f"--mem-gb {self.mem_gb}: must be > 0")
         if not (0 <= self.random_seed < 2**32):
             raise ConfigError(f"--random-seed {self.random_seed}: must be in [0, 2**32)")
         if not LABEL_PATTERN.match(self.space):
             raise ConfigError(f"--space {self.space!r}: not a BIDS label")
         if self.res is not None and not LABEL_PATTERN.match(self.res):
             raise ConfigError(f"--res {self.res!r}: not a BIDS label")
+        if self.reports_only and self.boilerplate_only:
+            raise ConfigError("--reports-only and --boilerplate-only exclude each other")
 
     # ------------------------------------------------------------------ hashing
     def hashed_parameters(self) -> dict:

@@ -215,9 +215,19 @@ def load_bold(run: Run, unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
         except Exception as exc:  # truncated / corrupt gzip streams land here
             raise RunError(f"{run.bold}: cannot read NIfTI data ({_short(exc)})") from exc
     mean_img = (total / shape[3]).astype(np.float32)
-    if not np.isfinite(series).all():
-        bad = int((~np.isfinite(series)).any(axis=0).sum())
+    # one pass: NaN propagates into the minimum and maximum, and so does Inf into one
+    low, high = series.min(axis=0), series.max(axis=0)
+    bad = int((~(np.isfinite(low) & np.isfinite(high))).sum())
+    if bad:
         raise RunError(f"{run.bold}: {bad} voxels inside the brain mask hold NaN or Inf")
+    constant = int((low == high).sum())
+    if constant == series.shape[1]:
+        raise RunError(f"{run.bold}: every voxel inside the brain mask is constant in time")
+    if constant:
+        # kept: cleaning turns them into zeros, features and parcel means stay finite
+        LOGGER.warning("%s: %d of %d voxels inside the brain mask are constant in time "
+                       "(zero variance); kept with a zero signal", run.bold.name, constant,
+                       series.shape[1])
     return series, mean_img
 
 

@@ -177,7 +177,8 @@ def order_labels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return rank[inverse]
 
 
-def _check_scales(scales: Sequence[int], n_voxels: int) -> None:
+def check_scales(scales: Sequence[int], n_voxels: int) -> None:
+    """Every scale must be below the number of voxels (raises :class:`UserError`)."""
     too_big = [n for n in scales if n >= n_voxels]
     if too_big:
         raise UserError(
@@ -278,7 +279,7 @@ def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
     dict
         scale -> int32 labels (1..n) over the in-mask voxels.
     """
-    _check_scales(scales, features.shape[0])
+    check_scales(scales, features.shape[0])
     labels = METHODS[method](features, mask, sorted(scales), random_state, n_jobs=n_jobs)
     for k, lab in labels.items():
         found = int(lab.max())

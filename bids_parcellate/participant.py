@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import outputs
+from bids_parcellate import outputs, report, resume
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, Skipped
-from bids_parcellate.parcellate import build_features, labels_to_volume, parcellate
+from bids_parcellate.parcellate import build_features, check_scales, labels_to_volume, parcellate
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -81,10 +82,22 @@ class UnitResult:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     n_voxels: int = 0
+    #: True when the unit was complete from an earlier run and was not recomputed.
+    reused: bool = False
+    #: The unit's report record (see :mod:`bids_parcellate.report.record`) and the
+    #: report files (figures, record): not data outputs, so not in ``files`` (the
+    #: completion marker and the manifest list data outputs, which are deterministic).
+    report: dict | None = None
+    report_files: list[Path] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return outputs.unit_prefix(self.subject, self.session)
+
+    @property
+    def missing_inputs(self) -> list[Skipped]:
+        """Runs skipped because a required file was missing or unreadable."""
+        return [s for s in self.skipped if s.missing_input]
 
 
 def parcel_names(n: int) -> list[str]:
@@ -218,13 +231,31 @@ DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.
 
 
 def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
-                 source_dirs: list[Path], progress: Progress) -> UnitResult:
-    """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure."""
+                 source_dirs: list[Path], progress: Progress,
+                 plan_listed: tuple[str, ...] = (),
+                 unit_log: report.UnitLog | None = None) -> UnitResult:
+    """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure.
+
+    ``plan_listed``: files of an earlier completion marker, removed before writing.
+    With ``unit_log`` (warnings and skipped inputs of the unit), the report figures and
+    record are written too (they are not among the unit's files: see ``report_files``).
+    """
     subject, session = key
     result = UnitResult(subject=subject, session=session)
     tic = time.monotonic()
+    # a run missing a required piece (mask, confounds, readable sidecar) is skipped with
+    # the reason recorded; the unit goes on with its complete runs and the invocation
+    # exits non-zero (see cli.run), so an incomplete input never passes silently
+    for run in runs:
+        if run.error:
+            LOGGER.error("skipping run: %s", run.error)
+            result.skipped.append(Skipped(run.bold, run.error, missing_input=True))
+    runs = [run for run in runs if not run.error]
+    if not runs:
+        raise UserError("; ".join(s.reason for s in result.skipped))
     unit_mask = load_unit_mask(runs)
     result.n_voxels = unit_mask.n_voxels
+    check_scales(config.n_parcels, unit_mask.n_voxels)
     cleaned: list[CleanRun] = []
     for run in runs:
         start = time.monotonic()
@@ -259,42 +290,90 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     tic = time.monotonic()
     series = {c.run.bold: parcel_timeseries(c.data, labels, config.standardize_arg)
               for c in cleaned}
-    del cleaned  # the voxel data are not needed any more
     result.timings["extract"] = time.monotonic() - tic
     tic = time.monotonic()
     outputs.prepare_output_dir(config.output_dir, source_dirs)
-    result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+    # stale outputs of this unit (an interrupted run, or --overwrite) go first, the
+    # completion marker before anything else; a failure while writing leaves nothing
+    outputs.remove_unit_outputs(config.output_dir, subject, session, plan_listed)
+    try:
+        result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+    except BaseException:
+        outputs.remove_unit_outputs(config.output_dir, subject, session)
+        raise
     result.timings["write"] = time.monotonic() - tic
     LOGGER.debug("%s: stage times %s", result.name,
                  ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()))
+    # report (figures + record) while the cleaned data are still in memory
+    if unit_log is not None:
+        try:
+            result.report_files, result.report = report.write_unit_report_data(
+                config, result, unit_mask, cleaned, labels, series, source_dirs, unit_log)
+        except Exception as exc:  # a report problem must not lose the unit's data outputs
+            LOGGER.error("%s: report data not written (%s: %s)", result.name,
+                         type(exc).__name__, exc)
+            LOGGER.debug("traceback", exc_info=True)
     LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
                 result.name, len(labels), ", ".join(map(str, sorted(labels))),
                 unit_mask.n_voxels, len(result.runs), len(result.files))
     return result
 
 
-def run_participant_level(config: Config, selection: Selection) -> list[UnitResult]:
-    """Process every unit; a failing unit is reported and does not stop the others."""
+def run_participant_level(config: Config, selection: Selection,
+                          plans: dict | None = None, *,
+                          selection_warnings: Sequence[str] = ()) -> list[UnitResult]:
+    """Process every unit; a failing unit is reported and does not stop the others.
+
+    ``plans`` (from :func:`bids_parcellate.resume.plan_units`) says which units are
+    complete from an earlier run with the same parameters; those are not recomputed.
+    A unit's completion marker is written after all of its files.
+    ``selection_warnings`` (warnings logged while the inputs were queried) go to the
+    reports of the units whose files they name.
+    """
+    units = selection.units()
+    plans = plans if plans is not None else resume.plan_units(config, selection)
+    todo = {k: r for k, r in units.items() if plans[k].action != "skip"}
+    progress = Progress(sum(len(r) for r in todo.values()))
+    results = []
+    # BLAS runs single-threaded here: the stages split their own work in blocks over
+    # --nprocs threads (reading, cleaning, smoothing, Ward costs), so results do not
+    # depend on --nprocs, and multithreaded BLAS on this pipeline's small matrices mostly
+    # spins (an SVD of 166 x 168 took 1.4 s on a busy 2-core machine). scikit-learn's
+    # OpenMP loops (k-means) keep --nprocs threads (cli.limit_threads).
     from threadpoolctl import threadpool_limits
 
-    units = selection.units()
-    progress = Progress(sum(len(r) for r in units.values()))
-    results = []
-    # Threads are set here, not by the machine's core count (a SLURM task given 2 CPUs on
-    # a 64-core node must not start 64): BLAS runs single-threaded, and the stages split
-    # their work in blocks over --nprocs threads themselves. Multithreaded BLAS on the
-    # small matrices of this pipeline mostly spins (an SVD of 166 x 168 took 1.4 s on a
-    # busy 2-core machine), and results then do not depend on --nprocs.
-    # scikit-learn's OpenMP loops (k-means) get --nprocs threads.
-    with threadpool_limits(limits=1, user_api="blas"), \
-            threadpool_limits(limits=config.nprocs, user_api="openmp"):
+    with threadpool_limits(limits=1, user_api="blas"):
         for key, runs in units.items():
+            name = outputs.unit_prefix(*key)
+            plan = plans[key]
+            if plan.action == "skip":
+                LOGGER.info("%s: complete from an earlier run with the same parameters, skipped "
+                            "(--overwrite recomputes it)", name)
+                results.append(UnitResult(subject=key[0], session=key[1], reused=True))
+                continue
+            if plan.reason != "new":
+                LOGGER.info("%s: recomputing (%s)", name, plan.reason)
             try:
-                results.append(process_unit(config, key, runs, selection.fmriprep_dirs,
-                                            progress))
+                unit_log = report.UnitLog(
+                    skipped_inputs=report.record.skipped_of_unit(selection.skipped, *key),
+                    earlier=report.record.warnings_of_unit(selection_warnings, *key))
+                with unit_log:
+                    result = process_unit(config, key, runs, selection.fmriprep_dirs, progress,
+                                          plan.listed, unit_log)
+                if not result.missing_inputs:
+                    # a unit with skipped incomplete runs is never marked complete: a rerun
+                    # recomputes it (and reports the missing file again) until it is fixed
+                    resume.write_marker(config, key[0], key[1], result.files,
+                                        resume.unit_sources(runs, selection.fmriprep_dirs))
+                results.append(result)
             except UserError as exc:
-                name = outputs.unit_prefix(*key)
                 LOGGER.error("%s failed: %s", name, exc)
                 LOGGER.debug("traceback", exc_info=True)
                 results.append(UnitResult(subject=key[0], session=key[1], error=str(exc)))
+            except Exception as exc:  # a bug or a system error: the other units still run
+                LOGGER.error("%s failed with an internal error: %s: %s", name,
+                             type(exc).__name__, exc)
+                LOGGER.debug("traceback", exc_info=True)
+                results.append(UnitResult(subject=key[0], session=key[1],
+                                          error=f"internal error: {type(exc).__name__}: {exc}"))
     return results

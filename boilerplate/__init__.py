@@ -1,0 +1,2 @@
+"""Methods-text templates (jinja2) and references.bib, shipped as
+``bids_parcellate.boilerplate``."""
