@@ -16,8 +16,9 @@ hierarchical_kmeans and rena against nilearn's.
 
 Usage::
 
-    python benchmarks/run.py            # full: 4 mm and 2 mm (about an hour on 2 cores)
-    python benchmarks/run.py --quick    # 4 mm only, 2 repetitions (a few minutes)
+    python benchmarks/run.py            # 4 mm and 2 mm, 3 repetitions (about an hour on
+                                        # a busy 2-core machine)
+    python benchmarks/run.py --quick    # 4 mm, ward only, 2 repetitions (a few minutes)
     python benchmarks/run.py --profile  # py-spy profiles of our CLI (pip install py-spy)
 
 See benchmarks/README.md for the machine, the results and the profiles.
@@ -162,7 +163,7 @@ class Case:
         return statistics.median(r[key] for r in self.runs)
 
 
-def build_cases(work: Path, resolutions, methods: bool, nprocs: int) -> list[Case]:
+def build_cases(work: Path, resolutions, method_resolutions, nprocs: int) -> list[Case]:
     cases = []
     for res in resolutions:
         root = dataset(work, res)
@@ -171,7 +172,7 @@ def build_cases(work: Path, resolutions, methods: bool, nprocs: int) -> list[Cas
         cases.append(Case(f"read-{res}mm", lambda f=files: read_cmd(f)))
         cases.append(Case(f"read_isal-{res}mm", lambda f=files: read_cmd(f, "isal")))
         targets = [("ward", (1000,))]
-        if methods:
+        if res in method_resolutions:
             targets += [(m, (1000,)) for m in OTHER_METHODS]
         for method, scales in targets:
             tag = f"{method}-{res}mm"
@@ -218,7 +219,7 @@ def machine() -> str:
             f"{sklearn.__version__}, nilearn {nilearn.__version__}")
 
 
-def report(cases: list[Case], resolutions, methods: bool) -> str:
+def report(cases: list[Case], resolutions, method_resolutions) -> str:
     by = {c.name: c for c in cases}
     lines = []
 
@@ -236,7 +237,7 @@ def report(cases: list[Case], resolutions, methods: bool) -> str:
     lines.append("|---|---|---|---|---|---|---|---|")
     for res in resolutions:
         read = by[f"read-{res}mm"].median("read_s")
-        for method in ("ward", *(OTHER_METHODS if methods else ())):
+        for method in ("ward", *(OTHER_METHODS if res in method_resolutions else ())):
             nl, us = by[f"nilearn-{method}-{res}mm"], by[f"ours-{method}-{res}mm"]
             lines.append(
                 f"| {res} mm | {method} 1000 | {nl.median('wall_s'):.1f} s / "
@@ -307,8 +308,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 3)")
     parser.add_argument("--resolutions", type=int, nargs="+", choices=sorted(DATASETS),
                         default=None, help="resolutions in mm (default 4 2)")
-    parser.add_argument("--no-methods", action="store_true",
-                        help="only ward (skip kmeans, hierarchical_kmeans and rena)")
+    parser.add_argument("--method-resolutions", type=int, nargs="*", default=None,
+                        help="resolutions at which kmeans, hierarchical_kmeans and rena are "
+                             "compared too (default 4; nilearn's k-means takes minutes at "
+                             "2 mm; none with --quick)")
     parser.add_argument("--nprocs", type=int, default=os.cpu_count(),
                         help="--nprocs given to bids_parcellate (default: all CPUs, as "
                              "nilearn's BLAS uses)")
@@ -319,14 +322,16 @@ def main() -> None:
     args = parser.parse_args()
     resolutions = args.resolutions or ([4] if args.quick else [4, 2])
     repeats = args.repeats or (2 if args.quick else 3)
-    methods = not (args.quick or args.no_methods)
+    if args.method_resolutions is None:
+        args.method_resolutions = [] if args.quick else [4]
+    method_resolutions = [r for r in args.method_resolutions if r in resolutions]
     work = args.work.resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
     (work / "out").mkdir(exist_ok=True)
     if args.profile:
         profile(work, resolutions, args.nprocs)
         return
-    cases = build_cases(work, resolutions, methods, args.nprocs)
+    cases = build_cases(work, resolutions, method_resolutions, args.nprocs)
     print(f"machine: {machine()}")
     print(f"load average before: {os.getloadavg()}", flush=True)
     for rep in range(repeats):
@@ -335,7 +340,7 @@ def main() -> None:
             print(f"[{rep + 1}/{repeats}] {case.name:34s} {case.runs[-1]['wall_s']:7.1f} s "
                   f"{case.runs[-1]['rss_gb']:5.2f} GB", flush=True)
     print(f"load average after: {os.getloadavg()}\n")
-    text = report(cases, resolutions, methods)
+    text = report(cases, resolutions, method_resolutions)
     print(text)
     results = {
         "machine": machine(),
