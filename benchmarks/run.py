@@ -143,15 +143,15 @@ class Case:
     """One measured command, run ``repeats`` times in alternation with the others."""
 
     def __init__(self, name: str, make_cmd, labels: Path | None = None,
-                 truth: Path | None = None, clean: Path | None = None):
+                 truth: Path | None = None, clean: tuple[Path, ...] = ()):
         self.name, self.make_cmd, self.labels, self.truth, self.clean = (
             name, make_cmd, labels, truth, clean)
         self.runs: list[dict] = []
         self.ari: float | None = None
 
     def run(self, logs: Path) -> None:
-        if self.clean is not None:
-            shutil.rmtree(self.clean, ignore_errors=True)
+        for path in self.clean:  # outputs and pybids database: every run starts afresh
+            shutil.rmtree(path, ignore_errors=True)
         result = measure(self.make_cmd(), logs / f"{self.name}-{len(self.runs)}.log")
         if self.name.startswith("read"):
             result["read_s"] = json.loads(result["stdout"])["read_s"]
@@ -180,17 +180,19 @@ def build_cases(work: Path, resolutions, method_resolutions, nprocs: int) -> lis
             cases.append(Case(f"nilearn-{tag}",
                               lambda f=files, m=method, o=nl_labels: nilearn_cmd(f, m, 1000, o),
                               nl_labels, files["truth"]))
-            ours_out = out / f"ours-{tag}"
+            ours_out, ours_work = out / f"ours-{tag}", work / f"work-{tag}"
             cases.append(Case(
                 f"ours-{tag}",
-                lambda r=root, o=ours_out, m=method, s=scales: ours_cmd(
-                    r, o, work / "pybids", m, s, nprocs),
-                our_dseg(ours_out, method, 1000), files["truth"], clean=ours_out))
-        five = out / f"ours-ward5-{res}mm"
+                lambda r=root, o=ours_out, w=ours_work, m=method, s=scales: ours_cmd(
+                    r, o, w, m, s, nprocs),
+                our_dseg(ours_out, method, 1000), files["truth"],
+                clean=(ours_out, ours_work)))
+        five, five_work = out / f"ours-ward5-{res}mm", work / f"work-ward5-{res}mm"
         cases.append(Case(f"ours-ward5-{res}mm",
-                          lambda r=root, o=five: ours_cmd(r, o, work / "pybids", "ward",
-                                                          SCALES5, nprocs),
-                          our_dseg(five, "ward", 1000), files["truth"], clean=five))
+                          lambda r=root, o=five, w=five_work: ours_cmd(r, o, w, "ward",
+                                                                       SCALES5, nprocs),
+                          our_dseg(five, "ward", 1000), files["truth"],
+                          clean=(five, five_work)))
     return cases
 
 
@@ -268,9 +270,11 @@ def profile(work: Path, resolutions, nprocs: int) -> None:
         root = dataset(work, res)
         out = work / "out" / f"profile-{res}mm"
         shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(work / "work-profile", ignore_errors=True)
         speedscope = work / f"profile-{res}mm.speedscope.json"
         subprocess.run([exe, "record", "-r", "50", "-f", "speedscope", "-o", str(speedscope),
-                        "--", *ours_cmd(root, out, work / "pybids", "ward", (1000,), nprocs)],
+                        "--", *ours_cmd(root, out, work / "work-profile", "ward", (1000,),
+                                        nprocs)],
                        check=True, capture_output=True)
         print(f"## {res} mm: {speedscope} (open in https://www.speedscope.app)")
         print(summarise_speedscope(speedscope))
