@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "runs have more volumes)")
     par.add_argument("--random-seed", type=int, default=0, help="seed of every random step")
 
+    grp = parser.add_argument_group("group level")
+    grp.add_argument("--atlas-label", default=None, metavar="LABEL",
+                     help="atlas- label of the group parcellation (default: the dataset "
+                          "folder name followed by the method, e.g. ds000030Ward)")
+
     res = parser.add_argument_group("resources")
     res.add_argument("--nprocs", "--n-cpus", type=int, default=1, help="CPUs to use")
     res.add_argument("--mem-gb", type=_positive_float, default=None,
@@ -179,6 +184,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         smoothing_fwhm=args.smoothing_fwhm,
         n_components=args.n_components,
         random_seed=args.random_seed,
+        atlas_label=args.atlas_label.removeprefix("atlas-") if args.atlas_label else None,
         nprocs=args.nprocs,
         mem_gb=args.mem_gb,
         verbosity=args.verbose,
@@ -252,8 +258,6 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     from bids_parcellate.participant import run_participant_level
 
     check_strategy_options(config)
-    if "group" in config.analysis_levels:
-        raise UserError("analysis level 'group' is not available yet")
     start = time.monotonic()
     LOGGER.info("%s %s: %s", PROG, __version__, " ".join(config.command_line))
     selection = collect_runs(config)
@@ -261,15 +265,36 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     LOGGER.info("found %d run(s) in %d unit(s) (%s); %d skipped", len(selection.runs),
                 len(units), ", ".join(f"sub-{s}" + (f"_ses-{x}" if x else "")
                                       for s, x in units), len(selection.skipped))
+    if "group" in config.analysis_levels:
+        from bids_parcellate.group import check_grids
+
+        check_grids(units)  # before anything is written
     log_path = attach_log_file(memory, config.output_dir, config.analysis_levels)
     LOGGER.debug("log file %s, config hash %s", log_path, config.config_hash())
-    results = run_participant_level(config, selection)
-    failed = [r for r in results if r.error]
-    LOGGER.info("done in %.1f s: %d unit(s) succeeded, %d failed", time.monotonic() - start,
-                len(results) - len(failed), len(failed))
-    for r in failed:
-        LOGGER.error("FAILED %s: %s", r.name, r.error)
-    return 1 if failed else 0
+    code = 0
+    failed_units: set = set()
+    if "participant" in config.analysis_levels:
+        results = run_participant_level(config, selection)
+        failed = [r for r in results if r.error]
+        failed_units = {(r.subject, r.session) for r in failed}
+        LOGGER.info("participant level done in %.1f s: %d unit(s) succeeded, %d failed",
+                    time.monotonic() - start, len(results) - len(failed), len(failed))
+        for r in failed:
+            LOGGER.error("FAILED %s: %s", r.name, r.error)
+        code = 1 if failed else 0
+    if "group" in config.analysis_levels:
+        from bids_parcellate.group import run_group_level
+
+        tic = time.monotonic()
+        group = run_group_level(config, selection, exclude=failed_units)
+        LOGGER.info("group level done in %.1f s: atlas-%s from %d unit(s) (%d summaries "
+                    "reused, %d computed), %d files written", time.monotonic() - tic,
+                    group.label, len(group.units), len(group.reused), len(group.computed),
+                    len(group.files))
+        for name, error in group.errors.items():
+            LOGGER.error("FAILED %s (group level): %s", name, error)
+        code = 1 if group.errors or code else 0
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

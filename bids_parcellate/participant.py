@@ -24,6 +24,7 @@ from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, Skipped
 from bids_parcellate.parcellate import build_features, labels_to_volume, parcellate
+from bids_parcellate.summary import make_summary, write_summary
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -250,6 +251,9 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     features = build_features([c.data for c in cleaned], unit_mask.mask,
                               unit_mask.affine, config.smoothing_fwhm, config.n_components)
     result.timings["features"] = time.monotonic() - tic
+    # the group level's input (map step), from the features already in memory
+    summary = make_summary(config, runs, [c.run for c in cleaned], unit_mask.mask,
+                           unit_mask.affine, features, sum(c.data.shape[0] for c in cleaned))
     tic = time.monotonic()
     labels = parcellate(features, unit_mask.mask, config.method, config.n_parcels,
                         config.random_seed)
@@ -262,6 +266,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     tic = time.monotonic()
     outputs.prepare_output_dir(config.output_dir, source_dirs)
     result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+    result.files += write_summary(config, summary, source_dirs, runs)
     result.timings["write"] = time.monotonic() - tic
     LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
                 result.name, len(labels), ", ".join(map(str, sorted(labels))),
