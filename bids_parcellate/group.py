@@ -101,10 +101,10 @@ def check_grids(units: dict[UnitKey, list[Run]]) -> tuple[tuple[int, ...], np.nd
             except Exception as exc:
                 raise UserError(f"{run.mask}: cannot read mask ({exc})") from None
             shape, affine = tuple(int(n) for n in img.shape[:3]), img.affine
-            for index, (g_shape, g_affine) in enumerate(grids):
-                if g_shape == shape and np.allclose(g_affine, affine, atol=1e-3):
-                    break
-            else:
+            index = next((i for i, (g_shape, g_affine) in enumerate(grids)
+                          if g_shape == shape and np.allclose(g_affine, affine, atol=1e-3)),
+                         None)
+            if index is None:
                 grids.append((shape, affine))
                 members.append([])
                 index = len(grids) - 1
