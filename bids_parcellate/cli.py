@@ -341,9 +341,10 @@ def demo_main(argv: list[str]) -> int:
     """``bids_parcellate --demo OUT [options]``: generate the demo dataset and run on it.
 
     Writes a two-participant fMRIPrep-like dataset with a known ground-truth
-    parcellation to ``OUT/bids`` and runs the participant level into
+    parcellation to ``OUT/bids`` and runs the participant and group levels into
     ``OUT/bids_parcellate`` (extra options are passed through), then prints the adjusted
-    Rand index of each participant's parcellation against the truth.
+    Rand index of each participant's parcellation and of the group atlas against the
+    truth.
     """
     if not argv or argv[0].startswith("-"):
         print(f"usage: {PROG} --demo OUT [participant options]", file=sys.stderr)
@@ -361,11 +362,12 @@ def demo_main(argv: list[str]) -> int:
     extra = argv[1:]
     if "--n-parcels" not in extra:
         extra = ["--n-parcels", str(n_true), "100", "200", *extra]
-    code = main([str(bids_dir), str(output_dir), "participant", *extra])
+    code = main([str(bids_dir), str(output_dir), "participant", "group", *extra])
     if code != 0:
         return code
     truth_data = truth.labels_img.get_fdata()
-    for dseg in sorted(output_dir.glob(f"sub-*/anat/*_scale-{n_true}_dseg.nii.gz")):
+    for dseg in [*sorted(output_dir.glob(f"sub-*/anat/*_scale-{n_true}_dseg.nii.gz")),
+                 *sorted(output_dir.glob(f"tpl-*/*_scale-{n_true}_dseg.nii.gz"))]:
         found = nib.load(dseg).get_fdata()
         inside = truth_data > 0
         ari = adjusted_rand_score(truth_data[inside], found[inside])

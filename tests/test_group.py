@@ -295,3 +295,26 @@ def test_group_beats_nilearn_multi_subject_on_jittered_truth(tmp_path):
     # parcellation reaches about 0.76
     assert ari_ours > ari_nilearn + 0.2
     assert ari_ours > 0.7
+
+
+def test_sessions_and_derivatives_only_layout(tmp_path):
+    """Units are participant x session; BIDS_DIR is the fMRIPrep dataset itself."""
+    from bids_parcellate.demo import make_demo_dataset
+
+    truth = make_demo_dataset(tmp_path / "fmriprep", participants=("a1",), sessions=("1", "2"),
+                              runs=None, resolution=8, n_volumes=60, layout="derivatives",
+                              seed=3)
+    out = tmp_path / "out"
+    assert main([str(truth.root), str(out), "participant", "group", "--n-parcels", "20"]) == 0
+    label = "fmriprepWard"
+    assert atlas_path(out, 20, label=label).is_file()
+    description = json.loads((out / f"atlas-{label}_description.json").read_text())
+    assert description["Participants"] == ["sub-a1_ses-1", "sub-a1_ses-2"]
+    agreement = pd.read_csv(out / f"group_atlas-{label}_agreement.tsv", sep="\t")
+    assert agreement[["participant_id", "session_id", "scale"]].values.tolist() == [
+        ["sub-a1", "ses-1", 20], ["sub-a1", "ses-2", 20]]
+    for ses in ("1", "2"):
+        assert (out / "sub-a1" / f"ses-{ses}" / "func" / (
+            f"sub-a1_ses-{ses}_task-rest_{SPACE}_atlas-{label}_scale-20_stat-mean_timeseries.tsv"
+        )).is_file()
+    assert validate(out)["errors"] == []
