@@ -181,27 +181,35 @@ class ComponentMerger:
         self.n_components = n_components
         self.chunk = chunk
         self.components_: np.ndarray | None = None
+        self.eigenvalues_: np.ndarray | None = None  # squared singular values
         self.n_blocks_ = 0
 
     def add(self, block: np.ndarray) -> ComponentMerger:
         block = np.asarray(block, dtype=np.float32)
-        parts = [block] if self.components_ is None else [self.components_, block]
-        n_rows = block.shape[0]
-        widths = [p.shape[1] for p in parts]
-        gram = np.zeros((sum(widths), sum(widths)))
+        state = self.components_
+        n_rows, k = block.shape
+        n_state = 0 if state is None else state.shape[1]
+        # Gram matrix of [state | block]: the state's columns are orthogonal, so its own
+        # block is diag(S^2); only state' block and block' block are computed (float64)
+        gram = np.zeros((n_state + k, n_state + k))
+        if state is not None:
+            gram[:n_state, :n_state] = np.diag(self.eigenvalues_)
         for start in range(0, n_rows, self.chunk):
-            rows = np.hstack([p[start:start + self.chunk] for p in parts]).astype(np.float64)
-            gram += rows.T @ rows
+            part = block[start:start + self.chunk].astype(np.float64)
+            gram[n_state:, n_state:] += part.T @ part
+            if state is not None:
+                gram[:n_state, n_state:] += state[start:start + self.chunk].T.astype(
+                    np.float64) @ part
+        gram[n_state:, :n_state] = gram[:n_state, n_state:].T
         eigval, eigvec = np.linalg.eigh(gram)
         order = np.argsort(eigval)[::-1][:self.n_components]
         order = order[eigval[order] > eigval.max() * 1e-10]
         weights = eigvec[:, order].astype(np.float32)
-        merged = np.zeros((n_rows, order.size), dtype=np.float32)
-        offset = 0
-        for part, width in zip(parts, widths, strict=True):
-            merged += part @ weights[offset:offset + width]
-            offset += width
+        merged = block @ weights[n_state:]
+        if state is not None:
+            merged += state @ weights[:n_state]
         self.components_ = merged
+        self.eigenvalues_ = eigval[order]
         self.n_blocks_ += 1
         return self
 
@@ -307,7 +315,8 @@ def _summaries(config: Config, units: dict[UnitKey, list[Run]], grid, source_dir
         LOGGER.info("%s: summary %s, computing it from %d run(s)", name, reason, len(runs))
         try:
             summary = compute_summary(config, runs)
-            outputs.prepare_output_dir(config.output_dir, source_dirs)
+            if not result.computed:
+                outputs.prepare_output_dir(config.output_dir, source_dirs)
             result.files += write_summary(config, summary, source_dirs, runs)
             del summary
             header = read_header(path)
