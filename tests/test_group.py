@@ -210,23 +210,39 @@ def test_grid_mismatch_is_one_line_and_writes_nothing(demo8, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.fixture(scope="module")
+def clean2_out(tmp_path_factory):
+    """Two participants at a high signal-to-noise ratio (see conftest.demo8_clean) with
+    their summaries (a first group run), for checking every method's wiring."""
+    from bids_parcellate.demo import make_demo_dataset
+
+    base = tmp_path_factory.mktemp("clean2")
+    demo = make_demo_dataset(base / "bids", participants=("01", "02"), runs=(1,),
+                             resolution=8, n_volumes=80, n_true_parcels=20, seed=1, snr=1.0)
+    out = base / "out"
+    assert run_cli(demo.root, out, "--n-parcels", "20", level="group") == 0
+    return demo, out
+
+
 @pytest.mark.parametrize("method, threshold", [
-    ("average", 0.3),
-    pytest.param("complete", 0.3, marks=pytest.mark.slow),
-    pytest.param("kmeans", 0.5, marks=pytest.mark.slow),
-    pytest.param("hierarchical_kmeans", 0.4, marks=pytest.mark.slow),
-    pytest.param("rena", 0.5, marks=pytest.mark.slow),
+    ("average", 0.5),
+    pytest.param("complete", 0.5, marks=pytest.mark.slow),
+    pytest.param("kmeans", 0.7, marks=pytest.mark.slow),
+    pytest.param("hierarchical_kmeans", 0.6, marks=pytest.mark.slow),
+    pytest.param("rena", 0.6, marks=pytest.mark.slow),
 ])
-def test_every_method_at_group_level(demo8, demo8_out, tmp_path, method, threshold):
+def test_every_method_at_group_level(clean2_out, tmp_path, method, threshold):
+    demo, summaries = clean2_out
     out = tmp_path / "out"
-    shutil.copytree(demo8_out, out)
-    assert run_cli(demo8.root, out, "--method", method, "--n-parcels", "20",
+    shutil.copytree(summaries, out)
+    assert run_cli(demo.root, out, "--method", method, "--n-parcels", "20",
                    level="group") == 0
     label = "bids" + method.replace("_", "").capitalize()
     labels = np.asarray(nib.load(atlas_path(out, 20, label=label)).dataobj)
-    truth = np.asarray(demo8.labels_img.dataobj)
+    truth = np.asarray(demo.labels_img.dataobj)
     inside = truth > 0
-    assert adjusted_rand_score(truth[inside], labels[inside]) > threshold
+    ari = adjusted_rand_score(truth[inside], labels[inside])
+    assert ari > threshold, (method, ari)
     assert group_ts_path(out, "02", 1, 20, label=label).is_file()
 
 
@@ -256,7 +272,8 @@ def test_component_merger_matches_svd_of_the_concatenation():
 
 
 @pytest.mark.slow
-def test_group_beats_nilearn_multi_subject_on_jittered_truth(tmp_path):
+@pytest.mark.parametrize("snr", [0.4, 1.0])
+def test_group_beats_nilearn_multi_subject_on_jittered_truth(tmp_path, snr):
     """Shared truth + subject jitter: our group atlas recovers the shared truth better than
     nilearn's multi-subject ``Parcellations.fit(list_of_imgs)`` (same method, scale,
     smoothing, confounds and censoring)."""
@@ -268,7 +285,7 @@ def test_group_beats_nilearn_multi_subject_on_jittered_truth(tmp_path):
     subjects = [f"{i:02d}" for i in range(1, 7)]
     truth = make_demo_dataset(tmp_path / "bids", participants=subjects, runs=(1,),
                               resolution=8, n_volumes=80, n_true_parcels=20, jitter=0.3,
-                              seed=1)
+                              seed=1, snr=snr)
     out = tmp_path / "out"
     assert run_cli(truth.root, out, "--n-parcels", "20", level="group") == 0
     shared = np.asarray(truth.labels_img.dataobj)
@@ -289,12 +306,12 @@ def test_group_beats_nilearn_multi_subject_on_jittered_truth(tmp_path):
     nilearn.fit(imgs, confounds=confounds)
     theirs = np.asarray(nilearn.labels_img_.dataobj)
     ari_nilearn = adjusted_rand_score(shared[inside], theirs[inside])
-    print(f"ARI to the shared truth: bids_parcellate group {ari_ours:.3f}, "
+    print(f"snr {snr}: ARI to the shared truth: bids_parcellate group {ari_ours:.3f}, "
           f"nilearn multi-subject {ari_nilearn:.3f}")
-    # measured 0.78 vs 0.34 (6 participants, jitter 0.3); each participant's own
-    # parcellation reaches about 0.76
+    # measured (6 participants, jitter 0.3): snr 0.4 (the demo default) 0.74 vs 0.00,
+    # snr 1.0 0.78 vs 0.22; each participant's own parcellation reaches about 0.7
     assert ari_ours > ari_nilearn + 0.2
-    assert ari_ours > 0.7
+    assert ari_ours > 0.65
 
 
 def test_sessions_and_derivatives_only_layout(tmp_path):
