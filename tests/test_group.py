@@ -309,7 +309,7 @@ def test_group_beats_nilearn_multi_subject_on_jittered_truth(tmp_path, snr):
     print(f"snr {snr}: ARI to the shared truth: bids_parcellate group {ari_ours:.3f}, "
           f"nilearn multi-subject {ari_nilearn:.3f}")
     # measured (6 participants, jitter 0.3): snr 0.4 (the demo default) 0.74 vs 0.00,
-    # snr 1.0 0.78 vs 0.22; each participant's own parcellation reaches about 0.7
+    # snr 1.0 0.78 vs 0.22
     assert ari_ours > ari_nilearn + 0.2
     assert ari_ours > 0.65
 
