@@ -94,11 +94,15 @@ def _measure(args: list[str]) -> dict:
 
 
 def _dataset(work: Path, n: int, volumes: int, resolution: int):
-    from bids_parcellate.demo import make_demo_dataset
+    import hashlib
+    import inspect
+
+    from bids_parcellate import demo
 
     root = work / "bids"
     params = {"participants": n, "volumes": volumes, "resolution": resolution, "jitter": 0.2,
-              "n_true_parcels": 100, "seed": 0}
+              "n_true_parcels": 100, "seed": 0,  # and the generator's code:
+              "generator": hashlib.sha256(inspect.getsource(demo).encode()).hexdigest()[:16]}
     marker = work / "dataset.json"
     subjects = [f"{i:02d}" for i in range(1, n + 1)]
     if not (marker.is_file() and json.loads(marker.read_text()) == params):
@@ -106,8 +110,9 @@ def _dataset(work: Path, n: int, volumes: int, resolution: int):
         marker.unlink(missing_ok=True)
         tic = time.monotonic()
         print(f"generating {n} participants at {resolution} mm ...", file=sys.stderr)
-        make_demo_dataset(root, participants=subjects, runs=(1,), n_volumes=volumes,
-                          resolution=resolution, n_true_parcels=100, jitter=0.2, seed=0)
+        demo.make_demo_dataset(root, participants=subjects, runs=(1,), n_volumes=volumes,
+                               resolution=resolution, n_true_parcels=100, jitter=0.2,
+                               seed=0)
         marker.write_text(json.dumps(params))
         print(f"generated in {time.monotonic() - tic:.0f} s", file=sys.stderr)
     return root, subjects
