@@ -96,6 +96,8 @@ def check_grids(units: dict[UnitKey, list[Run]]) -> tuple[tuple[int, ...], np.nd
     for key, runs in units.items():
         name = outputs.unit_prefix(*key)
         for run in runs:
+            if run.error:  # no mask: reported by the level that processes it
+                continue
             try:
                 img = nib.load(run.mask)
             except Exception as exc:
@@ -289,6 +291,7 @@ class GroupResult:
     summaries: list[Path] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    incomplete: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     computed: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -347,12 +350,26 @@ def run_group_level(config: Config, selection: Selection,
     UserError
         When no unit is usable, the grids differ or the scales are too large.
     """
-    units = {k: v for k, v in selection.units().items() if k not in exclude}
+    result = GroupResult(label=atlas_label(config))
+    units = {}
+    for key, runs in selection.units().items():
+        if key in exclude:
+            continue
+        # a run missing a required file is left out and reported (the invocation exits
+        # non-zero), as at the participant level
+        for run in runs:
+            if run.error:
+                LOGGER.error("group level: skipping run: %s", run.error)
+                result.incomplete.append(run.error)
+        usable = [run for run in runs if not run.error]
+        if usable:
+            units[key] = usable
+        else:
+            result.errors[outputs.unit_prefix(*key)] = "no run with all its files"
     if not units:
         raise UserError("group level: no participant left to combine")
     grid = check_grids(units)
     source_dirs = selection.fmriprep_dirs
-    result = GroupResult(label=atlas_label(config))
 
     tic = time.monotonic()
     paths = _summaries(config, units, grid, source_dirs, result)

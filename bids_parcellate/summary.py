@@ -200,6 +200,7 @@ def write_summary(config: Config, summary: Summary, source_dirs: list[Path],
         "Parameters": summary.parameters["parameters"],
         "Sources": sorted(outputs.bids_uri(r.bold, source_dirs) for r in runs
                           if r.bold.name in summary.runs_used),
+        "ConfigHash": config.config_hash(),
     }))
     return written
 
