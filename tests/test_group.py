@@ -335,3 +335,22 @@ def test_sessions_and_derivatives_only_layout(tmp_path):
             f"sub-a1_ses-{ses}_task-rest_{SPACE}_atlas-{label}_scale-20_stat-mean_timeseries.tsv"
         )).is_file()
     assert validate(out)["errors"] == []
+
+
+def test_run_missing_a_file_is_left_out_and_reported(demo8, tmp_path, capsys):
+    """As at the participant level: the run is skipped, the others are used, exit 1."""
+    root = tmp_path / "bids"
+    shutil.copytree(demo8.root, root)
+    confounds = root / "derivatives" / "fmriprep" / "sub-02" / "func" / (
+        "sub-02_task-rest_run-2_desc-confounds_timeseries.tsv")
+    confounds.unlink()
+    out = tmp_path / "out"
+    assert run_cli(root, out, "--n-parcels", "20", level="group") == 1
+    assert "group level: skipping run:" in capsys.readouterr().err
+    assert atlas_path(out, 20).is_file()
+    assert group_ts_path(out, "02", 1, 20).is_file()
+    assert not group_ts_path(out, "02", 2, 20).exists()
+    header = json.loads((out / "sub-02" / "func" / (
+        f"sub-02_{SPACE}_desc-summary_features.json")).read_text())
+    assert header["Sources"] == [
+        f"bids:fmriprep:sub-02/func/sub-02_task-rest_run-1_{SPACE}_desc-preproc_bold.nii.gz"]
