@@ -134,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="atlas- label of the group parcellation (default: the dataset "
                           "folder name followed by the method, e.g. ds000030Ward)")
 
+    rep = parser.add_argument_group("reports and methods text")
+    only = rep.add_mutually_exclusive_group()
+    only.add_argument("--reports-only", action="store_true",
+                      help="only rebuild the HTML reports from the outputs already in "
+                           "OUTPUT_DIR (nothing is recomputed and BIDS_DIR is not read)")
+    only.add_argument("--boilerplate-only", action="store_true",
+                      help="only write the methods text (OUTPUT_DIR/logs/CITATION.md, "
+                           ".html, .bib) for the selected inputs; no data are processed")
+
     res = parser.add_argument_group("resources and reruns")
     res.add_argument("--nprocs", "--n-cpus", type=int, default=1,
                      help="CPUs to use (BLAS/OpenMP threads); outputs do not depend on it")
@@ -202,6 +211,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         mem_gb=args.mem_gb,
         overwrite=args.overwrite,
         verbosity=args.verbose,
+        reports_only=args.reports_only,
+        boilerplate_only=args.boilerplate_only,
         command_line=tuple(argv),
     )
 
@@ -270,6 +281,7 @@ def attach_log_file(memory: logging.handlers.MemoryHandler, output_dir: Path,
 # --------------------------------------------------------------------------- main
 def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     """Run the analysis levels of ``config``; return the exit code."""
+    from bids_parcellate import report
     from bids_parcellate.denoise import check_strategy_options
     from bids_parcellate.inputs import collect_runs
     from bids_parcellate.outputs import check_output_dir, write_manifest
@@ -278,14 +290,27 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     from bids_parcellate.resume import plan_units
 
     check_strategy_options(config)
+    if config.reports_only:
+        log_path = attach_log_file(memory, _existing_output_dir(config),
+                                   config.analysis_levels)
+        LOGGER.debug("log file %s", log_path)
+        written = report.reports_only(config)
+        LOGGER.info("reports rebuilt from %s: %s", config.output_dir,
+                    ", ".join(p.name for p in written))
+        return 0
     start = time.monotonic()
     LOGGER.info("%s %s: %s", PROG, __version__, " ".join(config.command_line))
     check_output_dir(config.output_dir)
-    selection = collect_runs(config)
+    with report.UnitLog() as selection_log:
+        selection = collect_runs(config)
     units = selection.units()
     LOGGER.info("found %d run(s) in %d unit(s) (%s); %d skipped", len(selection.runs),
                 len(units), ", ".join(f"sub-{s}" + (f"_ses-{x}" if x else "")
                                       for s, x in units), len(selection.skipped))
+    if config.boilerplate_only:
+        written = report.boilerplate_only(config, selection)
+        LOGGER.info("methods text written: %s", ", ".join(str(p) for p in written))
+        return 0
     participant_level = "participant" in config.analysis_levels
     group_level = "group" in config.analysis_levels
     if group_level:
@@ -302,7 +327,9 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     failed_units: set = set()
     try:
         if participant_level:
-            results = run_participant_level(config, selection, plans)
+            results = run_participant_level(config, selection, plans,
+                                            selection_warnings=selection_log.messages)
+            report.finish_participant_level(config, results)
             failed = [r for r in results if r.error]
             failed_units = {(r.subject, r.session) for r in failed}
             reused = sum(r.reused for r in results)
@@ -320,6 +347,7 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
                 code = 1
         if group_level:
             from bids_parcellate.group import run_group_level
+            from bids_parcellate.report.assemble import write_group_report
 
             tic = time.monotonic()
             group = run_group_level(config, selection, exclude=failed_units)
@@ -331,9 +359,17 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
                 LOGGER.error("FAILED %s (group level): %s", name, error)
             if (group.errors or group.incomplete) and code == 0:
                 code = 1
+            write_group_report(config.output_dir)
     finally:
         write_manifest(config.output_dir)
     return code
+
+
+def _existing_output_dir(config: Config) -> Path:
+    if not config.output_dir.is_dir():
+        raise UserError(f"{config.output_dir}: OUTPUT_DIR does not exist (nothing to "
+                        "report on)")
+    return config.output_dir
 
 
 def main(argv: list[str] | None = None) -> int:

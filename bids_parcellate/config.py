@@ -41,6 +41,8 @@ _NOT_HASHED = frozenset(
         "participant_label",
         "atlas_label",
         "overwrite",
+        "reports_only",
+        "boilerplate_only",
     }
 )
 
@@ -131,6 +133,9 @@ class Config:
     mem_gb: float | None = None
     overwrite: bool = False
     verbosity: int = 0
+    # what to do: everything, or only the reports / the methods text
+    reports_only: bool = False
+    boilerplate_only: bool = False
     command_line: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -181,6 +186,8 @@ class Config:
                               "(letters and digits only)")
         if self.res is not None and not LABEL_PATTERN.match(self.res):
             raise ConfigError(f"--res {self.res!r}: not a BIDS label")
+        if self.reports_only and self.boilerplate_only:
+            raise ConfigError("--reports-only and --boilerplate-only exclude each other")
 
     # ------------------------------------------------------------------ hashing
     def hashed_parameters(self) -> dict:

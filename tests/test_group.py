@@ -116,6 +116,9 @@ def test_atlas_files_and_validator(demo8, group_run):
         adjusted_rand_score(own[mask], group[mask]), abs=1e-6)
     assert (agreement["ari"][agreement["scale"] == 20] > 0.7).all()
     assert "group_*" in (out / ".bidsignore").read_text()
+    # the group report shows the atlas and the agreement columns
+    html = (out / "group.html").read_text()
+    assert LABEL in html and "ari (20)" in html
     report = validate(out)
     assert report["errors"] == [], report["errors"]
 
