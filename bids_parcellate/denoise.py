@@ -193,28 +193,45 @@ def _open_image(path) -> tuple[nib.Nifti1Image, object]:
 def load_bold(run: Run, unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
     """Read a run's BOLD once; return (time x voxels float32 in the mask, mean image).
 
-    The file is decompressed in blocks of volumes by a reader thread while the main
+    The file is decompressed in blocks of volumes by a reader thread while the calling
     thread keeps the in-mask voxels of the previous block, so the full 4D array
     (870 MB as float32 at 2 mm) is never built.
+    """
+    img, stream = open_bold(run, unit_mask)
+    return read_bold(img, stream, run, unit_mask)
+
+
+def open_bold(run: Run, unit_mask: UnitMask) -> tuple[nib.Nifti1Image, object]:
+    """Open a run's BOLD and check its header (4D, on the mask's grid); data not read yet.
+
+    Returns the image and its open stream, for :func:`read_bold`.
     """
     try:
         img, stream = _open_image(run.bold)
     except Exception as exc:
         raise RunError(f"{run.bold}: cannot read NIfTI ({_short(exc)})") from exc
+    shape = img.shape
+    problem = None
+    if len(shape) != 4:
+        problem = f"{run.bold}: BOLD must be 4D, got {len(shape)}D shape {shape}"
+    elif not _same_grid(shape, img.affine, unit_mask.mask.shape, unit_mask.affine):
+        problem = (f"{run.bold}: BOLD grid {shape[:3]} differs from its brain mask "
+                   f"{unit_mask.mask.shape} {run.mask.name}")
+    if problem:
+        stream.close()
+        raise RunError(problem)
+    return img, stream
+
+
+def read_bold(img: nib.Nifti1Image, stream, run: Run,
+              unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
+    """The data of a BOLD opened by :func:`open_bold` (closes its stream)."""
     with stream:
-        shape = img.shape
-        if len(shape) != 4:
-            raise RunError(f"{run.bold}: BOLD must be 4D, got {len(shape)}D shape {shape}")
-        if not _same_grid(shape, img.affine, unit_mask.mask.shape, unit_mask.affine):
-            raise RunError(
-                f"{run.bold}: BOLD grid {shape[:3]} differs from its brain mask "
-                f"{unit_mask.mask.shape} {run.mask.name}"
-            )
         try:
             series, total = _read_masked(img.dataobj, unit_mask.mask)
         except Exception as exc:  # truncated / corrupt gzip streams land here
             raise RunError(f"{run.bold}: cannot read NIfTI data ({_short(exc)})") from exc
-    mean_img = (total / shape[3]).astype(np.float32)
+    mean_img = (total / img.shape[3]).astype(np.float32)
     # one pass: NaN propagates into the minimum and maximum, and so does Inf into one
     low, high = series.min(axis=0), series.max(axis=0)
     bad = int((~(np.isfinite(low) & np.isfinite(high))).sum())
@@ -331,12 +348,13 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
         )
     from concurrent.futures import ThreadPoolExecutor
 
+    img, stream = open_bold(run, unit_mask)
     with ThreadPoolExecutor(max_workers=1) as pool:
         # the BOLD is decompressed (GIL released) while this thread reads the confounds
         # and imports nilearn (about 1 s of CPU, hidden behind the read)
-        bold = pool.submit(load_bold, run, unit_mask)
+        bold = pool.submit(read_bold, img, stream, run, unit_mask)
         try:
-            early = _confounds_while_reading(run, config)
+            early = _confounds_while_reading(run, config, img.shape[3])
         finally:
             series, mean_img = bold.result()  # BOLD errors come first
     n_volumes = series.shape[0]
@@ -364,14 +382,13 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
     )
 
 
-def _confounds_while_reading(run: Run, config: Config):
-    """:func:`load_confounds` from the BOLD header's volume count, or None when the
-    header cannot be read or the confounds are unusable (then the error is raised after
-    the BOLD's own errors, by the caller calling :func:`load_confounds` again)."""
+def _confounds_while_reading(run: Run, config: Config, n_volumes: int):
+    """:func:`load_confounds`, or None when the confounds are unusable (then the error is
+    raised after the BOLD's own errors, by the caller calling :func:`load_confounds`
+    again)."""
     import nilearn.signal  # noqa: F401 - imported here to overlap with the read
 
     try:
-        n_volumes = int(nib.load(run.bold).shape[3])
         return load_confounds(run, n_volumes, config)
     except Exception:
         return None
