@@ -280,27 +280,37 @@ def profile(work: Path, resolutions, nprocs: int) -> None:
         print(summarise_speedscope(speedscope))
 
 
-def summarise_speedscope(path: Path, top: int = 25) -> str:
-    """Inclusive share of the samples per function of our package (and its callees)."""
+def summarise_speedscope(path: Path, top: int = 15) -> str:
+    """Per thread: inclusive share of bids_parcellate's functions, and the leaf functions
+    (any package) where the samples land."""
     data = json.loads(path.read_text())
     frames = data["shared"]["frames"]
+
+    def name(index: int) -> str:
+        frame = frames[index]
+        module = Path(frame.get("file", "")).stem
+        return f"{module}.{frame['name']}"
+
     lines = []
     for prof in data["profiles"]:
-        total = sum(prof["weights"]) or 1.0
+        total = sum(prof["weights"])
+        if total < 0.05 * sum(sum(p["weights"]) for p in data["profiles"]):
+            continue  # short-lived helper threads
         inclusive: dict[str, float] = {}
+        leaves: dict[str, float] = {}
         for stack, weight in zip(prof["samples"], prof["weights"], strict=True):
-            seen = set()
-            for index in stack:
-                frame = frames[index]
-                key = f"{frame['name']} ({Path(frame.get('file', '')).name}:{frame.get('line')})"
-                if key not in seen:
-                    seen.add(key)
-                    inclusive[key] = inclusive.get(key, 0.0) + weight
+            if not stack:
+                continue
+            ours = {name(i) for i in stack if "bids_parcellate" in frames[i].get("file", "")}
+            for key in ours:
+                inclusive[key] = inclusive.get(key, 0.0) + weight
+            leaf = name(stack[-1])
+            leaves[leaf] = leaves.get(leaf, 0.0) + weight
         lines.append(f"thread {prof['name']}: {total:.1f} s sampled")
-        interesting = [(k, v) for k, v in inclusive.items()
-                       if "bids_parcellate" in k or any(
-                           s in k for s in (".py:", "ward", "denoise", "parcellate", "extract"))]
-        for key, value in sorted(interesting, key=lambda kv: -kv[1])[:top]:
+        for key, value in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"  {100 * value / total:5.1f}%  {key}")
+        lines.append("  leaf functions:")
+        for key, value in sorted(leaves.items(), key=lambda kv: -kv[1])[:8]:
             lines.append(f"  {100 * value / total:5.1f}%  {key}")
     return "\n".join(lines)
 

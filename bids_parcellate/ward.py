@@ -65,20 +65,20 @@ def ward_costs(centroids: np.ndarray, weights: np.ndarray, rows: np.ndarray,
 
     out = np.empty(rows.size, dtype=np.float64)
 
-    def block(start: int) -> None:
-        r = rows[start:start + _EDGE_CHUNK]
-        c = cols[start:start + _EDGE_CHUNK]
-        diff = centroids.take(r, axis=0)
-        diff -= centroids.take(c, axis=0)
-        out[start:start + _EDGE_CHUNK] = np.einsum("ij,ij->i", diff, diff)
+    def part(bounds: tuple[int, int]) -> None:
+        for start in range(bounds[0], bounds[1], _EDGE_CHUNK):
+            stop = min(start + _EDGE_CHUNK, bounds[1])
+            diff = centroids.take(rows[start:stop], axis=0)
+            diff -= centroids.take(cols[start:stop], axis=0)
+            out[start:stop] = np.einsum("ij,ij->i", diff, diff)
 
-    starts = range(0, rows.size, _EDGE_CHUNK)
     if n_jobs > 1 and rows.size > 4 * _EDGE_CHUNK:
+        # one contiguous share of the edges per thread (few tasks: no per-chunk futures)
+        edges = np.linspace(0, rows.size, n_jobs + 1).astype(int)
         with ThreadPoolExecutor(max_workers=n_jobs) as pool:
-            list(pool.map(block, starts))
+            list(pool.map(part, zip(edges[:-1], edges[1:], strict=True)))
     else:
-        for start in starts:
-            block(start)
+        part((0, rows.size))
     out *= weights[rows] * weights[cols] / (weights[rows] + weights[cols])
     return out
 

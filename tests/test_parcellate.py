@@ -128,3 +128,15 @@ def test_unsmoothed_features_leave_the_cleaned_runs_untouched(blocks):
     before = data.copy()
     build_features([data], mask, np.eye(4), fwhm=0, n_components=200)
     np.testing.assert_array_equal(data, before)
+
+
+def test_grid_connectivity_is_scikit_learns_grid_to_graph():
+    from sklearn.feature_extraction.image import grid_to_graph
+
+    mask = np.random.default_rng(6).random((9, 7, 8)) > 0.3
+    ours = grid_connectivity(mask)
+    reference = grid_to_graph(*mask.shape, mask=mask).tocsr()
+    reference.sort_indices()
+    np.testing.assert_array_equal(ours.indptr, reference.indptr)
+    np.testing.assert_array_equal(ours.indices, reference.indices)
+    np.testing.assert_array_equal(ours.data, reference.data)
