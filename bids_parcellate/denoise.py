@@ -195,7 +195,7 @@ def load_bold(run: Run, unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
 
     The file is decompressed in blocks of volumes by a reader thread while the calling
     thread keeps the in-mask voxels of the previous block, so the full 4D array
-    (870 MB as float32 at 2 mm) is never built.
+    (880 MB as float32 at 2 mm) is never built.
     """
     img, stream = open_bold(run, unit_mask)
     return read_bold(img, stream, run, unit_mask)
