@@ -121,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="temporal dimensions kept for clustering (exact SVD when the "
                           "runs have more volumes)")
     par.add_argument("--random-seed", type=int, default=0, help="seed of every random step")
+    par.add_argument("--bootstrap", type=int, default=0, metavar="B",
+                     help="consensus parcellation over B block-bootstrap resamples of the "
+                          "volumes (0 = off; about B+1 times the cost of one fit, and the "
+                          "quality figures repeat it on each half)")
+
+    qual = parser.add_argument_group("quality figures")
+    qual.add_argument("--no-quality", dest="quality", action="store_false",
+                      help="do not compute the quality figures (accuracy, split-half "
+                           "reproducibility, homogeneity, shape) nor write their tables")
 
     res = parser.add_argument_group("resources")
     res.add_argument("--nprocs", "--n-cpus", type=int, default=1, help="CPUs to use")
@@ -179,6 +188,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         smoothing_fwhm=args.smoothing_fwhm,
         n_components=args.n_components,
         random_seed=args.random_seed,
+        bootstrap=args.bootstrap,
+        quality=args.quality,
         nprocs=args.nprocs,
         mem_gb=args.mem_gb,
         verbosity=args.verbose,

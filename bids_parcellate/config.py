@@ -39,6 +39,7 @@ _NOT_HASHED = frozenset(
         "mem_gb",
         "command_line",
         "participant_label",
+        "quality",
     }
 )
 
@@ -122,6 +123,9 @@ class Config:
     smoothing_fwhm: float = 4.0
     n_components: int = 200
     random_seed: int = 0
+    bootstrap: int = 0
+    # quality figures (extra outputs; they do not change the parcellation)
+    quality: bool = True
     # resources and logging
     nprocs: int = 1
     mem_gb: float | None = None
@@ -163,6 +167,9 @@ class Config:
             raise ConfigError(
                 f"--high-pass {self.high_pass} must be below --low-pass {self.low_pass}"
             )
+        if self.bootstrap < 0 or self.bootstrap == 1:
+            raise ConfigError(f"--bootstrap {self.bootstrap}: give 0 (off) or at least 2 "
+                              "resamples")
         if self.nprocs < 1:
             raise ConfigError(f"--nprocs {self.nprocs}: must be >= 1")
         if not (0 <= self.random_seed < 2**32):

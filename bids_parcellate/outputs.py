@@ -31,6 +31,8 @@ BIDS_VERSION = "1.11.0"
 BIDSIGNORE = (
     "*_timeseries.tsv",
     "*_timeseries.json",
+    "*_quality.tsv",
+    "*_quality.json",
     "logs/",
     "*.html",
     "figures/",
@@ -226,6 +228,9 @@ Data-driven brain parcellations learned from fMRIPrep outputs by bids_parcellate
   parcellation per participant (and session) and scale; labels 1..n, 0 is background.
 - `sub-<label>/func/*_stat-mean_timeseries.tsv` (+ `.json`): parcel mean timeseries per
   run and scale; one row per BOLD volume, censored volumes are `n/a`.
+- `sub-<label>/anat/*_seg-<method>_scale-<n>_quality.tsv` (+ `.json`): quality figures of
+  each parcellation (accuracy, split-half reproducibility, homogeneity against a null,
+  parcel shape); `group_quality.tsv` (+ `.json`) gathers them for all participants.
 - `logs/`: log files of every invocation.
 
 Every file is described in the bids_parcellate documentation (docs/outputs.md).

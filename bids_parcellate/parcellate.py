@@ -95,8 +95,12 @@ def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np
     -------
     ndarray, shape (n_voxels, n_features), float32
     """
+    # without smoothing, copy: standardize_columns works in place and the cleaned runs
+    # are still needed by the caller (timeseries, quality figures)
     blocks = [
-        standardize_columns(smooth_masked(x, mask, affine, fwhm)) for x in runs_data
+        standardize_columns(smooth_masked(x, mask, affine, fwhm) if fwhm
+                            else np.array(x, dtype=np.float32))
+        for x in runs_data
     ]
     data = np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
     del blocks

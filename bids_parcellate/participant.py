@@ -18,12 +18,19 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import outputs
+from bids_parcellate import outputs, quality
 from bids_parcellate.config import Config, UserError
+from bids_parcellate.consensus import consensus_parcellation
 from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, Skipped
-from bids_parcellate.parcellate import build_features, labels_to_volume, parcellate
+from bids_parcellate.parcellate import (
+    LabelsByScale,
+    build_features,
+    grid_connectivity,
+    labels_to_volume,
+    parcellate,
+)
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -124,6 +131,7 @@ def _parameters(config: Config) -> dict:
         "SmoothingFWHM": config.smoothing_fwhm,
         "NumberOfComponents": config.n_components,
         "RandomSeed": config.random_seed,
+        "Bootstrap": config.bootstrap,
         "DenoiseStrategy": config.denoise_strategy,
         "Standardize": config.standardize,
         "Detrend": config.detrend,
@@ -158,7 +166,9 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
             list(DSEG_COLUMNS), table))
         sidecar = {
             "Description": f"{config.method} parcellation with {scale} parcels learned from "
-                           f"{len(result.runs)} run(s) of {result.name}",
+                           f"{len(result.runs)} run(s) of {result.name}"
+                           + (f" (consensus of {config.bootstrap} bootstrap resamples)"
+                              if config.bootstrap else ""),
             "Method": config.method,
             "NumberOfParcels": int(labels[scale].max()),
             "Parameters": _parameters(config),
@@ -217,6 +227,59 @@ DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.
                      if name not in ("index", "name")}
 
 
+def learn_parcellation(config: Config, runs_data: list[np.ndarray], mask: np.ndarray,
+                       affine: np.ndarray, timings: dict | None = None) -> LabelsByScale:
+    """The unit's parcellation at every scale from cleaned runs: one fit of
+    ``--method``, or the ``--bootstrap`` consensus. Also learns the quality halves."""
+    tic = time.monotonic()
+    if config.bootstrap:
+        labels = consensus_parcellation(
+            runs_data, mask, affine, method=config.method, scales=config.n_parcels,
+            n_resamples=config.bootstrap, fwhm=config.smoothing_fwhm,
+            n_components=config.n_components, random_state=config.random_seed)
+    else:
+        features = build_features(runs_data, mask, affine, config.smoothing_fwhm,
+                                  config.n_components)
+        if timings is not None:
+            timings["features"] = time.monotonic() - tic
+            tic = time.monotonic()
+        labels = parcellate(features, mask, config.method, config.n_parcels,
+                            config.random_seed)
+        del features
+    if timings is not None:
+        timings["parcellate"] = time.monotonic() - tic
+    return labels
+
+
+def _quality_figures(config: Config, result: UnitResult, cleaned: list[CleanRun],
+                     labels: LabelsByScale, unit_mask) -> dict[int, dict] | None:
+    """Quality figures of every scale (:mod:`bids_parcellate.quality`), or None when
+    the data cannot be halved."""
+    try:
+        return quality.assess(
+            [c.data for c in cleaned], [c.sample_mask for c in cleaned],
+            [c.run.tr for c in cleaned], labels, grid_connectivity(unit_mask.mask),
+            lambda segments: learn_parcellation(config, segments, unit_mask.mask,
+                                                unit_mask.affine),
+            config.random_seed)
+    except quality.TooShort as exc:
+        LOGGER.warning("%s: no quality figures (%s)", result.name, exc)
+        return None
+
+
+def _write_quality(config: Config, result: UnitResult, figures: dict[int, dict],
+                   ents: dict) -> list[Path]:
+    rows = quality.unit_rows(result.subject, result.session, config.method,
+                             config.bootstrap, result.n_voxels, figures)
+    extra = {scale: {"Parcellation": outputs.build_name(
+                         "dseg", {**ents, "scale": scale, "suffix": "dseg",
+                                  "extension": ".nii.gz"}),
+                     "RandomSeed": config.random_seed,
+                     "ConfigHash": config.config_hash()}
+             for scale in figures}
+    return quality.write_unit_tables(config.output_dir, ents, rows, extra)
+
+
 def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
                  source_dirs: list[Path], progress: Progress) -> UnitResult:
     """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure."""
@@ -246,22 +309,26 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in result.skipped)
         raise UserError(f"{result.name}: no usable runs ({reasons})")
 
-    tic = time.monotonic()
-    features = build_features([c.data for c in cleaned], unit_mask.mask,
-                              unit_mask.affine, config.smoothing_fwhm, config.n_components)
-    result.timings["features"] = time.monotonic() - tic
-    tic = time.monotonic()
-    labels = parcellate(features, unit_mask.mask, config.method, config.n_parcels,
-                        config.random_seed)
-    del features
-    result.timings["parcellate"] = time.monotonic() - tic
+    labels = learn_parcellation(config, [c.data for c in cleaned], unit_mask.mask,
+                                unit_mask.affine, result.timings)
     tic = time.monotonic()
     series = {c.run.bold: parcel_timeseries(c.data, labels, config.standardize_arg)
               for c in cleaned}
     result.timings["extract"] = time.monotonic() - tic
+    figures = None
+    if config.quality:  # while the cleaned runs are in memory
+        tic = time.monotonic()
+        figures = _quality_figures(config, result, cleaned, labels, unit_mask)
+        result.timings["quality"] = time.monotonic() - tic
     tic = time.monotonic()
     outputs.prepare_output_dir(config.output_dir, source_dirs)
     result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+    if figures:
+        first = result.runs[0].run
+        result.files += _write_quality(config, result, figures, {
+            "subject": result.subject, "session": result.session,
+            "space": first.entities.get("space", config.space),
+            "res": first.entities.get("res"), "seg": outputs.seg_label(config.method)})
     result.timings["write"] = time.monotonic() - tic
     LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
                 result.name, len(labels), ", ".join(map(str, sorted(labels))),
@@ -282,4 +349,6 @@ def run_participant_level(config: Config, selection: Selection) -> list[UnitResu
             LOGGER.error("%s failed: %s", name, exc)
             LOGGER.debug("traceback", exc_info=True)
             results.append(UnitResult(subject=key[0], session=key[1], error=str(exc)))
+    if config.quality and any(not r.error for r in results):
+        quality.update_group_table(config.output_dir)
     return results
