@@ -224,34 +224,50 @@ class Scorer:
         diag : ndarray, shape (n_parcels,)
             ``sum_{v in p} |z_v|²`` (the diagonal part of the energy).
         """
-        index = np.asarray(labels) - 1
-        n = int(index.max()) + 1
-        rows = np.arange(self.n_voxels)
-        energy = np.zeros(n)
+        return self._energies([labels])[0]
+
+    def _energies(self, parcellations: Sequence[np.ndarray]) -> list[tuple]:
+        """:meth:`parcel_energy` of several parcellations with one sparse product per
+        segment (one pass over the data)."""
+        indices = [np.asarray(labels) - 1 for labels in parcellations]
+        counts = [int(index.max()) + 1 for index in indices]
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        rows = np.tile(np.arange(self.n_voxels), len(indices))
+        cols = np.concatenate([index + off for index, off in zip(indices, offsets,
+                                                                  strict=False)])
+        energy = np.zeros(offsets[-1])
         for seg, mean, inv in zip(self.segments, self.mean, self.inv_sd, strict=True):
-            weights = sparse.csc_matrix((inv, (rows, index)), shape=(self.n_voxels, n))
+            weights = sparse.csc_matrix((np.tile(inv, len(indices)), (rows, cols)),
+                                        shape=(self.n_voxels, offsets[-1]))
             sums = np.asarray(seg @ weights, dtype=np.float64)
             sums -= (mean @ weights)[None, :]
             energy += np.einsum("tp,tp->p", sums, sums)
-        sizes = np.bincount(index, minlength=n)
-        diag = np.bincount(index, weights=self.voxel_ss, minlength=n)
-        return energy, sizes, diag
+        out = []
+        for index, n, start in zip(indices, counts, offsets, strict=False):
+            out.append((energy[start:start + n], np.bincount(index, minlength=n),
+                        np.bincount(index, weights=self.voxel_ss, minlength=n)))
+        return out
 
     def accuracy(self, labels: np.ndarray) -> float:
         """Compression R² of ``labels`` on these segments."""
         energy, sizes, _ = self.parcel_energy(labels)
         return float((energy / sizes).sum() / self.total_ss)
 
-    def homogeneity(self, labels: np.ndarray) -> float:
-        """Size-weighted mean within-parcel correlation (parcels of >= 2 voxels)."""
-        energy, sizes, diag = self.parcel_energy(labels)
+    def homogeneity(self, *parcellations: np.ndarray) -> float | np.ndarray:
+        """Size-weighted mean within-parcel correlation (parcels of >= 2 voxels); one
+        value per parcellation given (a float for one)."""
+        values = np.array([self._homogeneity(*e) for e in self._energies(parcellations)])
+        return float(values[0]) if len(parcellations) == 1 else values
+
+    def _homogeneity(self, energy: np.ndarray, sizes: np.ndarray, diag: np.ndarray) -> float:
         # correlation over the concatenated segments: standardised voxels scaled to norm 1
         norm = self.full_ss or 1.0
         keep = sizes >= 2
+        if not keep.any():
+            return float("nan")
         pairs = sizes[keep] * (sizes[keep] - 1.0)
         per_parcel = (energy[keep] - diag[keep]) / norm / pairs
-        return float((per_parcel * sizes[keep]).sum() / sizes[keep].sum()) if keep.any() \
-            else float("nan")
+        return float((per_parcel * sizes[keep]).sum() / sizes[keep].sum())
 
 
 def accuracy(segments: Sequence[np.ndarray], labels: np.ndarray) -> float:
@@ -310,8 +326,8 @@ def homogeneity_null(scorer: Scorer, connectivity: sparse.spmatrix, n_parcels: i
                      n_draws: int, rng: np.random.Generator) -> np.ndarray:
     """Homogeneity of ``n_draws`` random contiguous parcellations (see
     :func:`random_parcellation`)."""
-    return np.array([scorer.homogeneity(random_parcellation(connectivity, n_parcels, rng))
-                     for _ in range(n_draws)])
+    draws = [random_parcellation(connectivity, n_parcels, rng) for _ in range(n_draws)]
+    return np.atleast_1d(scorer.homogeneity(*draws))
 
 
 # --------------------------------------------------------------------------- shape
