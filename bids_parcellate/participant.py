@@ -320,6 +320,10 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         tic = time.monotonic()
         figures = _quality_figures(config, result, cleaned, labels, unit_mask)
         result.timings["quality"] = time.monotonic() - tic
+        if figures:
+            LOGGER.info("%s: quality figures, split-half ARI %s (%.1f s)", result.name,
+                        ", ".join(f"{f['ari']:.2f} at {k}" for k, f in sorted(figures.items())),
+                        result.timings["quality"])
     tic = time.monotonic()
     outputs.prepare_output_dir(config.output_dir, source_dirs)
     result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)

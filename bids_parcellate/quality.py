@@ -410,26 +410,48 @@ def assess(runs_data: Sequence[np.ndarray], sample_masks: Sequence[np.ndarray],
                        f"{MIN_HALF_VOLUMES} each are needed")
     fits = (learn(halves.first), learn(halves.second))
     scorers = (Scorer(halves.first), Scorer(halves.second))
-    everything = Scorer(runs_data)
-    seeds = np.random.SeedSequence(random_state).spawn(len(scales))
-    out = {}
-    for scale, seed in zip(scales, seeds, strict=True):
-        labels = labels_by_scale[scale]
+    out = fixed_figures(runs_data, labels_by_scale, connectivity, random_state, n_null)
+    for scale in scales:
         first, second = fits[0][scale], fits[1][scale]
+        out[scale].update({
+            "split": halves.kind,
+            "n_volumes_half1": n1,
+            "n_volumes_half2": n2,
+            "accuracy_heldout": 0.5 * (scorers[1].accuracy(first)
+                                       + scorers[0].accuracy(second)),
+            "ari": float(adjusted_rand_score(first, second)),
+            "nmi": float(normalized_mutual_info_score(first, second)),
+        })
+    return out
+
+
+def fixed_figures(runs_data: Sequence[np.ndarray], labels_by_scale: Mapping[int, np.ndarray],
+                  connectivity: sparse.spmatrix, random_state: int,
+                  n_null: int = NULL_DRAWS) -> dict[int, dict]:
+    """The figures of a given parcellation on given data: in-sample accuracy,
+    homogeneity against its null, shape (no refitting).
+
+    :func:`assess` adds the split-half figures; this alone scores a parcellation that
+    was not learned from ``runs_data`` (e.g. a group atlas on a participant's runs, where
+    ``accuracy`` is then held-out).
+
+    Returns
+    -------
+    dict
+        scale -> {column: value}.
+    """
+    everything = Scorer(runs_data)
+    seeds = np.random.SeedSequence(random_state).spawn(len(labels_by_scale))
+    out = {}
+    for scale, seed in zip(sorted(labels_by_scale), seeds, strict=True):
+        labels = labels_by_scale[scale]
         value = everything.homogeneity(labels)
         null = homogeneity_null(everything, connectivity, int(labels.max()), n_null,
                                 np.random.default_rng(seed))
         null_sd = float(null.std(ddof=1)) if null.size > 1 else float("nan")
         out[scale] = {
             "n_volumes": sum(r.shape[0] for r in runs_data),
-            "split": halves.kind,
-            "n_volumes_half1": n1,
-            "n_volumes_half2": n2,
             "accuracy": everything.accuracy(labels),
-            "accuracy_heldout": 0.5 * (scorers[1].accuracy(first)
-                                       + scorers[0].accuracy(second)),
-            "ari": float(adjusted_rand_score(first, second)),
-            "nmi": float(normalized_mutual_info_score(first, second)),
             "homogeneity": value,
             "homogeneity_null_mean": float(null.mean()),
             "homogeneity_null_sd": null_sd,
