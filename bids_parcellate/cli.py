@@ -127,9 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "quality figures repeat it on each half)")
 
     qual = parser.add_argument_group("quality figures")
-    qual.add_argument("--no-quality", dest="quality", action="store_false",
-                      help="do not compute the quality figures (accuracy, split-half "
-                           "reproducibility, homogeneity, shape) nor write their tables")
+    qual.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True,
+                      help="compute the quality figures (accuracy, split-half "
+                           "reproducibility, homogeneity against a null, shape) and write "
+                           "their tables; --no-quality skips them")
+    qual.add_argument("--split-half", dest="quality_split_half",
+                      action=argparse.BooleanOptionalAction, default=True,
+                      help="learn the parcellation again on two halves of the data for "
+                           "held-out accuracy, ARI and NMI (~90%% of the cost of the "
+                           "figures); with --no-split-half these columns are n/a")
 
     res = parser.add_argument_group("resources")
     res.add_argument("--nprocs", "--n-cpus", type=int, default=1, help="CPUs to use")
@@ -190,6 +196,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         random_seed=args.random_seed,
         bootstrap=args.bootstrap,
         quality=args.quality,
+        quality_split_half=args.quality_split_half,
         nprocs=args.nprocs,
         mem_gb=args.mem_gb,
         verbosity=args.verbose,

@@ -40,6 +40,7 @@ _NOT_HASHED = frozenset(
         "command_line",
         "participant_label",
         "quality",
+        "quality_split_half",
     }
 )
 
@@ -126,6 +127,7 @@ class Config:
     bootstrap: int = 0
     # quality figures (extra outputs; they do not change the parcellation)
     quality: bool = True
+    quality_split_half: bool = True
     # resources and logging
     nprocs: int = 1
     mem_gb: float | None = None

@@ -255,10 +255,14 @@ def _quality_figures(config: Config, result: UnitResult, cleaned: list[CleanRun]
                      labels: LabelsByScale, unit_mask) -> dict[int, dict] | None:
     """Quality figures of every scale (:mod:`bids_parcellate.quality`), or None when
     the data cannot be halved."""
+    data = [c.data for c in cleaned]
+    connectivity = grid_connectivity(unit_mask.mask)
+    if not config.quality_split_half:
+        return quality.fixed_figures(data, labels, connectivity, config.random_seed)
     try:
         return quality.assess(
-            [c.data for c in cleaned], [c.sample_mask for c in cleaned],
-            [c.run.tr for c in cleaned], labels, grid_connectivity(unit_mask.mask),
+            data, [c.sample_mask for c in cleaned], [c.run.tr for c in cleaned], labels,
+            connectivity,
             lambda segments: learn_parcellation(config, segments, unit_mask.mask,
                                                 unit_mask.affine),
             config.random_seed)
@@ -320,7 +324,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         tic = time.monotonic()
         figures = _quality_figures(config, result, cleaned, labels, unit_mask)
         result.timings["quality"] = time.monotonic() - tic
-        if figures:
+        if figures and config.quality_split_half:
             LOGGER.info("%s: quality figures, split-half ARI %s (%.1f s)", result.name,
                         ", ".join(f"{f['ari']:.2f} at {k}" for k, f in sorted(figures.items())),
                         result.timings["quality"])

@@ -472,7 +472,8 @@ def unit_rows(subject: str, session: str | None, method: str, bootstrap: int,
                   "session_id": f"ses-{session}" if session else None,
                   "method": method, "bootstrap": bootstrap, "scale": scale,
                   "n_voxels": n_voxels, **values}
-        rows[scale] = [record[name] for name in COLUMNS]
+        # figures not computed (--no-split-half) are n/a
+        rows[scale] = [record.get(name) for name in COLUMNS]
     return rows
 
 

@@ -199,3 +199,19 @@ def test_consensus_is_deterministic_and_contiguous(grid):
     assert sorted(np.unique(labels)) == list(range(1, 9))
     assert (quality.pieces_per_parcel(labels, grid_connectivity(mask)) == 1).all()
     assert adjusted_rand_score(truth, labels) > 0.9
+
+
+def test_consensus_of_kmeans_resamples_is_contiguous(grid):
+    from bids_parcellate.consensus import consensus_parcellation
+
+    mask, truth = grid
+    rng = np.random.default_rng(5)
+    runs = [noisy(truth, 40, rng, noise=1.5)]
+    labels = consensus_parcellation(runs, mask, np.eye(4), method="kmeans", scales=[8, 20],
+                                    n_resamples=3, fwhm=0.0, n_components=200,
+                                    random_state=0)
+    conn = grid_connectivity(mask)
+    for k in (8, 20):
+        assert sorted(np.unique(labels[k])) == list(range(1, k + 1))
+        assert (quality.pieces_per_parcel(labels[k], conn) == 1).all()
+    assert adjusted_rand_score(truth, labels[8]) > 0.9

@@ -117,3 +117,15 @@ def test_bootstrap_consensus_is_more_reproducible(tmp_path):
         assert (consensus[0].loc[scale, "accuracy_heldout"]
                 >= plain[0].loc[scale, "accuracy_heldout"]), scale
     assert (consensus[0]["bootstrap"] == 10).all()
+
+
+def test_no_split_half_leaves_the_refit_figures_empty(demo8, demo8_out, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(demo8.root, out, "--participant-label", "02", "--n-parcels", "20",
+                   "--no-split-half") == 0
+    row = pd.read_csv(quality_path(out, "02", 20), sep="\t", na_values="n/a").iloc[0]
+    full = pd.read_csv(quality_path(demo8_out, "02", 20), sep="\t", na_values="n/a").iloc[0]
+    for column in ("split", "n_volumes_half1", "accuracy_heldout", "ari", "nmi"):
+        assert pd.isna(row[column]), column
+    for column in ("accuracy", "homogeneity", "homogeneity_z", "size_gini", "n_fragmented"):
+        assert row[column] == full[column], column
