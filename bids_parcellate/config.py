@@ -39,8 +39,7 @@ _NOT_HASHED = frozenset(
         "mem_gb",
         "command_line",
         "participant_label",
-        "quality",
-        "quality_split_half",
+        "overwrite",
     }
 )
 
@@ -127,10 +126,11 @@ class Config:
     bootstrap: int = 0
     # quality figures (extra outputs; they do not change the parcellation)
     quality: bool = True
-    quality_split_half: bool = True
+    split_half: bool = True
     # resources and logging
     nprocs: int = 1
     mem_gb: float | None = None
+    overwrite: bool = False
     verbosity: int = 0
     command_line: tuple[str, ...] = field(default=(), compare=False)
 
@@ -174,6 +174,8 @@ class Config:
                               "resamples")
         if self.nprocs < 1:
             raise ConfigError(f"--nprocs {self.nprocs}: must be >= 1")
+        if self.mem_gb is not None and not self.mem_gb > 0:
+            raise ConfigError(f"--mem-gb {self.mem_gb}: must be > 0")
         if not (0 <= self.random_seed < 2**32):
             raise ConfigError(f"--random-seed {self.random_seed}: must be in [0, 2**32)")
         if not LABEL_PATTERN.match(self.space):

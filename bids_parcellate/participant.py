@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import outputs, quality
+from bids_parcellate import outputs, quality, resume
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.consensus import consensus_parcellation
 from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask, strategies
@@ -27,6 +27,7 @@ from bids_parcellate.inputs import Run, Selection, Skipped
 from bids_parcellate.parcellate import (
     LabelsByScale,
     build_features,
+    check_scales,
     grid_connectivity,
     labels_to_volume,
     parcellate,
@@ -88,10 +89,17 @@ class UnitResult:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     n_voxels: int = 0
+    #: True when the unit was complete from an earlier run and was not recomputed.
+    reused: bool = False
 
     @property
     def name(self) -> str:
         return outputs.unit_prefix(self.subject, self.session)
+
+    @property
+    def missing_inputs(self) -> list[Skipped]:
+        """Runs skipped because a required file was missing or unreadable."""
+        return [s for s in self.skipped if s.missing_input]
 
 
 def parcel_names(n: int) -> list[str]:
@@ -257,7 +265,7 @@ def _quality_figures(config: Config, result: UnitResult, cleaned: list[CleanRun]
     the data cannot be halved."""
     data = [c.data for c in cleaned]
     connectivity = grid_connectivity(unit_mask.mask)
-    if not config.quality_split_half:
+    if not config.split_half:
         return quality.fixed_figures(data, labels, connectivity, config.random_seed)
     try:
         return quality.assess(
@@ -285,13 +293,28 @@ def _write_quality(config: Config, result: UnitResult, figures: dict[int, dict],
 
 
 def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
-                 source_dirs: list[Path], progress: Progress) -> UnitResult:
-    """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure."""
+                 source_dirs: list[Path], progress: Progress,
+                 plan_listed: tuple[str, ...] = ()) -> UnitResult:
+    """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure.
+
+    ``plan_listed``: files of an earlier completion marker, removed before writing.
+    """
     subject, session = key
     result = UnitResult(subject=subject, session=session)
     tic = time.monotonic()
+    # a run missing a required piece (mask, confounds, readable sidecar) is skipped with
+    # the reason recorded; the unit goes on with its complete runs and the invocation
+    # exits non-zero (see cli.run), so an incomplete input never passes silently
+    for run in runs:
+        if run.error:
+            LOGGER.error("skipping run: %s", run.error)
+            result.skipped.append(Skipped(run.bold, run.error, missing_input=True))
+    runs = [run for run in runs if not run.error]
+    if not runs:
+        raise UserError("; ".join(s.reason for s in result.skipped))
     unit_mask = load_unit_mask(runs)
     result.n_voxels = unit_mask.n_voxels
+    check_scales(config.n_parcels, unit_mask.n_voxels)
     cleaned: list[CleanRun] = []
     for run in runs:
         start = time.monotonic()
@@ -324,19 +347,26 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         tic = time.monotonic()
         figures = _quality_figures(config, result, cleaned, labels, unit_mask)
         result.timings["quality"] = time.monotonic() - tic
-        if figures and config.quality_split_half:
+        if figures and config.split_half:
             LOGGER.info("%s: quality figures, split-half ARI %s (%.1f s)", result.name,
                         ", ".join(f"{f['ari']:.2f} at {k}" for k, f in sorted(figures.items())),
                         result.timings["quality"])
     tic = time.monotonic()
     outputs.prepare_output_dir(config.output_dir, source_dirs)
-    result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
-    if figures:
-        first = result.runs[0].run
-        result.files += _write_quality(config, result, figures, {
-            "subject": result.subject, "session": result.session,
-            "space": first.entities.get("space", config.space),
-            "res": first.entities.get("res"), "seg": outputs.seg_label(config.method)})
+    # stale outputs of this unit (an interrupted run, or --overwrite) go first, the
+    # completion marker before anything else; a failure while writing leaves nothing
+    outputs.remove_unit_outputs(config.output_dir, subject, session, plan_listed)
+    try:
+        result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+        if figures:
+            first = result.runs[0].run
+            result.files += _write_quality(config, result, figures, {
+                "subject": result.subject, "session": result.session,
+                "space": first.entities.get("space", config.space),
+                "res": first.entities.get("res"), "seg": outputs.seg_label(config.method)})
+    except BaseException:
+        outputs.remove_unit_outputs(config.output_dir, subject, session)
+        raise
     result.timings["write"] = time.monotonic() - tic
     LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
                 result.name, len(labels), ", ".join(map(str, sorted(labels))),
@@ -344,19 +374,48 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     return result
 
 
-def run_participant_level(config: Config, selection: Selection) -> list[UnitResult]:
-    """Process every unit; a failing unit is reported and does not stop the others."""
+def run_participant_level(config: Config, selection: Selection,
+                          plans: dict | None = None) -> list[UnitResult]:
+    """Process every unit; a failing unit is reported and does not stop the others.
+
+    ``plans`` (from :func:`bids_parcellate.resume.plan_units`) says which units are
+    complete from an earlier run with the same parameters; those are not recomputed.
+    A unit's completion marker is written after all of its files.
+    """
     units = selection.units()
-    progress = Progress(sum(len(r) for r in units.values()))
+    plans = plans if plans is not None else resume.plan_units(config, selection)
+    todo = {k: r for k, r in units.items() if plans[k].action != "skip"}
+    progress = Progress(sum(len(r) for r in todo.values()))
     results = []
     for key, runs in units.items():
+        name = outputs.unit_prefix(*key)
+        plan = plans[key]
+        if plan.action == "skip":
+            LOGGER.info("%s: complete from an earlier run with the same parameters, skipped "
+                        "(--overwrite recomputes it)", name)
+            results.append(UnitResult(subject=key[0], session=key[1], reused=True))
+            continue
+        if plan.reason != "new":
+            LOGGER.info("%s: recomputing (%s)", name, plan.reason)
         try:
-            results.append(process_unit(config, key, runs, selection.fmriprep_dirs, progress))
+            result = process_unit(config, key, runs, selection.fmriprep_dirs, progress,
+                                  plan.listed)
+            if not result.missing_inputs:
+                # a unit with skipped incomplete runs is never marked complete: a rerun
+                # recomputes it (and reports the missing file again) until it is fixed
+                resume.write_marker(config, key[0], key[1], result.files,
+                                    resume.unit_sources(runs, selection.fmriprep_dirs))
+            results.append(result)
         except UserError as exc:
-            name = outputs.unit_prefix(*key)
             LOGGER.error("%s failed: %s", name, exc)
             LOGGER.debug("traceback", exc_info=True)
             results.append(UnitResult(subject=key[0], session=key[1], error=str(exc)))
+        except Exception as exc:  # a bug or a system error: the other units still run
+            LOGGER.error("%s failed with an internal error: %s: %s", name,
+                         type(exc).__name__, exc)
+            LOGGER.debug("traceback", exc_info=True)
+            results.append(UnitResult(subject=key[0], session=key[1],
+                                      error=f"internal error: {type(exc).__name__}: {exc}"))
     if config.quality and any(not r.error for r in results):
         quality.update_group_table(config.output_dir)
     return results
