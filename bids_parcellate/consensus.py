@@ -111,7 +111,8 @@ def bagged_features(features: np.ndarray, resample_labels: np.ndarray) -> np.nda
 def consensus_parcellation(runs_data: Sequence[np.ndarray], mask: np.ndarray,
                            affine: np.ndarray, *, method: str, scales: Sequence[int],
                            n_resamples: int, fwhm: float, n_components: int,
-                           random_state: int) -> LabelsByScale:
+                           random_state: int,
+                           features: np.ndarray | None = None) -> LabelsByScale:
     """Consensus of ``method`` over ``n_resamples`` block-bootstrap resamples.
 
     Parameters
@@ -128,6 +129,9 @@ def consensus_parcellation(runs_data: Sequence[np.ndarray], mask: np.ndarray,
         Feature parameters (see :func:`~bids_parcellate.parcellate.build_features`).
     random_state : int
         Seed of the resampling and of every fit.
+    features : ndarray, optional
+        ``build_features(runs_data, mask, affine, fwhm, n_components)`` when the caller
+        already has it.
 
     Returns
     -------
@@ -151,8 +155,9 @@ def consensus_parcellation(runs_data: Sequence[np.ndarray], mask: np.ndarray,
             labels[k][b] = fit[k]
         LOGGER.debug("bootstrap resample %d/%d (%.1f s)", b + 1, n_resamples,
                      time.monotonic() - tic)
-    features = build_features([np.array(x, dtype=np.float32) for x in smoothed], mask,
-                              affine, 0.0, n_components)
+    if features is None:
+        features = build_features([np.array(x, dtype=np.float32) for x in smoothed], mask,
+                                  affine, 0.0, n_components)
     del smoothed
     out = {}
     for k in scales:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import outputs, quality, resume
+from bids_parcellate import outputs, quality, report, resume
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.consensus import consensus_parcellation
 from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask, strategies
@@ -32,6 +33,7 @@ from bids_parcellate.parcellate import (
     labels_to_volume,
     parcellate,
 )
+from bids_parcellate.summary import make_summary, write_summary
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -91,6 +93,11 @@ class UnitResult:
     n_voxels: int = 0
     #: True when the unit was complete from an earlier run and was not recomputed.
     reused: bool = False
+    #: The unit's report record (see :mod:`bids_parcellate.report.record`) and the
+    #: report files (figures, record): not data outputs, so not in ``files`` (the
+    #: completion marker and the manifest list data outputs, which are deterministic).
+    report: dict | None = None
+    report_files: list[Path] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -236,27 +243,23 @@ DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.
 
 
 def learn_parcellation(config: Config, runs_data: list[np.ndarray], mask: np.ndarray,
-                       affine: np.ndarray, timings: dict | None = None) -> LabelsByScale:
-    """The unit's parcellation at every scale from cleaned runs: one fit of
-    ``--method``, or the ``--bootstrap`` consensus. Also learns the quality halves."""
-    tic = time.monotonic()
+                       affine: np.ndarray, features: np.ndarray | None = None
+                       ) -> LabelsByScale:
+    """The unit's parcellation at every scale from cleaned runs: one fit of ``--method``
+    or the ``--bootstrap`` consensus. Also learns the halves of the quality figures.
+
+    ``features``: :func:`build_features` of ``runs_data`` when already computed.
+    """
     if config.bootstrap:
-        labels = consensus_parcellation(
+        return consensus_parcellation(
             runs_data, mask, affine, method=config.method, scales=config.n_parcels,
             n_resamples=config.bootstrap, fwhm=config.smoothing_fwhm,
-            n_components=config.n_components, random_state=config.random_seed)
-    else:
+            n_components=config.n_components, random_state=config.random_seed,
+            features=features)
+    if features is None:
         features = build_features(runs_data, mask, affine, config.smoothing_fwhm,
                                   config.n_components)
-        if timings is not None:
-            timings["features"] = time.monotonic() - tic
-            tic = time.monotonic()
-        labels = parcellate(features, mask, config.method, config.n_parcels,
-                            config.random_seed)
-        del features
-    if timings is not None:
-        timings["parcellate"] = time.monotonic() - tic
-    return labels
+    return parcellate(features, mask, config.method, config.n_parcels, config.random_seed)
 
 
 def _quality_figures(config: Config, result: UnitResult, cleaned: list[CleanRun],
@@ -294,10 +297,13 @@ def _write_quality(config: Config, result: UnitResult, figures: dict[int, dict],
 
 def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
                  source_dirs: list[Path], progress: Progress,
-                 plan_listed: tuple[str, ...] = ()) -> UnitResult:
+                 plan_listed: tuple[str, ...] = (),
+                 unit_log: report.UnitLog | None = None) -> UnitResult:
     """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure.
 
     ``plan_listed``: files of an earlier completion marker, removed before writing.
+    With ``unit_log`` (warnings and skipped inputs of the unit), the report figures and
+    record are written too (they are not among the unit's files: see ``report_files``).
     """
     subject, session = key
     result = UnitResult(subject=subject, session=session)
@@ -336,8 +342,18 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in result.skipped)
         raise UserError(f"{result.name}: no usable runs ({reasons})")
 
+    tic = time.monotonic()
+    features = build_features([c.data for c in cleaned], unit_mask.mask,
+                              unit_mask.affine, config.smoothing_fwhm, config.n_components)
+    result.timings["features"] = time.monotonic() - tic
+    # the group level's input (map step), from the features already in memory
+    summary = make_summary(config, runs, [c.run for c in cleaned], unit_mask.mask,
+                           unit_mask.affine, features, sum(c.data.shape[0] for c in cleaned))
+    tic = time.monotonic()
     labels = learn_parcellation(config, [c.data for c in cleaned], unit_mask.mask,
-                                unit_mask.affine, result.timings)
+                                unit_mask.affine, features)
+    del features
+    result.timings["parcellate"] = time.monotonic() - tic
     tic = time.monotonic()
     series = {c.run.bold: parcel_timeseries(c.data, labels, config.standardize_arg)
               for c in cleaned}
@@ -364,10 +380,22 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
                 "subject": result.subject, "session": result.session,
                 "space": first.entities.get("space", config.space),
                 "res": first.entities.get("res"), "seg": outputs.seg_label(config.method)})
+        # not in result.files: the summary is a cache validated by its own hash (the group
+        # level may rewrite it for other parameters without touching this unit's marker)
+        write_summary(config, summary, source_dirs, runs)
     except BaseException:
         outputs.remove_unit_outputs(config.output_dir, subject, session)
         raise
     result.timings["write"] = time.monotonic() - tic
+    # report (figures + record) while the cleaned data are still in memory
+    if unit_log is not None:
+        try:
+            result.report_files, result.report = report.write_unit_report_data(
+                config, result, unit_mask, cleaned, labels, series, source_dirs, unit_log)
+        except Exception as exc:  # a report problem must not lose the unit's data outputs
+            LOGGER.error("%s: report data not written (%s: %s)", result.name,
+                         type(exc).__name__, exc)
+            LOGGER.debug("traceback", exc_info=True)
     LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
                 result.name, len(labels), ", ".join(map(str, sorted(labels))),
                 unit_mask.n_voxels, len(result.runs), len(result.files))
@@ -375,12 +403,15 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
 
 
 def run_participant_level(config: Config, selection: Selection,
-                          plans: dict | None = None) -> list[UnitResult]:
+                          plans: dict | None = None, *,
+                          selection_warnings: Sequence[str] = ()) -> list[UnitResult]:
     """Process every unit; a failing unit is reported and does not stop the others.
 
     ``plans`` (from :func:`bids_parcellate.resume.plan_units`) says which units are
     complete from an earlier run with the same parameters; those are not recomputed.
     A unit's completion marker is written after all of its files.
+    ``selection_warnings`` (warnings logged while the inputs were queried) go to the
+    reports of the units whose files they name.
     """
     units = selection.units()
     plans = plans if plans is not None else resume.plan_units(config, selection)
@@ -398,8 +429,12 @@ def run_participant_level(config: Config, selection: Selection,
         if plan.reason != "new":
             LOGGER.info("%s: recomputing (%s)", name, plan.reason)
         try:
-            result = process_unit(config, key, runs, selection.fmriprep_dirs, progress,
-                                  plan.listed)
+            unit_log = report.UnitLog(
+                skipped_inputs=report.record.skipped_of_unit(selection.skipped, *key),
+                earlier=report.record.warnings_of_unit(selection_warnings, *key))
+            with unit_log:
+                result = process_unit(config, key, runs, selection.fmriprep_dirs, progress,
+                                      plan.listed, unit_log)
             if not result.missing_inputs:
                 # a unit with skipped incomplete runs is never marked complete: a rerun
                 # recomputes it (and reports the missing file again) until it is fixed
