@@ -455,6 +455,7 @@ def test_real_studyforrest_report(tmp_path):
     assert console == "", console
     elements = parse(dom)
     assert json.loads(elements.root["data-report-errors"]) == []
-    assert elements.root["data-report-images"] == f"{len(FIGURES)} {len(FIGURES)}"
+    # every figure of the record and the chart of the quality tables
+    assert elements.root["data-report-images"] == f"{len(FIGURES) + 1} {len(FIGURES) + 1}"
     for image in elements.images:
         decode_figure(image["src"])
