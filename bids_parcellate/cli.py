@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--nprocs", "--n-cpus", type=int, default=1, help="CPUs to use")
     res.add_argument("--mem-gb", type=_positive_float, default=None,
                      help="memory limit in GB")
+    res.add_argument("--print-slurm", action="store_true",
+                     help="print a SLURM batch script (array over the selected participants, "
+                          "then the group level) with these options and exit; with "
+                          "--bids-database-dir the database is built once here")
     return parser
 
 
@@ -186,6 +190,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         random_seed=args.random_seed,
         nprocs=args.nprocs,
         mem_gb=args.mem_gb,
+        print_slurm=args.print_slurm,
         verbosity=args.verbose,
         command_line=tuple(argv),
     )
@@ -266,6 +271,13 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     LOGGER.info("found %d run(s) in %d unit(s) (%s); %d skipped", len(selection.runs),
                 len(units), ", ".join(f"sub-{s}" + (f"_ses-{x}" if x else "")
                                       for s, x in units), len(selection.skipped))
+    if config.print_slurm:
+        from bids_parcellate.outputs import in_container
+        from bids_parcellate.slurm import batch_script
+
+        labels = sorted({run.entities["subject"] for run in selection.runs})
+        sys.stdout.write(batch_script(config, labels, in_container()))
+        return 0
     log_path = attach_log_file(memory, config.output_dir, config.analysis_levels)
     LOGGER.debug("log file %s, config hash %s", log_path, config.config_hash())
     results = run_participant_level(config, selection)

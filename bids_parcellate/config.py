@@ -37,6 +37,7 @@ _NOT_HASHED = frozenset(
         "verbosity",
         "nprocs",
         "mem_gb",
+        "print_slurm",
         "command_line",
         "participant_label",
     }
@@ -125,6 +126,7 @@ class Config:
     # resources and logging
     nprocs: int = 1
     mem_gb: float | None = None
+    print_slurm: bool = False
     verbosity: int = 0
     command_line: tuple[str, ...] = field(default=(), compare=False)
 

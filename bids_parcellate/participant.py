@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import outputs
+from bids_parcellate import outputs, parallel
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
@@ -270,16 +270,32 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
 
 
 def run_participant_level(config: Config, selection: Selection) -> list[UnitResult]:
-    """Process every unit; a failing unit is reported and does not stop the others."""
+    """Process every unit; a failing unit is reported and does not stop the others.
+
+    With ``--nprocs`` > 1 and several units, units run in parallel worker processes
+    (:mod:`bids_parcellate.parallel`); results are returned in unit order either way.
+    """
     units = selection.units()
     progress = Progress(sum(len(r) for r in units.values()))
-    results = []
-    for key, runs in units.items():
-        try:
-            results.append(process_unit(config, key, runs, selection.fmriprep_dirs, progress))
-        except UserError as exc:
-            name = outputs.unit_prefix(*key)
-            LOGGER.error("%s failed: %s", name, exc)
-            LOGGER.debug("traceback", exc_info=True)
-            results.append(UnitResult(subject=key[0], session=key[1], error=str(exc)))
-    return results
+    plan = parallel.plan_workers(config.nprocs, len(units), mem_gb=config.mem_gb)
+    tasks = [(config, key, runs, selection.fmriprep_dirs) for key, runs in units.items()]
+    results = parallel.map_units(run_unit, tasks, plan, progress, config.verbosity)
+    out = []
+    for (key, _), result in zip(units.items(), results, strict=True):
+        if isinstance(result, parallel.WorkerDied):
+            LOGGER.error("%s failed: %s", outputs.unit_prefix(*key), result)
+            result = UnitResult(subject=key[0], session=key[1], error=str(result))
+        out.append(result)
+    return out
+
+
+def run_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
+             source_dirs: list[Path], progress) -> UnitResult:
+    """:func:`process_unit`, with a :class:`UserError` turned into a failed result."""
+    try:
+        return process_unit(config, key, runs, source_dirs, progress)
+    except UserError as exc:
+        name = outputs.unit_prefix(*key)
+        LOGGER.error("%s failed: %s", name, exc)
+        LOGGER.debug("traceback", exc_info=True)
+        return UnitResult(subject=key[0], session=key[1], error=str(exc))
