@@ -127,6 +127,8 @@ def map_units(function: Callable, tasks: Sequence[tuple], plan: WorkerPlan, prog
     others keep theirs, so that a rerun resumes).
     """
     if plan.workers <= 1 or len(tasks) <= 1:
+        if plan.reason:
+            LOGGER.info("running %d unit(s) one at a time (%s)", len(tasks), plan.reason)
         return [function(*task, progress=progress) for task in tasks]
     from joblib import Parallel, delayed, parallel_config
     from joblib.externals.loky.process_executor import TerminatedWorkerError

@@ -18,12 +18,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import outputs, parallel
+from bids_parcellate import outputs, parallel, resume
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, Skipped
-from bids_parcellate.parcellate import build_features, labels_to_volume, parcellate
+from bids_parcellate.parcellate import build_features, check_scales, labels_to_volume, parcellate
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -81,10 +81,17 @@ class UnitResult:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     n_voxels: int = 0
+    #: True when the unit was complete from an earlier run and was not recomputed.
+    reused: bool = False
 
     @property
     def name(self) -> str:
         return outputs.unit_prefix(self.subject, self.session)
+
+    @property
+    def missing_inputs(self) -> list[Skipped]:
+        """Runs skipped because a required file was missing or unreadable."""
+        return [s for s in self.skipped if s.missing_input]
 
 
 def parcel_names(n: int) -> list[str]:
@@ -218,13 +225,28 @@ DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.
 
 
 def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
-                 source_dirs: list[Path], progress: Progress) -> UnitResult:
-    """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure."""
+                 source_dirs: list[Path], progress: Progress,
+                 plan_listed: tuple[str, ...] = ()) -> UnitResult:
+    """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure.
+
+    ``plan_listed``: files of an earlier completion marker, removed before writing.
+    """
     subject, session = key
     result = UnitResult(subject=subject, session=session)
     tic = time.monotonic()
+    # a run missing a required piece (mask, confounds, readable sidecar) is skipped with
+    # the reason recorded; the unit goes on with its complete runs and the invocation
+    # exits non-zero (see cli.run), so an incomplete input never passes silently
+    for run in runs:
+        if run.error:
+            LOGGER.error("skipping run: %s", run.error)
+            result.skipped.append(Skipped(run.bold, run.error, missing_input=True))
+    runs = [run for run in runs if not run.error]
+    if not runs:
+        raise UserError("; ".join(s.reason for s in result.skipped))
     unit_mask = load_unit_mask(runs)
     result.n_voxels = unit_mask.n_voxels
+    check_scales(config.n_parcels, unit_mask.n_voxels)
     cleaned: list[CleanRun] = []
     for run in runs:
         start = time.monotonic()
@@ -261,7 +283,14 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     result.timings["extract"] = time.monotonic() - tic
     tic = time.monotonic()
     outputs.prepare_output_dir(config.output_dir, source_dirs)
-    result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+    # stale outputs of this unit (an interrupted run, or --overwrite) go first, the
+    # completion marker before anything else; a failure while writing leaves nothing
+    outputs.remove_unit_outputs(config.output_dir, subject, session, plan_listed)
+    try:
+        result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+    except BaseException:
+        outputs.remove_unit_outputs(config.output_dir, subject, session)
+        raise
     result.timings["write"] = time.monotonic() - tic
     LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
                 result.name, len(labels), ", ".join(map(str, sorted(labels))),
@@ -269,33 +298,68 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     return result
 
 
-def run_participant_level(config: Config, selection: Selection) -> list[UnitResult]:
+def run_participant_level(config: Config, selection: Selection,
+                          plans: dict | None = None,
+                          unit_gb: float | None = None) -> list[UnitResult]:
     """Process every unit; a failing unit is reported and does not stop the others.
 
-    With ``--nprocs`` > 1 and several units, units run in parallel worker processes
-    (:mod:`bids_parcellate.parallel`); results are returned in unit order either way.
+    ``plans`` (from :func:`bids_parcellate.resume.plan_units`) says which units are
+    complete from an earlier run with the same parameters; those are not recomputed.
+    A unit's completion marker is written after all of its files.
+
+    With ``--nprocs`` > 1 and several units to compute, units run in parallel worker
+    processes (:mod:`bids_parcellate.parallel`), as many at once as ``--mem-gb`` holds
+    given ``unit_gb``, the estimated peak memory of the largest unit. Results are in unit
+    order either way.
     """
     units = selection.units()
-    progress = Progress(sum(len(r) for r in units.values()))
-    plan = parallel.plan_workers(config.nprocs, len(units), mem_gb=config.mem_gb)
-    tasks = [(config, key, runs, selection.fmriprep_dirs) for key, runs in units.items()]
-    results = parallel.map_units(run_unit, tasks, plan, progress, config.verbosity)
-    out = []
-    for (key, _), result in zip(units.items(), results, strict=True):
+    plans = plans if plans is not None else resume.plan_units(config, selection)
+    todo = {k: r for k, r in units.items() if plans[k].action != "skip"}
+    progress = Progress(sum(len(r) for r in todo.values()))
+    results = {}
+    for key in units:
+        plan = plans[key]
+        name = outputs.unit_prefix(*key)
+        if plan.action == "skip":
+            LOGGER.info("%s: complete from an earlier run with the same parameters, skipped "
+                        "(--overwrite recomputes it)", name)
+            results[key] = UnitResult(subject=key[0], session=key[1], reused=True)
+        elif plan.reason != "new":
+            LOGGER.info("%s: recomputing (%s)", name, plan.reason)
+    workers = parallel.plan_workers(config.nprocs, len(todo), unit_gb, config.mem_gb)
+    tasks = [(config, key, runs, selection.fmriprep_dirs, plans[key].listed)
+             for key, runs in todo.items()]
+    done = parallel.map_units(run_unit, tasks, workers, progress, config.verbosity)
+    for key, result in zip(todo, done, strict=True):
         if isinstance(result, parallel.WorkerDied):
             LOGGER.error("%s failed: %s", outputs.unit_prefix(*key), result)
             result = UnitResult(subject=key[0], session=key[1], error=str(result))
-        out.append(result)
-    return out
+        results[key] = result
+    return [results[key] for key in units]
 
 
 def run_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
-             source_dirs: list[Path], progress) -> UnitResult:
-    """:func:`process_unit`, with a :class:`UserError` turned into a failed result."""
+             source_dirs: list[Path], listed: tuple[str, ...], progress) -> UnitResult:
+    """:func:`process_unit` and the completion marker; an error becomes a failed result.
+
+    Runs in the main process or in a worker (:func:`bids_parcellate.parallel.map_units`).
+    """
+    name = outputs.unit_prefix(*key)
     try:
-        return process_unit(config, key, runs, source_dirs, progress)
+        result = process_unit(config, key, runs, source_dirs, progress, listed)
+        if not result.missing_inputs:
+            # a unit with skipped incomplete runs is never marked complete: a rerun
+            # recomputes it (and reports the missing file again) until it is fixed
+            resume.write_marker(config, key[0], key[1], result.files,
+                                resume.unit_sources(runs, source_dirs))
+        return result
     except UserError as exc:
-        name = outputs.unit_prefix(*key)
         LOGGER.error("%s failed: %s", name, exc)
         LOGGER.debug("traceback", exc_info=True)
         return UnitResult(subject=key[0], session=key[1], error=str(exc))
+    except Exception as exc:  # a bug or a system error: the other units still run
+        LOGGER.error("%s failed with an internal error: %s: %s", name,
+                     type(exc).__name__, exc)
+        LOGGER.debug("traceback", exc_info=True)
+        return UnitResult(subject=key[0], session=key[1],
+                          error=f"internal error: {type(exc).__name__}: {exc}")

@@ -154,6 +154,22 @@ def test_nprocs_outputs_identical_progress_in_one_log(demo8, demo8_out, tmp_path
     assert text.count("parcellation(s) (20, 50) on 3666 voxels") == 2
 
 
+def test_mem_gb_runs_fewer_units_at_once(demo8, demo8_out, tmp_path):
+    from bids_parcellate.resources import check_memory
+
+    config = Config(bids_dir=demo8.root, output_dir=tmp_path / "x",
+                    work_dir=tmp_path / "work", n_parcels=(20, 50))
+    unit_gb = check_memory(config, collect_runs(config).units())
+    out = tmp_path / "out"
+    # room for one participant at a time, not two
+    assert run_cli(demo8.root, out, "--n-parcels", "20", "50", "--nprocs", "2",
+                   "--mem-gb", f"{1.5 * unit_gb:.3f}") == 0
+    assert sha256_tree(out) == sha256_tree(demo8_out)
+    (log,) = (out / "logs").glob("participant-*.log")
+    assert "running 2 unit(s) one at a time (--mem-gb" in log.read_text()
+    assert "holds 1 unit(s) of about" in log.read_text()
+
+
 def test_a_failing_unit_in_a_worker_does_not_stop_the_others(demo8, demo8_out, tmp_path,
                                                               capsys):
     root = tmp_path / "bids"
