@@ -15,8 +15,11 @@
 #     `sbatch --array=0-2` and again, without --array, as the group level with
 #     `--dependency=afterok:<array job>`; waits for both;
 #  5. checks that every task and the group job COMPLETED with exit code 0, and that the
-#     sha256 of every NIfTI and TSV output (logs excluded) equals the serial run's;
-#  6. stops the daemons by the process ids it started (also on failure).
+#     sha256 of every NIfTI and TSV output in logs/manifest.tsv equals the serial run's
+#     (after checking the manifest against the files on disk);
+#  6. removes one participant's completion marker, finds the task to rerun as
+#     docs/hpc.md says, resubmits only that task and the group job, checks again;
+#  7. stops the daemons by the process ids it started (also on failure).
 # Exit 0 only when all of this held; any failure (including a daemon that cannot start
 # in this environment) exits non-zero with the reason and the daemon logs.
 #
@@ -167,40 +170,89 @@ say "cluster up: slurmctld port $CTLD_PORT, slurmd port $SLURMD_PORT, node $NODE
     2>"$W/print-slurm.err" || { cat "$W/print-slurm.err"; fail "--print-slurm"; }
 N=$(awk -F'[()]' '/^LABELS=/ {print split($2, a, " ")}' "$W/job.sbatch")
 [ "$N" = 3 ] || fail "--print-slurm listed $N participants, expected 3"
+wait_jobs() {  # job ids...: wait until none is queued or running (15 min at most)
+    local ids
+    ids=$(IFS=,; echo "$*")
+    for _ in $(seq 900); do
+        [ -z "$(squeue -h -j "$ids" 2>/dev/null)" ] && return 0
+        sleep 1
+    done
+    fail "jobs still queued after 900 s: $(squeue -j "$ids")"
+}
+completed_ok() {  # job id: how many of its (array) tasks COMPLETED with exit code 0
+    scontrol -o show job "$1" | grep -c 'JobState=COMPLETED .*ExitCode=0:0' || true
+}
+job_states() {
+    scontrol -o show job "$1" | grep -o 'JobId=[0-9]* \|ArrayTaskId=[0-9]* \|JobState=[A-Z_]* \|ExitCode=[0-9:]*' \
+        | paste -sd' ' -
+}
 cd "$W"
 ARRAY=$(sbatch --parsable --array=0-$((N - 1)) job.sbatch) || fail "sbatch --array"
 GROUP=$(sbatch --parsable --dependency=afterok:"$ARRAY" job.sbatch) || fail "sbatch group"
 cd "$REPO"
 say "submitted array job $ARRAY (tasks 0-$((N - 1))) and group job $GROUP (afterok:$ARRAY)"
-for _ in $(seq 900); do
-    [ -z "$(squeue -h -j "$ARRAY,$GROUP" 2>/dev/null)" ] && break
-    sleep 1
-done
-[ -z "$(squeue -h -j "$ARRAY,$GROUP")" ] || fail "jobs still queued after 900 s: $(squeue -j "$ARRAY,$GROUP")"
+wait_jobs "$ARRAY" "$GROUP"
+say "jobs done"
 
 # ----------------------------------------------------------------------- 5. check
-states=$(scontrol -o show job "$ARRAY" | grep -o 'JobState=[A-Z]* .*ExitCode=[0-9:]*' \
-    | awk '{print $1}' | sort | uniq -c)
-echo "$states"
-completed=$(scontrol -o show job "$ARRAY" | grep -c 'JobState=COMPLETED.*ExitCode=0:0' || true)
-for out in "$W"/bids_parcellate-*.out; do echo "----- $out"; tail -n 3 "$out"; done
-[ "$completed" = "$N" ] || fail "$completed of $N array tasks completed with exit code 0"
-scontrol -o show job "$GROUP" | grep -q 'JobState=COMPLETED.*ExitCode=0:0' \
-    || fail "group job: $(scontrol -o show job "$GROUP" | grep -o 'JobState=[A-Z]*\|ExitCode=[0-9:]*' | tr '\n' ' ')"
+for out in "$W"/bids_parcellate-*.out; do echo "----- $out"; tail -n 2 "$out"; done
+[ "$(completed_ok "$ARRAY")" = "$N" ] \
+    || fail "array job: $(completed_ok "$ARRAY") of $N tasks COMPLETED with exit code 0: $(job_states "$ARRAY")"
+[ "$(completed_ok "$GROUP")" = 1 ] || fail "group job: $(job_states "$GROUP")"
 # one participant per task, task i = LABELS[i] (from the task's own log)
 for task in $(seq 0 $((N - 1))); do
     grep -q "in 1 unit(s) (sub-0$((task + 1)))" "$W/bids_parcellate-${ARRAY}_$task.out" \
         || fail "array task $task did not process exactly sub-0$((task + 1))"
 done
+# (a job without --array writes bids_parcellate-<job>_4294967294.out: %a is unset)
+grep -qs "group level done" "$W"/bids_parcellate-"${GROUP}"_*.out \
+    || fail "the group job's log does not show the group level"
+# logs/manifest.tsv (path, sha256, size of every output, written by the last process
+# of each run) must list the same NIfTI and TSV files with the same hashes
 manifest() {
-    (cd "$1" && find . -path ./logs -prune -o -type f \( -name '*.nii.gz' -o -name '*.tsv' \) \
-        -print | sort | xargs sha256sum)
+    [ -f "$1/logs/manifest.tsv" ] || fail "$1/logs/manifest.tsv is missing"
+    awk -F'\t' 'NR > 1 && $1 ~ /\.(nii\.gz|tsv)$/ {print $2 "  " $1}' "$1/logs/manifest.tsv"
 }
 manifest "$W/serial" > "$W/serial.sha256"
-manifest "$W/slurm" > "$W/slurm.sha256"
 n_files=$(wc -l < "$W/serial.sha256")
 [ "$n_files" -gt 0 ] || fail "the serial run wrote no NIfTI/TSV"
-grep -q "atlas" "$W/serial.sha256" || fail "no group-level atlas in the serial outputs"
-diff "$W/serial.sha256" "$W/slurm.sha256" >&2 \
-    || fail "SLURM outputs differ from the serial run (see the diff above)"
+grep -q "_atlas-" "$W/serial.sha256" || fail "no group-level atlas in the serial outputs"
+compare_with_serial() {
+    manifest "$W/slurm" > "$W/slurm.sha256"
+    # the manifest is complete and true: every NIfTI/TSV on disk, hashes recomputed
+    local on_disk
+    on_disk=$(cd "$W/slurm" && find . -path ./logs -prune -o -type f \
+        \( -name '*.nii.gz' -o -name '*.tsv' \) -print | wc -l)
+    [ "$on_disk" = "$(wc -l < "$W/slurm.sha256")" ] \
+        || fail "the SLURM manifest lists $(wc -l < "$W/slurm.sha256") of $on_disk files"
+    (cd "$W/slurm" && sha256sum --quiet -c "$W/slurm.sha256") \
+        || fail "the SLURM manifest does not match the files"
+    diff "$W/serial.sha256" "$W/slurm.sha256" >&2 \
+        || fail "SLURM outputs differ from the serial run (see the diff above)"
+}
+compare_with_serial
 say "OK: $N array tasks and the dependent group job COMPLETED; $n_files NIfTI/TSV files byte-identical to the serial run"
+
+# ----------------------------------------------------------------------- 6. rerun failed
+# docs/hpc.md, "Rerun failed tasks only" without accounting: a participant whose
+# completion marker is missing (as after a failed or killed task) is found and only its
+# task is resubmitted, then the group level again
+rm "$W/slurm/sub-02/sub-02_completed.json"
+# shellcheck disable=SC1090
+source <(grep '^LABELS=' "$W/job.sbatch")
+ids=$(for i in "${!LABELS[@]}"; do
+          [ -e "$W/slurm/sub-${LABELS[i]}/sub-${LABELS[i]}_completed.json" ] || echo "$i"
+      done | paste -sd, -)
+[ "$ids" = 1 ] || fail "rerun: expected task 1 (sub-02) to be found, got '$ids'"
+cd "$W"
+RERUN=$(sbatch --parsable --array="$ids" job.sbatch) || fail "sbatch --array=$ids"
+REGROUP=$(sbatch --parsable --dependency=afterok:"$RERUN" job.sbatch) || fail "sbatch group"
+cd "$REPO"
+wait_jobs "$RERUN" "$REGROUP"
+[ "$(completed_ok "$RERUN")" = 1 ] || fail "rerun: $(job_states "$RERUN")"
+[ "$(completed_ok "$REGROUP")" = 1 ] || fail "group after the rerun: $(job_states "$REGROUP")"
+grep -q "in 1 unit(s) (sub-02)" "$W/bids_parcellate-${RERUN}_1.out" \
+    || fail "the rerun task did not process sub-02"
+[ -e "$W/slurm/sub-02/sub-02_completed.json" ] || fail "the rerun did not complete sub-02"
+compare_with_serial
+say "OK: rerun of the failed task only (array task 1 = sub-02) and the group job; outputs still byte-identical"
