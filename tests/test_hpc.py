@@ -152,6 +152,8 @@ def test_nprocs_outputs_identical_progress_in_one_log(demo8, demo8_out, tmp_path
     for i in range(1, 5):
         assert f"[{i}/4 runs] sub-0" in text
     assert text.count("parcellation(s) (20, 50) on 3666 voxels") == 2
+    # the reports are assembled from the workers' records
+    assert sorted(p.name for p in out.glob("sub-*.html")) == ["sub-01.html", "sub-02.html"]
 
 
 def test_mem_gb_runs_fewer_units_at_once(demo8, demo8_out, tmp_path):
