@@ -40,6 +40,7 @@ _NOT_HASHED = frozenset(
         "print_slurm",
         "command_line",
         "participant_label",
+        "atlas_label",
         "overwrite",
         "reports_only",
         "boilerplate_only",
@@ -126,6 +127,8 @@ class Config:
     smoothing_fwhm: float = 4.0
     n_components: int = 200
     random_seed: int = 0
+    # group level
+    atlas_label: str | None = None
     # resources and logging
     nprocs: int = 1
     mem_gb: float | None = None
@@ -180,6 +183,9 @@ class Config:
             raise ConfigError(f"--random-seed {self.random_seed}: must be in [0, 2**32)")
         if not LABEL_PATTERN.match(self.space):
             raise ConfigError(f"--space {self.space!r}: not a BIDS label")
+        if self.atlas_label is not None and not LABEL_PATTERN.match(self.atlas_label):
+            raise ConfigError(f"--atlas-label {self.atlas_label!r}: not a BIDS label "
+                              "(letters and digits only)")
         if self.res is not None and not LABEL_PATTERN.match(self.res):
             raise ConfigError(f"--res {self.res!r}: not a BIDS label")
         if self.reports_only and self.boilerplate_only:

@@ -25,6 +25,7 @@ from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, Skipped
 from bids_parcellate.parcellate import build_features, check_scales, labels_to_volume, parcellate
+from bids_parcellate.summary import make_summary, write_summary
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -281,6 +282,9 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     features = build_features([c.data for c in cleaned], unit_mask.mask,
                               unit_mask.affine, config.smoothing_fwhm, config.n_components)
     result.timings["features"] = time.monotonic() - tic
+    # the group level's input (map step), from the features already in memory
+    summary = make_summary(config, runs, [c.run for c in cleaned], unit_mask.mask,
+                           unit_mask.affine, features, sum(c.data.shape[0] for c in cleaned))
     tic = time.monotonic()
     labels = parcellate(features, unit_mask.mask, config.method, config.n_parcels,
                         config.random_seed)
@@ -297,6 +301,9 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     outputs.remove_unit_outputs(config.output_dir, subject, session, plan_listed)
     try:
         result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+        # not in result.files: the summary is a cache validated by its own hash (the group
+        # level may rewrite it for other parameters without touching this unit's marker)
+        write_summary(config, summary, source_dirs, runs)
     except BaseException:
         outputs.remove_unit_outputs(config.output_dir, subject, session)
         raise
