@@ -358,26 +358,32 @@ def _source_key(entities: dict) -> tuple:
     return tuple(str(entities[k]) if k in entities else None for k in SOURCE_ENTITIES)
 
 
+def _entity_parser(layout):
+    """``path -> entities`` with pybids' ``parse_file_entities`` and the layout's entity
+    definitions (the same regexes the index was built with), without a database query."""
+    from bids.layout import parse_file_entities
+
+    definitions: dict = {}
+    for cfg in layout.config.values():
+        definitions.update(cfg.entities)
+    entities = list(definitions.values())
+    return lambda path: parse_file_entities(path, entities=entities)
+
+
 class _Found:
     """Files from one pybids query, with their entities, grouped by :func:`_source_key`.
 
     Runs are paired with their mask and confounds by looking them up here rather than
     with one ``layout.get`` per run: pybids builds an SQL query per call (about 35 ms
     on this machine), which made pairing 2,000 runs take over two minutes. Entities are
-    parsed from the file names with pybids' own ``parse_file_entities`` and the layout's
-    entity definitions (the same regexes the index was built with).
+    parsed from the file names (:func:`_entity_parser`): ``BIDSFile.get_entities`` would
+    cost one more query per file.
     """
 
-    def __init__(self, layout, **query) -> None:
-        from bids.layout import parse_file_entities
-
-        definitions: dict = {}
-        for cfg in layout.config.values():
-            definitions.update(cfg.entities)
-        entities = list(definitions.values())
+    def __init__(self, layout, parse, **query) -> None:
         self.by_source: dict[tuple, list[tuple[dict, Path]]] = {}
         for path in layout.get(return_type="file", **query):
-            ents = parse_file_entities(path, entities=entities)
+            ents = parse(path)
             self.by_source.setdefault(_source_key(ents), []).append((ents, Path(path)))
 
     def items(self):
@@ -409,12 +415,16 @@ def collect_runs(config: Config) -> Selection:
     any_bold = False
     for root in fmriprep_dirs:
         layout = index_layout(config, root)
+        parse = _entity_parser(layout)
         # pybids' return_type="id" (and get_subjects) loads every matching file and its
-        # tags one query at a time: minutes on 1,000 participants. Ask only about the
-        # requested participants, and about all BOLD files only when nothing matched.
+        # tags one query at a time, after scanning every tag: minutes on 1,000
+        # participants. Ask only about the requested participants' files, and about all
+        # BOLD files only when nothing matched.
         if config.participant_label:
-            seen_subjects.update(layout.get(subject=list(config.participant_label),
-                                            return_type="id", target="subject"))
+            seen_subjects.update(
+                str(parse(path).get("subject"))
+                for path in layout.get(subject=list(config.participant_label),
+                                       return_type="file"))
         query: dict = {
             "datatype": "func",
             # ICA-AROMA denoising works on fMRIPrep's non-aggressively denoised BOLD
@@ -434,17 +444,17 @@ def collect_runs(config: Config) -> Selection:
         if config.res is not None:
             query["res"] = config.res
         query.update(_bold_filters(config))
-        bolds = _Found(layout, **query)
+        bolds = _Found(layout, parse, **query)
         if bolds.by_source or layout.get(datatype="func", desc="preproc", suffix="bold",
                                          extension=[".nii.gz", ".nii"], return_type="file"):
             any_bold = True
         if not bolds.by_source:
             continue
         narrow = {"subject": query["subject"]} if "subject" in query else {}
-        masks = _Found(layout, **narrow, datatype="func", desc="brain", suffix="mask",
+        masks = _Found(layout, parse, **narrow, datatype="func", desc="brain", suffix="mask",
                        extension=[".nii.gz", ".nii"], space=config.space)
         confounds = (None if config.denoise_strategy == "none" else
-                     _Found(layout, **narrow, datatype="func", desc="confounds",
+                     _Found(layout, parse, **narrow, datatype="func", desc="confounds",
                             suffix=["timeseries", "regressors"], extension=".tsv"))
         for _, candidates in sorted(bolds.items(),
                                     key=lambda kv: tuple(v or "" for v in kv[0])):
