@@ -76,7 +76,7 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
     apt-get install -y -q --no-install-recommends slurm-wlm munge >/dev/null \
         || fail "apt-get install slurm-wlm munge"
 fi
-say "$(slurmctld -V), munge $(munged -V 2>&1 | awk '{print $2}')"
+say "$(slurmctld -V), $(munged -V 2>&1 | awk '{print $1}')"
 
 # ----------------------------------------------------------------------- 2. data + serial
 BIDS=$W/bids
