@@ -84,7 +84,8 @@ def _runner(args: argparse.Namespace, container: dict | None) -> list[str]:
 
 
 def _bash_array(words: list[str]) -> str:
-    return " ".join(w if w.startswith("${") else shlex.quote(w) for w in words)
+    """Words of a bash array; those with a ``${...}`` expansion are double-quoted."""
+    return " ".join(f'"{w}"' if "${" in w else shlex.quote(w) for w in words)
 
 
 def batch_script(config: Config, labels: list[str], container: dict | None = None) -> str:
@@ -136,6 +137,7 @@ BIDS_DIR={shlex.quote(str(config.bids_dir))}
 OUTPUT_DIR={shlex.quote(str(config.output_dir))}
 LABELS=({_bash_array(labels)})
 OPTIONS=({_bash_array(options)})
+mkdir -p "$OUTPUT_DIR"
 if [ -n "${{SLURM_ARRAY_TASK_ID:-}}" ]; then
     LABEL=${{LABELS[$SLURM_ARRAY_TASK_ID]}}
     exec "${{RUN[@]}}" "$BIDS_DIR" "$OUTPUT_DIR" participant --participant-label "$LABEL" \\
