@@ -37,6 +37,7 @@ _NOT_HASHED = frozenset(
         "verbosity",
         "nprocs",
         "mem_gb",
+        "print_slurm",
         "command_line",
         "participant_label",
         "atlas_label",
@@ -136,6 +137,7 @@ class Config:
     nprocs: int = 1
     mem_gb: float | None = None
     overwrite: bool = False
+    print_slurm: bool = False
     verbosity: int = 0
     # what to do: everything, or only the reports / the methods text
     reports_only: bool = False
