@@ -27,10 +27,13 @@ from bids_parcellate.config import UserError
 
 CODE_URL = "https://github.com/bids-parcellate/bids_parcellate"
 BIDS_VERSION = "1.11.0"
-#: Files the BIDS schema does not know yet (BEP012 timeseries, our summaries, reports).
+#: Files the BIDS schema does not know yet (BEP012 timeseries, BEP017 connectivity
+#: matrices, our summaries, reports).
 BIDSIGNORE = (
     "*_timeseries.tsv",
     "*_timeseries.json",
+    "*_relmat.tsv",
+    "*_relmat.json",
     "logs/",
     "*.html",
     "figures/",
@@ -143,14 +146,23 @@ def write_tsv(path: Path, columns: list[str], rows) -> Path:
 
 
 def write_matrix_tsv(path: Path, columns: list[str], matrix: np.ndarray,
-                     float_format: str = "%.8g") -> Path:
-    """Write a float matrix as TSV (vectorised formatting, NaN as ``n/a``)."""
+                     float_format: str = "%.8g",
+                     row_names: tuple[str, list[str]] | None = None) -> Path:
+    """Write a float matrix as TSV (vectorised formatting, NaN as ``n/a``).
+
+    ``row_names``: optional ``(column name, names)`` written as a first column.
+    """
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write("\t".join(columns) + "\n")
+            header = ([row_names[0]] if row_names else []) + list(columns)
+            fh.write("\t".join(header) + "\n")
             text = np.char.mod(float_format, matrix)
             text[np.isnan(matrix)] = "n/a"
-            fh.write("\n".join("\t".join(row) for row in text))
+            rows = ["\t".join(row) for row in text]
+            if row_names:
+                rows = [f"{name}\t{row}" for name, row in zip(row_names[1], rows,
+                                                               strict=True)]
+            fh.write("\n".join(rows))
             fh.write("\n")
     return _atomic_write(path, write)
 
