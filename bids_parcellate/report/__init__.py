@@ -1,0 +1,1 @@
+"""Reports: figure functions (the HTML assembly lands with the reports issue)."""
