@@ -238,6 +238,10 @@ Data-driven brain parcellations learned from fMRIPrep outputs by bids_parcellate
   parcellation per participant (and session) and scale; labels 1..n, 0 is background.
 - `sub-<label>/func/*_stat-mean_timeseries.tsv` (+ `.json`): parcel mean timeseries per
   run and scale; one row per BOLD volume, censored volumes are `n/a`.
+- `sub-<label>/anat/*_seg-<dictlearning|canica>_scale-<K>_probseg.nii.gz` (+ `.json`):
+  the K network maps the regions of the dseg of the same scale were extracted from.
+- `sub-<label>/func/*_meas-<measure>_relmat.tsv` (+ `.json`): connectivity matrices
+  between parcels per run and scale (`--connectivity`).
 - `logs/`: log files of every invocation.
 
 Every file is described in the bids_parcellate documentation (docs/outputs.md).
