@@ -142,6 +142,26 @@ def split_disconnected(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray,
     return RegionSet(labels=ordered, origin=origin)
 
 
+class _RunImages(Sequence):
+    """The runs as nilearn images, each built when nilearn asks for it.
+
+    A 4D image spans the mask's bounding box (background included), 2-3 times the
+    in-mask data: building them one at a time keeps a single one in memory while nilearn
+    reduces the runs one after the other (it drops each image once reduced).
+    """
+
+    def __init__(self, data: list[np.ndarray], mask: np.ndarray, affine: np.ndarray):
+        self._data, self._mask, self._affine = data, mask, affine
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return _image(self._data[index], self._mask, self._affine)
+
+
 # --------------------------------------------------------------------------- maps
 #: nilearn's DictLearning ``alpha`` and the data it is calibrated on: its user-guide
 #: example fits 20 participants of 168 volumes each (development_fmri).
@@ -201,8 +221,8 @@ def fit_maps(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarr
                         "the brain mask")
     box = _box(mask)
     sub_mask, sub_affine = mask[box], _box_affine(affine, box)
-    imgs = [_image(standardize_columns(smooth_masked(x, mask, affine, fwhm)), sub_mask,
-                   sub_affine) for x in runs_data]
+    imgs = _RunImages([standardize_columns(smooth_masked(x, mask, affine, fwhm))
+                       for x in runs_data], sub_mask, sub_affine)
     common = dict(n_components=n_maps, mask=_image(np.ones(int(mask.sum()), np.uint8),
                                                    sub_mask, sub_affine),
                   smoothing_fwhm=None, standardize=False, detrend=False,
