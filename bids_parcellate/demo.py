@@ -11,37 +11,40 @@ be written from the command line::
 
 Generative model
 ----------------
-Every in-mask voxel ``v`` of run ``r`` at volume ``t`` is::
+Every in-mask voxel ``v`` at volume ``t`` of a run is::
 
-    y[t, v] = B[v] * (1 + nss[t])
-              + B[v] * (0.01 * A[v] * P[t, parcel(v)]          # neural signal
-                        + (0.01 / snr) * E[t, v]               # thermal noise
-                        + sum_k N[t, k] * W[k, v])             # confounds
-              + spike[t, v]
+    y[t, v] = (1 + nss[t]) * (B[v] + B[v] * (0.01 * A[v] * P[t, parcel(v)]
+                                             + (0.01 / snr) * E[t, v]
+                                             + sum_k N[t, k] * W[k, v])
+                              + spike[t, v])
 
 * ``B`` is a smooth baseline around 1000 and ``A`` a smooth amplitude map
   around 1 (both fixed per participant).
 * ``P`` holds one band-limited (0.01-0.1 Hz) unit-variance time course per
-  parcel, independent between parcels and between runs.
+  parcel, drawn independently for every run, with a correlation between
+  parcels ``i`` and ``j`` of ``exp(-d_ij / 70 mm)`` (``d_ij``: distance
+  between their centroids; neighbouring parcels correlate at about 0.5).
 * ``E`` is unit-variance Gaussian noise, lightly smoothed in space (Gaussian,
-  sigma 0.5 voxel), so that ``snr`` is exactly the ratio of the standard
-  deviation of the parcel signal to that of the noise (for ``A == 1``).
+  sigma 0.5 voxel), so ``snr`` is the ratio of the standard deviation of the
+  parcel signal to that of the noise (where ``A == 1``).
 * ``N`` holds the confound sources: the six rigid-body motion parameters
-  written to the confounds file (the *same* series, with random smooth
-  spatial weights), a slow linear + quadratic scanner drift, a global
-  (band-limited) fluctuation and an aliased respiratory (physiological)
-  oscillation.
-* ``spike`` adds a large (about 6 % of baseline) artefact on ``n_spikes``
-  volumes.  On those volumes the motion parameters jump, so that the
-  framewise displacement is above 0.5 mm and scrubbing removes them.
+  written to the confounds file (the *same* series; about 5 % of baseline per
+  mm or per 20 mrad, with smooth spatial weights of both signs), a slow
+  linear + quadratic scanner drift (2 %), a global band-limited fluctuation
+  (1 %) and an aliased respiratory oscillation (0.6 %).  Left in the data
+  they mislead clustering (Ward's ARI drops from about 0.9 to about 0.45).
+* ``spike`` adds a large (about 10 % of baseline) artefact on ``n_spikes``
+  volumes, on which the motion parameters jump, so that the framewise
+  displacement (between 0.9 and 1.6 mm, below 0.35 mm elsewhere) and the
+  standardised DVARS flag them for scrubbing.
 * ``nss`` makes the first ``n_nonsteady`` volumes much brighter
-  (+60 %, +30 %, ...), the signature fMRIPrep uses to flag non-steady-state
-  volumes.
+  (+60 %, +30 %, +15 %, ...), the signature fMRIPrep uses to flag
+  non-steady-state volumes.
 
 Outside the brain mask (the preprocessed BOLD of fMRIPrep is not
-skull-stripped) a shell of about 8 mm around the brain holds low-intensity
-"scalp" signal (about 200) with temporal noise, and the rest of the field of
-view is zero.
+skull-stripped) a shell of 8 mm around the brain holds low-intensity "scalp"
+signal (about 200, integer valued) with temporal noise, and the rest of the
+field of view is zero.
 
 The confounds table is computed the way fMRIPrep computes it: the motion
 parameters and their expansions, framewise displacement (Power), RMSD,
@@ -76,20 +79,24 @@ and the same arguments give byte-identical files.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
+import os
 import re
+import struct
 import sys
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-from scipy import linalg, ndimage
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 __all__ = ["DemoTruth", "make_demo_dataset", "main"]
@@ -121,6 +128,15 @@ _TIME_CHUNK = 16
 #: Length scale (mm) of the correlation between parcel time courses,
 #: ``corr(P_i, P_j) = exp(-distance(centroid_i, centroid_j) / length)``.
 _PARCEL_CORR_MM = 70.0
+# Confound weights, as fractions of the baseline per unit of the source
+# (mm for translations, 1/50 rad for rotations, unit-variance series for the
+# global and physiological sources, half the run for the drift).
+_W_MOTION = 0.05
+_W_DRIFT = 0.02
+_W_GLOBAL = 0.01
+_W_PHYSIO = 0.006
+#: Size of the intensity spikes, as a fraction of the baseline.
+_SPIKE = 0.1
 
 # Stream tags, so that the random streams of different purposes never overlap.
 _TAG_TRUTH = 1
@@ -234,6 +250,127 @@ def _set_spatial_header(
         zooms = list(hdr.get_zooms()[:3]) + [float(tr)]
         hdr.set_zooms(zooms)
     hdr.set_xyzt_units("mm", "sec")
+
+
+_GZIP_CHUNK = 8 << 20  # most bytes of uncompressed data per deflate chunk
+
+
+def _n_threads() -> int:
+    """Number of compression threads (the CPUs available, at most 8)."""
+    if hasattr(os, "sched_getaffinity"):
+        n_cpu = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - not Linux
+        n_cpu = os.cpu_count() or 1
+    return max(1, min(8, n_cpu))
+
+
+def _gzip_write(path: Path, parts: Iterable[Any], level: int = 1) -> None:
+    """Write the concatenation of ``parts`` as a single-member gzip file.
+
+    ``parts`` (bytes-like objects, consumed lazily) are cut into chunks of at
+    most ``_GZIP_CHUNK`` bytes that are deflated independently in threads
+    (zlib releases the GIL) and joined with full flushes, as
+    ``pigz --independent`` does; an empty final block ends the stream.  The
+    result is an ordinary gzip file whose bytes do not depend on the number
+    of threads, and the header has no file name and a zero time stamp.  The
+    run-length strategy (``Z_RLE``) compresses these images (noisy floats and
+    long runs of zeros) as well as the default strategy, twice as fast.
+    """
+
+    def deflate(chunk: memoryview) -> bytes:
+        comp = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, zlib.Z_RLE)
+        return comp.compress(chunk) + comp.flush(zlib.Z_FULL_FLUSH)
+
+    n_workers = _n_threads()
+    crc, size = 0, 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fobj, ThreadPoolExecutor(n_workers) as pool:
+        fobj.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff")  # no name, mtime 0
+        pending: collections.deque = collections.deque()
+        for part in parts:
+            view = memoryview(part).cast("B")
+            for i in range(0, len(view), _GZIP_CHUNK):
+                chunk = view[i : i + _GZIP_CHUNK]
+                pending.append(pool.submit(deflate, chunk))
+                crc = zlib.crc32(chunk, crc)
+                size += len(chunk)
+                while len(pending) > 2 * n_workers:
+                    fobj.write(pending.popleft().result())
+        while pending:
+            fobj.write(pending.popleft().result())
+        fobj.write(zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS).flush())
+        fobj.write(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
+
+
+def _write_bold(
+    path: Path,
+    shape: tuple[int, int, int],
+    parts: Sequence[tuple[np.ndarray, np.ndarray]],
+    affine: np.ndarray,
+    space: str,
+    tr: float,
+    dtype: str,
+) -> None:
+    """Write a 4D NIfTI-1 ``.nii.gz`` from in-mask style data, volume by volume.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Output file.
+    shape : tuple of int
+        Spatial shape of the grid.
+    parts : sequence of (flat_index, values)
+        Each ``values`` array (``(T, n)``) is written at the Fortran-order
+        flat indices ``flat_index`` (``n``) of every volume; voxels not
+        covered are 0.
+    affine : numpy.ndarray
+        Voxel-to-world affine.
+    space : str
+        Template space (for the sform/qform codes).
+    tr : float
+        Repetition time (s), stored in ``pixdim[4]``.
+    dtype : {"float32", "int16"}
+        On-disk type; int16 uses ``scl_slope``.
+
+    Notes
+    -----
+    The header is built by nibabel and the uncompressed bytes are those that
+    nibabel writes for the same image; only the compression is done here (see
+    :func:`_gzip_write`), without ever holding the whole 4D array in memory.
+    """
+    n_t = parts[0][1].shape[0]
+    img = nib.Nifti1Image(np.zeros((1, 1, 1, 1), dtype=np.float32), affine)
+    hdr = img.header
+    hdr.set_data_shape((*shape, n_t))
+    _set_spatial_header(img, affine, space, tr=tr)
+    hdr["vox_offset"] = 352
+    if dtype == "int16":
+        peak = max(float(np.abs(values).max()) for _, values in parts)
+        slope = np.float32(peak / 32000.0 if peak > 0 else 1.0)
+        hdr.set_data_dtype(np.int16)
+        hdr["scl_slope"] = slope
+    else:
+        slope = None
+        hdr.set_data_dtype(np.float32)
+        hdr["scl_slope"] = 1.0  # what nibabel writes for unscaled float data
+    hdr["scl_inter"] = 0.0
+    if hdr.endianness != "<":  # pragma: no cover - big-endian machines
+        raise RuntimeError("only little-endian machines are supported")
+    n_vox = int(np.prod(shape))
+
+    def volumes() -> Iterable[Any]:
+        yield hdr.binaryblock
+        yield b"\x00\x00\x00\x00"  # no extensions
+        for t in range(n_t):
+            vol = np.zeros(n_vox, dtype=np.float32)
+            for flat_index, values in parts:
+                vol[flat_index] = values[t]
+            if slope is None:
+                yield vol
+            else:
+                yield np.rint(vol / slope).astype("<i2")
+
+    _gzip_write(Path(path), volumes())
 
 
 # --------------------------------------------------------------------------
@@ -649,10 +786,15 @@ def _compcor(
     resid = steady - q @ (q.T @ steady)
     std = resid.std(axis=0)
     resid = resid[:, std > 0] / std[std > 0]
-    # LAPACK's gesdd (numpy's default) fails to converge on some of these
-    # rank-deficient matrices; gesvd is slower but robust.
-    u, s, _ = linalg.svd(resid, full_matrices=False, lapack_driver="gesvd")
+    # Left singular vectors from the (time x time) Gram matrix: exact, fast
+    # when voxels outnumber volumes, and robust (LAPACK's gesdd fails to
+    # converge on some of these rank-deficient matrices).
+    eigval, eigvec = np.linalg.eigh(resid @ resid.T)
+    order = np.argsort(eigval, kind="stable")[::-1]
+    s = np.sqrt(np.clip(eigval[order], 0.0, None))
+    u = eigvec[:, order]
     sign = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(u.shape[1])])
+    sign[sign == 0] = 1.0
     u = u * sign  # deterministic sign convention
     comps = np.zeros((data.shape[0], n_comp))
     comps[n_skip:] = u[:, :n_comp]
@@ -688,7 +830,6 @@ def _simulate_run(
     rng: np.random.Generator,
     *,
     mask: np.ndarray,
-    shell: np.ndarray,
     basis: np.ndarray,
     subject: _Subject,
     n_parcels: int,
@@ -734,17 +875,18 @@ def _simulate_run(
     # Spatial weights (fractions of the baseline) -------------------------
     f = _fields(rng, basis, 11)
     weights = np.empty((10, n_vox))
-    weights[0:3] = 0.02 * f[0:3]  # per mm
-    weights[3:6] = 0.02 * FD_RADIUS * f[3:6]  # per rad
-    weights[6:8] = 0.01 * (0.5 + f[6:8])
-    weights[8] = 0.004 * np.clip(1.0 + 0.3 * f[8], 0.2, None)
-    weights[9] = 0.002 * np.abs(f[9])
-    spike_map = 0.06 * np.clip(1.0 + 0.3 * f[10], 0.2, None)
+    weights[0:3] = _W_MOTION * f[0:3]  # per mm
+    weights[3:6] = _W_MOTION * FD_RADIUS * f[3:6]  # per rad
+    weights[6:8] = _W_DRIFT * (0.5 + f[6:8])
+    weights[8] = _W_GLOBAL * np.clip(1.0 + 0.3 * f[8], 0.2, None)
+    weights[9] = _W_PHYSIO * np.abs(f[9])
+    spike_map = _SPIKE * np.clip(1.0 + 0.3 * f[10], 0.2, None)
 
     # Noise: unit-variance Gaussian, lightly smoothed on the grid ----------
     bbox = ndimage.find_objects(mask.astype(np.int8))[0]
     bbox = tuple(
-        slice(max(s.start - 3, 0), min(s.stop + 3, n)) for s, n in zip(bbox, mask.shape)
+        slice(max(s.start - 3, 0), min(s.stop + 3, n))
+        for s, n in zip(bbox, mask.shape, strict=True)
     )
     sub_mask = mask[bbox]
     impulse = np.zeros(9)
@@ -768,8 +910,8 @@ def _simulate_run(
     amp = (base * SIGNAL_FRACTION * subject.amplitude).astype(np.float32)
     brain += parcel_ts.astype(np.float32)[:, subject.labels - 1] * amp
     brain += sources.astype(np.float32) @ (weights * base).astype(np.float32)
-    spike_amp = rng.uniform(0.7, 1.3, spikes.size)
-    for t, a in zip(spikes, spike_amp):
+    spike_amp = rng.uniform(0.8, 1.2, spikes.size)
+    for t, a in zip(spikes, spike_amp, strict=True):
         brain[t] += (a * spike_map * base).astype(np.float32)
     brain += base.astype(np.float32)
     brain *= (1.0 + nss).astype(np.float32)[:, None]
@@ -780,6 +922,7 @@ def _simulate_run(
     scalp *= np.float32(0.05) * sb
     scalp += sb
     scalp *= (1.0 + nss).astype(np.float32)[:, None]
+    np.rint(scalp, out=scalp)  # scanner-like integers (and fast to compress)
 
     # Virtual noise ROIs (CSF, WM) for csf/white_matter/aCompCor ------------
     def roi(n: int, level: float, w_scale: np.ndarray, noise: float) -> np.ndarray:
@@ -787,8 +930,8 @@ def _simulate_run(
         w = rng.standard_normal((10, n)) * w_scale[:, None]
         w[6:10] = np.abs(w[6:10])
         vals = b * (1.0 + sources @ w + noise * rng.standard_normal((n_t, n)))
-        for t, a in zip(spikes, spike_amp):
-            vals[t] += a * 0.06 * b
+        for t, a in zip(spikes, spike_amp, strict=True):
+            vals[t] += a * _SPIKE * b
         return vals * (1.0 + nss)[:, None]
 
     csf_scale = np.array([0.03] * 3 + [0.03 * FD_RADIUS] * 3 + [0.01, 0.01, 0.008, 0.008])
@@ -805,18 +948,21 @@ def _simulate_run(
     csf_wm = np.concatenate([csf_roi, wm_roi], axis=1).mean(axis=1)
 
     # tCompCor: 2 % most variable brain voxels after high-pass.
-    steady = brain[n_nonsteady:].astype(np.float64)
-    hp = np.column_stack(
-        [_cosine_basis(steady.shape[0], tr), np.ones(steady.shape[0]) / np.sqrt(steady.shape[0])]
-    )
-    q, _ = np.linalg.qr(hp)
-    resid = steady - q @ (q.T @ steady)
+    # Residual variance after the DCT high-pass; the DCT columns are
+    # orthonormal and orthogonal to the mean, so it is ||y_c||^2 - ||C'y_c||^2.
+    steady = brain[n_nonsteady:].copy()
+    steady -= steady.mean(axis=0, dtype=np.float64).astype(np.float32)
+    dct = _cosine_basis(steady.shape[0], tr).astype(np.float32)
+    proj = dct.T @ steady
+    resid_ss = np.einsum("tv,tv->v", steady, steady, dtype=np.float64)
+    resid_ss -= np.einsum("kv,kv->v", proj, proj, dtype=np.float64)
     n_top = max(int(round(0.02 * n_vox)), _N_TCOMPCOR + 1)
-    top = np.sort(np.argsort(-resid.var(axis=0), kind="stable")[:n_top])
-    del steady, resid
-    tcompcor_mean = brain[:, top].mean(axis=1, dtype=np.float64)
+    top = np.sort(np.argsort(-resid_ss, kind="stable")[:n_top])
+    del steady, proj
+    top_data = brain[:, top]
+    tcompcor_mean = top_data.mean(axis=1, dtype=np.float64)
     n_skip = n_nonsteady
-    t_comp, t_s = _compcor(brain[:, top], n_skip, tr, _N_TCOMPCOR)
+    t_comp, t_s = _compcor(top_data, n_skip, tr, _N_TCOMPCOR)
     c_comp, c_s = _compcor(csf_roi, n_skip, tr, _N_CCOMPCOR)
     w_comp, w_s = _compcor(wm_roi, n_skip, tr, _N_WCOMPCOR)
     a_comp, a_s = _compcor(np.concatenate([csf_roi, wm_roi], axis=1), n_skip, tr, _N_ACOMPCOR)
@@ -902,7 +1048,7 @@ def make_demo_dataset(
     res_label: str | int | None = None,
     n_nonsteady: int = 2,
     n_spikes: int = 3,
-    snr: float = 1.0,
+    snr: float = 0.4,
     dtype: str = "float32",
     confounds_name: str = "timeseries",
 ) -> DemoTruth:
@@ -951,9 +1097,10 @@ def make_demo_dataset(
         Number of initial non-steady-state (bright) volumes.
     n_spikes : int, default=3
         Number of motion spikes per run (FD > 0.5 mm and an intensity spike).
-    snr : float, default=1.0
+    snr : float, default=0.4
         Ratio of the standard deviation of the parcel signal to that of the
-        voxel noise.
+        voxel noise.  The default makes the truth clearly but not perfectly
+        recoverable (see Notes); 1.0 makes Ward's recovery nearly perfect.
     dtype : {"float32", "int16"}, default="float32"
         On-disk data type of the BOLD series (``int16`` uses ``scl_slope``).
     confounds_name : {"timeseries", "regressors"}, default="timeseries"
@@ -967,17 +1114,24 @@ def make_demo_dataset(
 
     Notes
     -----
-    With the defaults, Ward clustering of the confound-regressed, smoothed
-    data recovers the truth with an adjusted Rand index of roughly 0.9.
-    The truth is also written to ``root/sourcedata/ground_truth``.
+    With the defaults, Ward clustering (grid connectivity, 20 clusters) of
+    the runs of a participant, cleaned with nilearn's ``"simple"`` confound
+    strategy, smoothed (4 mm) and z-scored, recovers the truth with an
+    adjusted Rand index of about 0.9 at ``resolution=8`` and about 0.95 at
+    ``resolution=4`` (about 0.45 without confound regression).
+
+    The truth is also written to ``root/sourcedata/ground_truth``
+    (``space-<space>[_res-<res>]_desc-truth_dseg.nii.gz``, one
+    ``sub-<label>_space-...`` file per participant, a ``desc-truth_dseg.tsv``
+    look-up table and the generation parameters in ``demo_parameters.json``);
+    pybids ignores ``sourcedata``.
+
+    The confounds files follow fMRIPrep 23: anatomical CompCor components are
+    ``a_comp_cor_XX`` (combined mask), ``c_comp_cor_XX`` (CSF) and
+    ``w_comp_cor_XX`` (white matter), all listed in the JSON sidecar with
+    ``"Retained": true`` (only the written components are listed, because
+    nilearn does not read ``Retained``).
     """
-    params = dict(
-        participants=participants, sessions=sessions, tasks=tasks, runs=runs,
-        n_volumes=n_volumes, resolution=resolution, n_true_parcels=n_true_parcels,
-        tr=tr, seed=seed, jitter=jitter, layout=layout, space=space,
-        res_label=res_label, n_nonsteady=n_nonsteady, n_spikes=n_spikes, snr=snr,
-        dtype=dtype, confounds_name=confounds_name,
-    )
     subs = _clean_labels(participants, "sub", "participant")
     sess = _clean_labels(sessions, "ses", "session")
     task_list = _clean_labels(tasks, "task", "task")
@@ -996,6 +1150,10 @@ def make_demo_dataset(
         raise ValueError(f"jitter must be in [0, 1), got {jitter}")
     if not (float(snr) > 0 and float(tr) > 0):
         raise ValueError("snr and tr must be positive")
+    if int(seed) < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    if int(resolution) != resolution or int(resolution) < 1:
+        raise ValueError(f"resolution must be a positive integer (mm), got {resolution}")
     if int(n_nonsteady) < 0 or int(n_spikes) < 0:
         raise ValueError("n_nonsteady and n_spikes must be >= 0")
     if int(n_volumes) < int(n_nonsteady) + 10:
@@ -1005,19 +1163,18 @@ def make_demo_dataset(
     root = Path(root)
     fmriprep_dir = root / "derivatives" / "fmriprep" if layout == "raw+derivatives" else root
     mask, affine = _load_grid(resolution)
-    code_space = space
 
     # Ground truth ------------------------------------------------------------
     truth = _make_parcellation(mask, int(n_true_parcels), _rng(seed, _TAG_TRUTH))
     n_parcels = int(truth.max())
     mask_img = nib.Nifti1Image(mask.astype(np.uint8), affine)
     mask_img.set_data_dtype(np.uint8)
-    _set_spatial_header(mask_img, affine, code_space)
+    _set_spatial_header(mask_img, affine, space)
 
     def label_image(vol: np.ndarray) -> nib.Nifti1Image:
         img = nib.Nifti1Image(vol.astype(np.int16), affine)
         img.set_data_dtype(np.int16)
-        _set_spatial_header(img, affine, code_space)
+        _set_spatial_header(img, affine, space)
         return img
 
     labels_img = label_image(truth)
@@ -1028,7 +1185,8 @@ def make_demo_dataset(
             part_truth[sub] = truth
             part_imgs[sub] = labels_img
         else:
-            vol = _jitter_parcellation(truth, mask, float(jitter), _rng(seed, _TAG_JITTER, _key(sub)))
+            jitter_rng = _rng(seed, _TAG_JITTER, _key(sub))
+            vol = _jitter_parcellation(truth, mask, float(jitter), jitter_rng)
             part_truth[sub] = vol
             part_imgs[sub] = label_image(vol)
 
@@ -1082,9 +1240,14 @@ def make_demo_dataset(
         "index\tname\n" + "".join(f"{i}\tparcel{i:03d}\n" for i in range(1, n_parcels + 1)),
         encoding="utf-8",
     )
-    clean_params = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in params.items()}
-    clean_params["root"] = None
-    _write_json(gt_dir / "demo_parameters.json", {k: clean_params[k] for k in sorted(clean_params)})
+    params = {
+        "confounds_name": confounds_name, "dtype": dtype, "jitter": float(jitter),
+        "layout": layout, "n_nonsteady": n_nonsteady, "n_spikes": int(n_spikes),
+        "n_true_parcels": n_parcels, "n_volumes": n_t, "participants": subs,
+        "res_label": res, "resolution": int(resolution), "runs": run_list, "seed": int(seed),
+        "sessions": sess, "snr": float(snr), "space": space, "tasks": task_list, "tr": tr,
+    }
+    _write_json(gt_dir / "demo_parameters.json", params)
 
     sessions_iter: list[str | None] = list(sess) if sess is not None else [None]
     runs_iter: list[str | None] = list(run_list) if run_list is not None else [None]
@@ -1111,7 +1274,7 @@ def make_demo_dataset(
         anat = fmriprep_dir / f"sub-{sub}" / "anat" / f"sub-{sub}_desc-preproc_T1w.nii.gz"
         anat.parent.mkdir(parents=True, exist_ok=True)
         t1 = nib.Nifti1Image(mask.astype(np.float32), affine)
-        _set_spatial_header(t1, affine, code_space)
+        _set_spatial_header(t1, affine, space)
         t1.to_filename(anat)
 
         for ses in sessions_iter:
@@ -1126,36 +1289,30 @@ def make_demo_dataset(
                         seed, _TAG_RUN, _key(sub), _key(ses or ""), _key(task), _key(run or "")
                     )
                     brain, scalp, cols, meta = _simulate_run(
-                        rrng, mask=mask, shell=shell, basis=basis, subject=subject,
+                        rrng, mask=mask, basis=basis, subject=subject,
                         n_parcels=n_parcels, n_t=n_t, tr=tr, n_nonsteady=n_nonsteady,
                         n_spikes=int(n_spikes), snr=float(snr),
                     )
-                    data = np.zeros((*mask.shape, n_t), dtype=np.float32, order="F")
-                    flat = data.reshape(-1, n_t, order="F")
-                    flat[order_f] = brain.T
-                    flat[shell_f] = scalp.T
+                    stem = func_dir / f"{source}{space_ent}"
+                    _write_bold(
+                        Path(f"{stem}_desc-preproc_bold.nii.gz"), mask.shape,
+                        [(order_f, brain), (shell_f, scalp)], affine, space, tr, dtype,
+                    )
                     boldref = np.zeros(mask.shape, dtype=np.float32)
                     boldref[mask_idx] = brain.mean(axis=0, dtype=np.float64)
                     boldref[shell_idx] = scalp.mean(axis=0, dtype=np.float64)
-                    del brain, scalp, flat
-
-                    bold_img = nib.Nifti1Image(data, affine)
-                    bold_img.set_data_dtype(np.int16 if dtype == "int16" else np.float32)
-                    _set_spatial_header(bold_img, affine, code_space, tr=tr)
-                    stem = func_dir / f"{source}{space_ent}"
-                    bold_img.to_filename(f"{stem}_desc-preproc_bold.nii.gz")
-                    del bold_img, data
+                    del brain, scalp
                     _write_json(
                         Path(f"{stem}_desc-preproc_bold.json"),
                         {"RepetitionTime": tr, "SkullStripped": False, "TaskName": task},
                     )
                     mimg = nib.Nifti1Image(mask.astype(np.uint8), affine)
                     mimg.set_data_dtype(np.uint8)
-                    _set_spatial_header(mimg, affine, code_space)
+                    _set_spatial_header(mimg, affine, space)
                     mimg.to_filename(f"{stem}_desc-brain_mask.nii.gz")
                     _write_json(Path(f"{stem}_desc-brain_mask.json"), {"Type": "Brain"})
                     ref_img = nib.Nifti1Image(boldref, affine)
-                    _set_spatial_header(ref_img, affine, code_space)
+                    _set_spatial_header(ref_img, affine, space)
                     ref_img.to_filename(f"{stem}_boldref.nii.gz")
                     _write_tsv(func_dir / f"{source}_{conf_suffix}.tsv", cols)
                     _write_json(func_dir / f"{source}_{conf_suffix}.json", meta)
@@ -1200,7 +1357,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--res-label", default=None)
     p.add_argument("--n-nonsteady", type=int, default=2)
     p.add_argument("--n-spikes", type=int, default=3)
-    p.add_argument("--snr", type=float, default=1.0)
+    p.add_argument("--snr", type=float, default=0.4)
     p.add_argument("--dtype", choices=_DTYPES, default="float32")
     p.add_argument("--confounds-name", choices=_CONFOUNDS_NAMES, default="timeseries")
     return p

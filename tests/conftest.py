@@ -25,6 +25,19 @@ def demo8(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo8_clean(tmp_path_factory):
+    """One participant x two runs at 8 mm with a high signal-to-noise ratio (snr 1.0).
+
+    At the default snr (0.4) average and complete linkage collapse into one giant cluster
+    (ARI ~0.06), which says nothing about whether they are wired correctly; at snr 1.0
+    every method separates the parcels, so a broken method shows.
+    """
+    root = tmp_path_factory.mktemp("demo8_clean") / "bids"
+    return make_demo_dataset(root, participants=("01",), runs=(1, 2), resolution=8,
+                             n_volumes=80, n_true_parcels=20, seed=1, snr=1.0)
+
+
+@pytest.fixture(scope="session")
 def demo8_out(demo8, tmp_path_factory):
     """Participant level (ward, scales 20 and 50) on :func:`demo8`."""
     out = tmp_path_factory.mktemp("demo8_out") / "out"
