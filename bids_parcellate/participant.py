@@ -269,6 +269,11 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
     return written
 
 
+#: Column descriptions for the dseg sidecar (``index`` and ``name`` are defined by BIDS).
+DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.items()
+                     if name not in ("index", "name")}
+
+
 def _dseg_description(config: Config, scale: int, n_regions: int,
                       result: UnitResult) -> str:
     learned = f"learned from {len(result.runs)} run(s) of {result.name}"
