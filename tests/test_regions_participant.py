@@ -202,3 +202,25 @@ def test_option_errors_are_one_line_and_write_nothing(demo8, tmp_path, capsys, a
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bids_parcellate: error:") and message in err[0]
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_real_run_dictlearning_regions(tmp_path):
+    """The real 4 mm studyforrest run: 20 maps give many contiguous regions (nilearn's
+    alpha=10 gave 3 here; the auto alpha about 65), validator clean."""
+    from .conftest import SHARED_DATA
+
+    out = tmp_path / "out"
+    assert run_cli(SHARED_DATA, out, "--method", "dictlearning", "--n-maps", "20",
+                   "--connectivity", "correlation") == 0
+    dseg = next((out / "sub-sf02" / "anat").glob("*_seg-dictlearning_scale-20_dseg.nii.gz"))
+    img = nib.load(dseg)
+    labels = np.asarray(img.dataobj)
+    assert labels.max() >= 30
+    assert_contiguous_and_large(labels, abs(np.linalg.det(img.affine[:3, :3])), 1350.0)
+    table = pd.read_csv(dseg.with_name(dseg.name.replace(".nii.gz", ".tsv")), sep="\t")
+    assert table["component"].nunique() >= 10  # regions come from many maps
+    relmat = next((out / "sub-sf02" / "func").glob("*_meas-correlation_relmat.tsv"))
+    matrix = pd.read_csv(relmat, sep="\t", index_col="node").to_numpy()
+    assert matrix.shape == (labels.max(), labels.max())
+    assert validate(out)["errors"] == []
