@@ -15,9 +15,12 @@ import logging
 import logging.handlers
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bids_parcellate import __version__
@@ -35,6 +38,9 @@ from bids_parcellate.config import (
 
 LOGGER = logging.getLogger("bids_parcellate")
 PROG = "bids_parcellate"
+#: Variables read by BLAS and OpenMP runtimes when they load (and by child processes).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def _positive_float(text: str) -> float:
@@ -286,11 +292,13 @@ def setup_logging(verbosity: int) -> logging.handlers.MemoryHandler:
 
 def attach_log_file(memory: logging.handlers.MemoryHandler, output_dir: Path,
                     levels: tuple[str, ...]) -> Path:
-    """Open ``OUTPUT_DIR/logs/<level>-<time>-<pid>.log`` and replay buffered records."""
+    """Open ``OUTPUT_DIR/logs/<level>-<time>-<host>-<pid>.log``; replay buffered records."""
     logs = output_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = logs / f"{'-'.join(levels)}-{stamp}-{os.getpid()}.log"
+    # host name + pid: containers all run as pid 1, array jobs share the folder
+    host = "".join(ch for ch in socket.gethostname() if ch.isalnum()) or "host"
+    path = logs / f"{'-'.join(levels)}-{stamp}-{host}-{os.getpid()}.log"
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
@@ -343,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         if config.work_dir is None:
             temp_work = Path(tempfile.mkdtemp(prefix="bids_parcellate_work_"))
             config = _replace_work_dir(config, temp_work)
-        return run(config, memory)
+        with limit_threads(config.nprocs):
+            return run(config, memory)
     except UserError as exc:
         LOGGER.debug("traceback", exc_info=True)
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -361,6 +370,39 @@ def main(argv: list[str] | None = None) -> int:
         if temp_work is not None:
             shutil.rmtree(temp_work, ignore_errors=True)
         logging.shutdown()
+
+
+@contextmanager
+def limit_threads(nprocs: int) -> Iterator[None]:
+    """Cap BLAS and OpenMP threads at ``nprocs`` (``--nprocs``) for the duration.
+
+    Sets :data:`THREAD_VARIABLES` (read by libraries loaded later and by child
+    processes), loads numpy's, scipy's and scikit-learn's native libraries and limits
+    them with threadpoolctl (the variables have no effect on libraries already loaded).
+    Everything is restored on exit, so in-process callers (tests) see no global change.
+    Containers rely on this: they report the host's CPU count, not the job's share.
+
+    Parameters
+    ----------
+    nprocs : int
+        Maximum number of threads of each BLAS / OpenMP pool.
+    """
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: str(nprocs) for name in THREAD_VARIABLES})
+    try:
+        import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS)
+        import sklearn.cluster  # noqa: F401  (loads scikit-learn's OpenMP runtime)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=nprocs):
+            LOGGER.debug("BLAS/OpenMP threads capped at %d", nprocs)
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _replace_work_dir(config: Config, work_dir: Path) -> Config:

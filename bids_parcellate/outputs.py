@@ -175,10 +175,13 @@ def write_nifti(path: Path, img: nib.Nifti1Image) -> Path:
 # --------------------------------------------------------------------------- dataset
 def in_container() -> dict | None:
     """Container description for ``GeneratedBy`` when running inside our image."""
-    image = os.environ.get("BIDS_PARCELLATE_CONTAINER_IMAGE")
+    image = os.environ.get("BIDS_PARCELLATE_CONTAINER_IMAGE")  # set by the Dockerfile
     if not image:
         return None
-    return {"Type": os.environ.get("BIDS_PARCELLATE_CONTAINER_TYPE", "docker"), "Tag": image}
+    kind = os.environ.get("BIDS_PARCELLATE_CONTAINER_TYPE", "docker")
+    if os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
+        kind = "singularity"  # the image converted to a SIF; Apptainer sets these
+    return {"Type": kind, "Tag": image}
 
 
 def dataset_description(source_dirs: list[Path]) -> dict:
