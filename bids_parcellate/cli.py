@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--region-thresholding", choices=REGION_THRESHOLDINGS,
                      default="ratio_n_voxels",
                      help="how the maps are thresholded before region extraction")
-    reg.add_argument("--region-threshold", type=float, default=0.5, metavar="VALUE",
+    reg.add_argument("--region-threshold", type=_positive_float, default=0.5, metavar="VALUE",
                      help="ratio_n_voxels: voxels kept across all maps as a ratio of the "
                           "brain voxels; img_value: map value; percentile: percentile")
     reg.add_argument("--region-extractor", choices=REGION_EXTRACTORS,
