@@ -76,3 +76,45 @@ def sidecar(kind: str) -> dict:
         "StorageFormat": "Full",
         "CovarianceEstimator": "LedoitWolf",
     }
+
+
+def group_connectomes(series: Sequence[np.ndarray], kinds: Sequence[str]
+                      ) -> dict[str, tuple[np.ndarray | None, np.ndarray]]:
+    """Group-level matrices of several runs (all on the same parcels).
+
+    Parameters
+    ----------
+    series : sequence of ndarray, shape (n_times, n_parcels)
+        Kept volumes of every run of every participant.
+    kinds : sequence of str
+
+    Returns
+    -------
+    dict
+        kind -> (per-run matrices or None, group matrix). The group matrix is nilearn's
+        ``ConnectivityMeasure.mean_``: the mean of the runs' matrices, or for
+        ``tangent`` the geometric mean of their covariances, the reference point of the
+        tangent space; ``tangent`` also gives each run's matrix in that space (the
+        other kinds' per-run matrices are the participant-level ones).
+
+    Raises
+    ------
+    ValueError
+        ``tangent`` with fewer than two runs.
+    """
+    from nilearn.connectome import ConnectivityMeasure
+
+    out = {}
+    for kind in kinds:
+        measure = ConnectivityMeasure(kind=kind)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            if kind == "tangent":
+                if len(series) < 2:
+                    raise ValueError("tangent needs at least two runs")
+                per_run = np.asarray(measure.fit_transform(list(series)))
+            else:
+                measure.fit(list(series))
+                per_run = None
+        out[kind] = (per_run, np.asarray(measure.mean_))
+    return out
