@@ -5,7 +5,8 @@ sets up logging (stderr, plus a log file under ``OUTPUT_DIR/logs/`` once the inp
 known to be usable) and runs the requested analysis levels.
 
 Exit codes: 0 success; 1 bad input or some participants failed; 2 usage error;
-3 internal error (a bug: rerun with ``-v`` for the traceback and report it).
+3 internal error (a bug: rerun with ``-v`` for the traceback and report it);
+130 interrupted (Ctrl-C); 143 terminated by SIGTERM (rerun the command to resume).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import logging.handlers
 import os
 import shutil
-import socket
+import signal
 import sys
 import tempfile
 import time
@@ -177,10 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{', '.join(m.replace(' ', '_') for m in CONNECTIVITY_MEASURES)}"
                           f"; tangent is computed at the group level only")
 
-    res = parser.add_argument_group("resources")
-    res.add_argument("--nprocs", "--n-cpus", type=int, default=1, help="CPUs to use")
+    res = parser.add_argument_group("resources and reruns")
+    res.add_argument("--nprocs", "--n-cpus", type=int, default=1,
+                     help="CPUs to use (BLAS/OpenMP threads); outputs do not depend on it")
     res.add_argument("--mem-gb", type=_positive_float, default=None,
-                     help="memory limit in GB")
+                     help="memory limit in GB: the run stops before computing anything "
+                          "when its estimated peak memory is above it")
+    res.add_argument("--overwrite", action="store_true",
+                     help="recompute participants whose outputs are complete, and replace "
+                          "outputs made with other parameters (without it, complete "
+                          "outputs are skipped and a parameter change is refused)")
     return parser
 
 
@@ -244,6 +251,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         connectivity=tuple(args.connectivity),
         nprocs=args.nprocs,
         mem_gb=args.mem_gb,
+        overwrite=args.overwrite,
         verbosity=args.verbose,
         command_line=tuple(argv),
     )
@@ -293,13 +301,14 @@ def setup_logging(verbosity: int) -> logging.handlers.MemoryHandler:
 def attach_log_file(memory: logging.handlers.MemoryHandler, output_dir: Path,
                     levels: tuple[str, ...]) -> Path:
     """Open ``OUTPUT_DIR/logs/<level>-<time>-<host>-<pid>.log``; replay buffered records."""
-    logs = output_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    # host name + pid: containers all run as pid 1, array jobs share the folder
-    host = "".join(ch for ch in socket.gethostname() if ch.isalnum()) or "host"
-    path = logs / f"{'-'.join(levels)}-{stamp}-{host}-{os.getpid()}.log"
-    handler = logging.FileHandler(path, encoding="utf-8")
+    from bids_parcellate.outputs import log_path
+
+    path = log_path(output_dir, levels, time.strftime("%Y%m%d-%H%M%S"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path.parent}: cannot write the log file ({exc.strerror})") from None
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
     memory.setTarget(handler)
@@ -314,26 +323,39 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     """Run the analysis levels of ``config``; return the exit code."""
     from bids_parcellate.denoise import check_strategy_options
     from bids_parcellate.inputs import collect_runs
+    from bids_parcellate.outputs import check_output_dir, write_manifest
     from bids_parcellate.participant import run_participant_level
+    from bids_parcellate.resources import check_memory
+    from bids_parcellate.resume import plan_units
 
     check_strategy_options(config)
     if "group" in config.analysis_levels:
         raise UserError("analysis level 'group' is not available yet")
     start = time.monotonic()
     LOGGER.info("%s %s: %s", PROG, __version__, " ".join(config.command_line))
+    check_output_dir(config.output_dir)
     selection = collect_runs(config)
     units = selection.units()
     LOGGER.info("found %d run(s) in %d unit(s) (%s); %d skipped", len(selection.runs),
                 len(units), ", ".join(f"sub-{s}" + (f"_ses-{x}" if x else "")
                                       for s, x in units), len(selection.skipped))
+    plans = plan_units(config, selection)
+    check_memory(config, {k: r for k, r in units.items() if plans[k].action != "skip"})
     log_path = attach_log_file(memory, config.output_dir, config.analysis_levels)
     LOGGER.debug("log file %s, config hash %s", log_path, config.config_hash())
-    results = run_participant_level(config, selection)
+    try:
+        results = run_participant_level(config, selection, plans)
+    finally:
+        write_manifest(config.output_dir)
     failed = [r for r in results if r.error]
-    LOGGER.info("done in %.1f s: %d unit(s) succeeded, %d failed", time.monotonic() - start,
-                len(results) - len(failed), len(failed))
+    reused = sum(r.reused for r in results)
+    LOGGER.info("done in %.1f s: %d unit(s) succeeded (%d complete from an earlier run), "
+                "%d failed", time.monotonic() - start, len(results) - len(failed), reused,
+                len(failed))
     for r in failed:
         LOGGER.error("FAILED %s: %s", r.name, r.error)
+    if any(r.error.startswith("internal error") for r in failed):
+        return 3
     return 1 if failed else 0
 
 
@@ -346,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     memory = setup_logging(args.verbose)
     temp_work = None
+    previous_term = _terminate_on_sigterm()
     try:
         config = config_from_args(args, [PROG, *argv])
         if config.work_dir is None:
@@ -360,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{PROG}: terminated (SIGTERM); rerun the same command to resume",
+              file=sys.stderr)
+        return 143
     except Exception as exc:  # a bug: one line unless -v
         if args.verbose:
             LOGGER.exception("internal error")
@@ -367,9 +394,26 @@ def main(argv: list[str] | None = None) -> int:
               "traceback)", file=sys.stderr)
         return 3
     finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
         if temp_work is not None:
             shutil.rmtree(temp_work, ignore_errors=True)
         logging.shutdown()
+
+
+class Terminated(BaseException):
+    """Raised on SIGTERM (a scheduler's time limit) so that temporary files are removed."""
+
+
+def _terminate_on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` in the main thread; return the old handler."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        return None
 
 
 @contextmanager

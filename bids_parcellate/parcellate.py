@@ -164,11 +164,12 @@ def cut_tree(children: np.ndarray, n_leaves: int, n_clusters: int) -> np.ndarray
     return parent[:n_leaves]
 
 
-def _check_scales(scales: Sequence[int], n_voxels: int) -> None:
+def check_scales(scales: Sequence[int], n_voxels: int, option: str = "--n-parcels") -> None:
+    """Every scale must be below the number of voxels (raises :class:`UserError`)."""
     too_big = [n for n in scales if n >= n_voxels]
     if too_big:
         raise UserError(
-            f"--n-parcels {' '.join(map(str, too_big))}: must be below the {n_voxels} "
+            f"{option} {' '.join(map(str, too_big))}: must be below the {n_voxels} "
             "voxels in the brain mask"
         )
 
@@ -258,7 +259,7 @@ def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
     dict
         scale -> int32 labels (1..n) over the in-mask voxels.
     """
-    _check_scales(scales, features.shape[0])
+    check_scales(scales, features.shape[0])
     labels = METHODS[method](features, mask, sorted(scales), random_state)
     for k, lab in labels.items():
         found = int(lab.max())

@@ -18,14 +18,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import outputs
+from bids_parcellate import outputs, resume
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.connectome import measure_label, run_connectomes
 from bids_parcellate.connectome import sidecar as relmat_sidecar
 from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, Skipped
-from bids_parcellate.parcellate import build_features, labels_to_volume, parcellate
+from bids_parcellate.parcellate import build_features, check_scales, labels_to_volume, parcellate
 from bids_parcellate.regions import RegionSet, auto_alpha, learn_regions, split_disconnected
 
 LOGGER = logging.getLogger("bids_parcellate")
@@ -84,6 +84,8 @@ class UnitResult:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     n_voxels: int = 0
+    #: True when the unit was complete from an earlier run and was not recomputed.
+    reused: bool = False
 
     @property
     def name(self) -> str:
@@ -399,13 +401,22 @@ def _learn(config: Config, cleaned: list[CleanRun], unit_mask,
 
 
 def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
-                 source_dirs: list[Path], progress: Progress) -> UnitResult:
-    """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure."""
+                 source_dirs: list[Path], progress: Progress,
+                 plan_listed: tuple[str, ...] = ()) -> UnitResult:
+    """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure.
+
+    ``plan_listed``: files of an earlier completion marker, removed before writing.
+    """
     subject, session = key
     result = UnitResult(subject=subject, session=session)
     tic = time.monotonic()
+    for run in runs:
+        if run.error:
+            raise UserError(run.error)
     unit_mask = load_unit_mask(runs)
     result.n_voxels = unit_mask.n_voxels
+    check_scales(config.scales, unit_mask.n_voxels,
+                 "--n-maps" if config.is_decomposition else "--n-parcels")
     cleaned: list[CleanRun] = []
     for run in runs:
         start = time.monotonic()
@@ -438,11 +449,18 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     result.timings["connectome"] = time.monotonic() - tic
     tic = time.monotonic()
     outputs.prepare_output_dir(config.output_dir, source_dirs)
-    result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs,
-                               regions)
-    result.files += _write_maps(config, result, unit_mask, regions, source_dirs)
-    if matrices:
-        result.files += _write_connectomes(config, result, series, matrices)
+    # stale outputs of this unit (an interrupted run, or --overwrite) go first, the
+    # completion marker before anything else; a failure while writing leaves nothing
+    outputs.remove_unit_outputs(config.output_dir, subject, session, plan_listed)
+    try:
+        result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs,
+                                   regions)
+        result.files += _write_maps(config, result, unit_mask, regions, source_dirs)
+        if matrices:
+            result.files += _write_connectomes(config, result, series, matrices)
+    except BaseException:
+        outputs.remove_unit_outputs(config.output_dir, subject, session)
+        raise
     result.timings["write"] = time.monotonic() - tic
     LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
                 result.name, len(labels), ", ".join(map(str, sorted(labels))),
@@ -450,17 +468,43 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     return result
 
 
-def run_participant_level(config: Config, selection: Selection) -> list[UnitResult]:
-    """Process every unit; a failing unit is reported and does not stop the others."""
+def run_participant_level(config: Config, selection: Selection,
+                          plans: dict | None = None) -> list[UnitResult]:
+    """Process every unit; a failing unit is reported and does not stop the others.
+
+    ``plans`` (from :func:`bids_parcellate.resume.plan_units`) says which units are
+    complete from an earlier run with the same parameters; those are not recomputed.
+    A unit's completion marker is written after all of its files.
+    """
     units = selection.units()
-    progress = Progress(sum(len(r) for r in units.values()))
+    plans = plans if plans is not None else resume.plan_units(config, selection)
+    todo = {k: r for k, r in units.items() if plans[k].action != "skip"}
+    progress = Progress(sum(len(r) for r in todo.values()))
     results = []
     for key, runs in units.items():
+        name = outputs.unit_prefix(*key)
+        plan = plans[key]
+        if plan.action == "skip":
+            LOGGER.info("%s: complete from an earlier run with the same parameters, skipped "
+                        "(--overwrite recomputes it)", name)
+            results.append(UnitResult(subject=key[0], session=key[1], reused=True))
+            continue
+        if plan.reason != "new":
+            LOGGER.info("%s: recomputing (%s)", name, plan.reason)
         try:
-            results.append(process_unit(config, key, runs, selection.fmriprep_dirs, progress))
+            result = process_unit(config, key, runs, selection.fmriprep_dirs, progress,
+                                  plan.listed)
+            resume.write_marker(config, key[0], key[1], result.files,
+                                resume.unit_sources(runs, selection.fmriprep_dirs))
+            results.append(result)
         except UserError as exc:
-            name = outputs.unit_prefix(*key)
             LOGGER.error("%s failed: %s", name, exc)
             LOGGER.debug("traceback", exc_info=True)
             results.append(UnitResult(subject=key[0], session=key[1], error=str(exc)))
+        except Exception as exc:  # a bug or a system error: the other units still run
+            LOGGER.error("%s failed with an internal error: %s: %s", name,
+                         type(exc).__name__, exc)
+            LOGGER.debug("traceback", exc_info=True)
+            results.append(UnitResult(subject=key[0], session=key[1],
+                                      error=f"internal error: {type(exc).__name__}: {exc}"))
     return results
