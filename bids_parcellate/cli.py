@@ -354,9 +354,12 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
                 len(failed))
     for r in failed:
         LOGGER.error("FAILED %s: %s", r.name, r.error)
+    incomplete = [(r, s) for r in results if not r.error for s in r.missing_inputs]
+    for r, skipped in incomplete:
+        LOGGER.error("INCOMPLETE %s: run skipped: %s", r.name, skipped.reason)
     if any(r.error.startswith("internal error") for r in failed):
         return 3
-    return 1 if failed else 0
+    return 1 if failed or incomplete else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,10 +77,15 @@ class Run:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A run that cannot be used, with the reason (recorded in logs and reports)."""
+    """A run that cannot be used, with the reason (recorded in logs and reports).
+
+    ``missing_input``: a required file is missing or unreadable (the invocation then
+    exits non-zero); otherwise the run was left out by design (too few volumes kept).
+    """
 
     bold: Path
     reason: str
+    missing_input: bool = False
 
 
 @dataclass

@@ -91,6 +91,11 @@ class UnitResult:
     def name(self) -> str:
         return outputs.unit_prefix(self.subject, self.session)
 
+    @property
+    def missing_inputs(self) -> list[Skipped]:
+        """Runs skipped because a required file was missing or unreadable."""
+        return [s for s in self.skipped if s.missing_input]
+
 
 def parcel_names(n: int) -> list[str]:
     """Column / table names of parcels 1..n (``parcel001``...)."""
@@ -410,9 +415,16 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     subject, session = key
     result = UnitResult(subject=subject, session=session)
     tic = time.monotonic()
+    # a run missing a required piece (mask, confounds, readable sidecar) is skipped with
+    # the reason recorded; the unit goes on with its complete runs and the invocation
+    # exits non-zero (see cli.run), so an incomplete input never passes silently
     for run in runs:
         if run.error:
-            raise UserError(run.error)
+            LOGGER.error("skipping run: %s", run.error)
+            result.skipped.append(Skipped(run.bold, run.error, missing_input=True))
+    runs = [run for run in runs if not run.error]
+    if not runs:
+        raise UserError("; ".join(s.reason for s in result.skipped))
     unit_mask = load_unit_mask(runs)
     result.n_voxels = unit_mask.n_voxels
     check_scales(config.scales, unit_mask.n_voxels,
@@ -494,8 +506,11 @@ def run_participant_level(config: Config, selection: Selection,
         try:
             result = process_unit(config, key, runs, selection.fmriprep_dirs, progress,
                                   plan.listed)
-            resume.write_marker(config, key[0], key[1], result.files,
-                                resume.unit_sources(runs, selection.fmriprep_dirs))
+            if not result.missing_inputs:
+                # a unit with skipped incomplete runs is never marked complete: a rerun
+                # recomputes it (and reports the missing file again) until it is fixed
+                resume.write_marker(config, key[0], key[1], result.files,
+                                    resume.unit_sources(runs, selection.fmriprep_dirs))
             results.append(result)
         except UserError as exc:
             LOGGER.error("%s failed: %s", name, exc)

@@ -413,3 +413,22 @@ def test_one_unit_failure_is_summarised(copy, tmp_path, capsys):
     done = [i for i, line in enumerate(lines) if "1 unit(s) succeeded" in line]
     assert done and "1 failed" in lines[done[0]]
     assert any("FAILED sub-01" in line for line in lines[done[0]:])
+
+
+def test_run_missing_a_piece_is_skipped_and_recorded(tmp_path, capsys):
+    """Issue 2: a run missing a required file is skipped with the reason logged; the
+    participant goes on with its complete runs, and the exit code says something was
+    missing (issue 8: never a silent pass)."""
+    truth = make_demo_dataset(tmp_path / "bids", participants=("01",), runs=(1, 2),
+                              resolution=8, n_volumes=40, seed=2)
+    func = truth.fmriprep_dir / "sub-01" / "func"
+    missing = func / "sub-01_task-rest_run-2_desc-confounds_timeseries.tsv"
+    missing.unlink()
+    out = tmp_path / "out"
+    assert run_cli(truth.root, out, "--n-parcels", "10") == 1
+    err = capsys.readouterr().err
+    assert "INCOMPLETE sub-01: run skipped:" in err
+    assert "sub-01_task-rest_run-2" in err and "desc-confounds_timeseries.tsv" in err
+    names = sorted(p.name for p in (out / "sub-01" / "func").glob("*_timeseries.tsv"))
+    assert len(names) == 1 and "run-1" in names[0]
+    assert not (out / "sub-01" / "sub-01_completed.json").exists()
