@@ -178,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{', '.join(m.replace(' ', '_') for m in CONNECTIVITY_MEASURES)}"
                           f"; tangent is computed at the group level only")
 
+    rep = parser.add_argument_group("reports and methods text")
+    only = rep.add_mutually_exclusive_group()
+    only.add_argument("--reports-only", action="store_true",
+                      help="only rebuild the HTML reports from the outputs already in "
+                           "OUTPUT_DIR (nothing is recomputed and BIDS_DIR is not read)")
+    only.add_argument("--boilerplate-only", action="store_true",
+                      help="only write the methods text (OUTPUT_DIR/logs/CITATION.md, "
+                           ".html, .bib) for the selected inputs; no data are processed")
+
     res = parser.add_argument_group("resources and reruns")
     res.add_argument("--nprocs", "--n-cpus", type=int, default=1,
                      help="CPUs to use (BLAS/OpenMP threads); outputs do not depend on it")
@@ -253,6 +262,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         mem_gb=args.mem_gb,
         overwrite=args.overwrite,
         verbosity=args.verbose,
+        reports_only=args.reports_only,
+        boilerplate_only=args.boilerplate_only,
         command_line=tuple(argv),
     )
 
@@ -321,6 +332,7 @@ def attach_log_file(memory: logging.handlers.MemoryHandler, output_dir: Path,
 # --------------------------------------------------------------------------- main
 def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     """Run the analysis levels of ``config``; return the exit code."""
+    from bids_parcellate import report
     from bids_parcellate.denoise import check_strategy_options
     from bids_parcellate.inputs import collect_runs
     from bids_parcellate.outputs import check_output_dir, write_manifest
@@ -329,22 +341,37 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     from bids_parcellate.resume import plan_units
 
     check_strategy_options(config)
+    if config.reports_only:
+        log_path = attach_log_file(memory, _existing_output_dir(config),
+                                   config.analysis_levels)
+        LOGGER.debug("log file %s", log_path)
+        written = report.reports_only(config)
+        LOGGER.info("reports rebuilt from %s: %s", config.output_dir,
+                    ", ".join(p.name for p in written))
+        return 0
     if "group" in config.analysis_levels:
         raise UserError("analysis level 'group' is not available yet")
     start = time.monotonic()
     LOGGER.info("%s %s: %s", PROG, __version__, " ".join(config.command_line))
     check_output_dir(config.output_dir)
-    selection = collect_runs(config)
+    with report.UnitLog() as selection_log:
+        selection = collect_runs(config)
     units = selection.units()
     LOGGER.info("found %d run(s) in %d unit(s) (%s); %d skipped", len(selection.runs),
                 len(units), ", ".join(f"sub-{s}" + (f"_ses-{x}" if x else "")
                                       for s, x in units), len(selection.skipped))
+    if config.boilerplate_only:
+        written = report.boilerplate_only(config, selection)
+        LOGGER.info("methods text written: %s", ", ".join(str(p) for p in written))
+        return 0
     plans = plan_units(config, selection)
     check_memory(config, {k: r for k, r in units.items() if plans[k].action != "skip"})
     log_path = attach_log_file(memory, config.output_dir, config.analysis_levels)
     LOGGER.debug("log file %s, config hash %s", log_path, config.config_hash())
     try:
-        results = run_participant_level(config, selection, plans)
+        results = run_participant_level(config, selection, plans,
+                                        selection_warnings=selection_log.messages)
+        report.finish_participant_level(config, results)
     finally:
         write_manifest(config.output_dir)
     failed = [r for r in results if r.error]
@@ -360,6 +387,13 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     if any(r.error.startswith("internal error") for r in failed):
         return 3
     return 1 if failed or incomplete else 0
+
+
+def _existing_output_dir(config: Config) -> Path:
+    if not config.output_dir.is_dir():
+        raise UserError(f"{config.output_dir}: OUTPUT_DIR does not exist (nothing to "
+                        "report on)")
+    return config.output_dir
 
 
 def main(argv: list[str] | None = None) -> int:

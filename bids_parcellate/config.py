@@ -52,6 +52,8 @@ _NOT_HASHED = frozenset(
         "command_line",
         "participant_label",
         "overwrite",
+        "reports_only",
+        "boilerplate_only",
     }
 )
 
@@ -150,6 +152,9 @@ class Config:
     mem_gb: float | None = None
     overwrite: bool = False
     verbosity: int = 0
+    # what to do: everything, or only the reports / the methods text
+    reports_only: bool = False
+    boilerplate_only: bool = False
     command_line: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -191,6 +196,8 @@ class Config:
             raise ConfigError(f"--space {self.space!r}: not a BIDS label")
         if self.res is not None and not LABEL_PATTERN.match(self.res):
             raise ConfigError(f"--res {self.res!r}: not a BIDS label")
+        if self.reports_only and self.boilerplate_only:
+            raise ConfigError("--reports-only and --boilerplate-only exclude each other")
 
     def _check_method_options(self) -> None:
         """Scales and method-specific options; an option that does not apply to the

@@ -41,7 +41,9 @@ BIDSIGNORE = (
     "*_completed.json",
     "logs/",
     "*.html",
-    "figures/",
+    # report figures and records under sub-<label>/figures/ (the validator does not
+    # match "figures/" below the root: "figures" does)
+    "figures",
 )
 
 
@@ -368,7 +370,10 @@ Data-driven brain parcellations learned from fMRIPrep outputs by bids_parcellate
   the K network maps the regions of the dseg of the same scale were extracted from.
 - `sub-<label>/func/*_meas-<measure>_relmat.tsv` (+ `.json`): connectivity matrices
   between parcels per run and scale (`--connectivity`).
-- `logs/`: log files of every invocation.
+- `sub-<label>.html`, `group.html`: HTML reports; `sub-<label>/figures/`: their figures
+  and data.
+- `logs/`: log files of every invocation; `logs/CITATION.md` (`.html`, `.bib`): methods
+  text of the last run, with references.
 
 Every file is described in the bids_parcellate documentation (docs/outputs.md).
 """
@@ -419,8 +424,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def is_report_file(rel: str | Path) -> bool:
+    """Whether a path relative to OUTPUT_DIR is a report (``*.html`` at the root) or a
+    report figure or record (``sub-<label>/figures/``). Reports show wall times and when
+    they were made, so unlike the data outputs they differ between identical runs."""
+    parts = Path(rel).parts
+    return (len(parts) == 1 and parts[0].endswith(".html")) or (
+        len(parts) >= 3 and parts[0].startswith("sub-") and parts[1] == "figures")
+
+
 def list_outputs(output_dir: Path) -> list[Path]:
-    """Every output file under OUTPUT_DIR (sorted), without ``logs/`` and temporary files."""
+    """Every data output under OUTPUT_DIR (sorted), without ``logs/``, temporary files
+    and reports (:func:`is_report_file`)."""
     output_dir = Path(output_dir)
     found = []
     for folder, dirs, files in os.walk(output_dir):
@@ -429,7 +444,8 @@ def list_outputs(output_dir: Path) -> list[Path]:
             dirs[:] = []
             continue
         dirs.sort()
-        found += [Path(folder) / f for f in files if not _TEMP.match(f)]
+        found += [Path(folder) / f for f in files
+                  if not _TEMP.match(f) and not is_report_file(rel / f)]
     return sorted(found, key=lambda p: p.relative_to(output_dir).as_posix())
 
 
@@ -458,3 +474,21 @@ def write_manifest(output_dir: Path) -> Path:
             except FileNotFoundError:  # removed meanwhile by a concurrent rerun
                 continue
         return write_tsv(path, ["path", "sha256", "size"], rows)
+
+
+# --------------------------------------------------------------------------- reports
+def participant_report_path(output_dir: Path, subject: str) -> Path:
+    """``OUTPUT_DIR/sub-<label>.html`` (fMRIPrep's convention)."""
+    return Path(output_dir) / build_name("participant_report",
+                                         {"subject": subject, "extension": ".html"})
+
+
+def group_report_path(output_dir: Path) -> Path:
+    """``OUTPUT_DIR/group.html``."""
+    return Path(output_dir) / "group.html"
+
+
+def citation_paths(output_dir: Path) -> dict[str, Path]:
+    """``OUTPUT_DIR/logs/CITATION.{md,html,bib}``: the methods text of the last run."""
+    logs = Path(output_dir) / "logs"
+    return {ext: logs / f"CITATION.{ext}" for ext in ("md", "html", "bib")}

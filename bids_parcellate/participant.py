@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import outputs, resume
+from bids_parcellate import outputs, report, resume
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.connectome import measure_label, run_connectomes
 from bids_parcellate.connectome import sidecar as relmat_sidecar
@@ -86,6 +87,11 @@ class UnitResult:
     n_voxels: int = 0
     #: True when the unit was complete from an earlier run and was not recomputed.
     reused: bool = False
+    #: The unit's report record (see :mod:`bids_parcellate.report.record`) and the
+    #: report files (figures, record): not data outputs, so not in ``files`` (the
+    #: completion marker and the manifest list data outputs, which are deterministic).
+    report: dict | None = None
+    report_files: list[Path] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -407,10 +413,13 @@ def _learn(config: Config, cleaned: list[CleanRun], unit_mask,
 
 def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
                  source_dirs: list[Path], progress: Progress,
-                 plan_listed: tuple[str, ...] = ()) -> UnitResult:
+                 plan_listed: tuple[str, ...] = (),
+                 unit_log: report.UnitLog | None = None) -> UnitResult:
     """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure.
 
     ``plan_listed``: files of an earlier completion marker, removed before writing.
+    With ``unit_log`` (warnings and skipped inputs of the unit), the report figures and
+    record are written too (they are not among the unit's files: see ``report_files``).
     """
     subject, session = key
     result = UnitResult(subject=subject, session=session)
@@ -474,6 +483,15 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         outputs.remove_unit_outputs(config.output_dir, subject, session)
         raise
     result.timings["write"] = time.monotonic() - tic
+    # report (figures + record) while the cleaned data are still in memory
+    if unit_log is not None:
+        try:
+            result.report_files, result.report = report.write_unit_report_data(
+                config, result, unit_mask, cleaned, labels, series, source_dirs, unit_log)
+        except Exception as exc:  # a report problem must not lose the unit's data outputs
+            LOGGER.error("%s: report data not written (%s: %s)", result.name,
+                         type(exc).__name__, exc)
+            LOGGER.debug("traceback", exc_info=True)
     LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
                 result.name, len(labels), ", ".join(map(str, sorted(labels))),
                 unit_mask.n_voxels, len(result.runs), len(result.files))
@@ -481,12 +499,15 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
 
 
 def run_participant_level(config: Config, selection: Selection,
-                          plans: dict | None = None) -> list[UnitResult]:
+                          plans: dict | None = None, *,
+                          selection_warnings: Sequence[str] = ()) -> list[UnitResult]:
     """Process every unit; a failing unit is reported and does not stop the others.
 
     ``plans`` (from :func:`bids_parcellate.resume.plan_units`) says which units are
     complete from an earlier run with the same parameters; those are not recomputed.
     A unit's completion marker is written after all of its files.
+    ``selection_warnings`` (warnings logged while the inputs were queried) go to the
+    reports of the units whose files they name.
     """
     units = selection.units()
     plans = plans if plans is not None else resume.plan_units(config, selection)
@@ -504,8 +525,12 @@ def run_participant_level(config: Config, selection: Selection,
         if plan.reason != "new":
             LOGGER.info("%s: recomputing (%s)", name, plan.reason)
         try:
-            result = process_unit(config, key, runs, selection.fmriprep_dirs, progress,
-                                  plan.listed)
+            unit_log = report.UnitLog(
+                skipped_inputs=report.record.skipped_of_unit(selection.skipped, *key),
+                earlier=report.record.warnings_of_unit(selection_warnings, *key))
+            with unit_log:
+                result = process_unit(config, key, runs, selection.fmriprep_dirs, progress,
+                                      plan.listed, unit_log)
             if not result.missing_inputs:
                 # a unit with skipped incomplete runs is never marked complete: a rerun
                 # recomputes it (and reports the missing file again) until it is fixed

@@ -1,15 +1,13 @@
-"""Connectome figures: valid, deterministic PNGs; inputs checked."""
+"""Connectome figure: deterministic SVG with the matrix and the glass-brain graph."""
 
 import numpy as np
 import pytest
 
-from bids_parcellate.report.connectome import connectivity_matrix, connectome_graph
-
-PNG = b"\x89PNG\r\n\x1a\n"
+from bids_parcellate.report.connectome import connectome, glass_brain
 
 
 @pytest.fixture
-def connectome():
+def network():
     rng = np.random.default_rng(0)
     series = rng.standard_normal((60, 6))
     series[:, 3:] += series[:, :3]
@@ -19,22 +17,26 @@ def connectome():
     return matrix, centroids
 
 
-def test_figures_are_deterministic_pngs(connectome):
-    matrix, centroids = connectome
-    names = [f"parcel{i:03d}" for i in range(1, 7)]
-    first = connectivity_matrix(matrix, names, "correlation")
-    assert first.startswith(PNG) and first == connectivity_matrix(matrix, names,
-                                                                  "correlation")
-    graph = connectome_graph(matrix, centroids, "correlation")
-    assert graph.startswith(PNG) and graph == connectome_graph(matrix, centroids,
-                                                               "correlation")
-    # the drawing depends on the edges: another matrix gives another image
-    other = matrix.copy()
-    other[0, 3] = other[3, 0] = -0.9
-    assert connectome_graph(other, centroids, "correlation") != graph
+def test_connectome_figure_is_a_deterministic_svg(network):
+    matrix, centroids = network
+    svg = connectome({6: matrix}, {6: centroids}, "correlation")
+    assert svg.startswith(b"<svg") and b"scale 6: 6 parcels, correlation" in svg
+    assert svg.count(b"data:image/png;base64,") == 2  # matrix + glass brain rasters
+    assert svg == connectome({6: matrix}, {6: centroids}, "correlation")
 
 
-def test_graph_needs_one_centroid_per_node(connectome):
-    matrix, centroids = connectome
+def test_glass_brain_draws_the_edges(network):
+    matrix, centroids = network
+    rgb = glass_brain(matrix, centroids, 420, 150, limit=1.0)
+    assert rgb.shape == (150, 420, 3) and rgb.dtype == np.uint8
+    empty = glass_brain(np.eye(6), centroids, 420, 150, limit=1.0)
+    # the strongest edges (left-right pairs, r ~ 0.7) are drawn in dark red
+    reddish = lambda img: ((img[..., 0] > 100) & (img[..., 1] < 60)  # noqa: E731
+                           & (img[..., 2] < 80)).sum()
+    assert reddish(rgb) > reddish(empty) + 50
+
+
+def test_glass_brain_needs_one_centroid_per_node(network):
+    matrix, centroids = network
     with pytest.raises(ValueError, match="5 centroids for a 6-node matrix"):
-        connectome_graph(matrix, centroids[:5], "correlation")
+        glass_brain(matrix, centroids[:5], 420, 150, limit=1.0)

@@ -105,6 +105,23 @@ def test_connectomes_equal_nilearn_on_written_timeseries(dict_out):
     assert "*_relmat.tsv" in (dict_out / ".bidsignore").read_text()
 
 
+def test_report_shows_the_connectome(dict_out):
+    figures = dict_out / "sub-01" / "figures"
+    record = json.loads(next(figures.glob("*_desc-summary_report.json")).read_text())
+    entry = record["figures"]["connectome"]
+    assert entry["measure"] == "correlation" and entry["n_runs"] == 2
+    svg = (dict_out / entry["file"]).read_bytes()
+    assert svg.startswith(b"<svg") and b"scale 4:" in svg
+    html = (dict_out / "sub-01.html").read_text()
+    assert "Connectome of sub-01" in html
+    methods = (dict_out / "logs" / "CITATION.md").read_text()
+    assert "decomposed into 4 network maps by online dictionary learning (Mensch et al., " \
+           "2016)" in methods
+    assert "sparsity parameter 2.15" in methods and "region extractor" in methods
+    assert "correlation, partial correlation, covariance and precision matrices" in methods
+    assert "100, 200 and 400" not in methods  # the clustering scales do not apply
+
+
 def test_dictlearning_outputs_validate_and_rerun_identically(demo8, dict_out, tmp_path):
     report = validate(dict_out)
     assert report["errors"] == [], report["errors"]
@@ -187,6 +204,8 @@ def test_split_disconnected_pieces_map_back_to_kmeans_parcels(demo8, tmp_path):
         sep="\t", na_values="n/a")
     assert timeseries.shape[1] == len(table)
     assert validate(tmp_path / "split")["errors"] == []
+    methods = (tmp_path / "split" / "logs" / "CITATION.md").read_text()
+    assert "split into their face-connected pieces" in methods and "1000 mm³" in methods
 
 
 @pytest.mark.parametrize("args, message", [
