@@ -136,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="spatial smoothing within the brain mask of the data the "
                           "parcellation is learned from (0 = none)")
     par.add_argument("--n-components", type=int, default=200, metavar="K",
-                     help="temporal dimensions kept for clustering (exact SVD when the "
-                          "runs have more volumes)")
+                     help="temporal dimensions kept for clustering and in the summaries "
+                          "the group level reads (exact SVD when the runs have more "
+                          "volumes)")
     par.add_argument("--split-disconnected", action="store_true",
                      help="kmeans, hierarchical_kmeans: split every parcel into its "
                           "connected pieces (pieces up to --min-region-size are dropped)")
@@ -177,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
                           f"ConnectivityMeasure, censored volumes excluded): "
                           f"{', '.join(m.replace(' ', '_') for m in CONNECTIVITY_MEASURES)}"
                           f"; tangent is computed at the group level only")
+    grp = parser.add_argument_group("group level")
+    grp.add_argument("--atlas-label", default=None, metavar="LABEL",
+                     help="atlas- label of the group parcellation (default: the dataset "
+                          "folder name followed by the method, e.g. ds000030Ward)")
 
     rep = parser.add_argument_group("reports and methods text")
     only = rep.add_mutually_exclusive_group()
@@ -258,6 +263,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         min_region_size=args.min_region_size,
         split_disconnected=args.split_disconnected,
         connectivity=tuple(args.connectivity),
+        atlas_label=args.atlas_label.removeprefix("atlas-") if args.atlas_label else None,
         nprocs=args.nprocs,
         mem_gb=args.mem_gb,
         overwrite=args.overwrite,
@@ -349,8 +355,6 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
         LOGGER.info("reports rebuilt from %s: %s", config.output_dir,
                     ", ".join(p.name for p in written))
         return 0
-    if "group" in config.analysis_levels:
-        raise UserError("analysis level 'group' is not available yet")
     start = time.monotonic()
     LOGGER.info("%s %s: %s", PROG, __version__, " ".join(config.command_line))
     check_output_dir(config.output_dir)
@@ -364,29 +368,58 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
         written = report.boilerplate_only(config, selection)
         LOGGER.info("methods text written: %s", ", ".join(str(p) for p in written))
         return 0
-    plans = plan_units(config, selection)
-    check_memory(config, {k: r for k, r in units.items() if plans[k].action != "skip"})
+    participant_level = "participant" in config.analysis_levels
+    group_level = "group" in config.analysis_levels
+    if group_level:
+        from bids_parcellate.group import check_grids
+
+        check_grids(units)  # before anything is written
+    plans = None
+    if participant_level:
+        plans = plan_units(config, selection)
+        check_memory(config, {k: r for k, r in units.items() if plans[k].action != "skip"})
     log_path = attach_log_file(memory, config.output_dir, config.analysis_levels)
     LOGGER.debug("log file %s, config hash %s", log_path, config.config_hash())
+    code = 0
+    failed_units: set = set()
     try:
-        results = run_participant_level(config, selection, plans,
-                                        selection_warnings=selection_log.messages)
-        report.finish_participant_level(config, results)
+        if participant_level:
+            results = run_participant_level(config, selection, plans,
+                                            selection_warnings=selection_log.messages)
+            report.finish_participant_level(config, results)
+            failed = [r for r in results if r.error]
+            failed_units = {(r.subject, r.session) for r in failed}
+            reused = sum(r.reused for r in results)
+            LOGGER.info("participant level done in %.1f s: %d unit(s) succeeded (%d complete "
+                        "from an earlier run), %d failed", time.monotonic() - start,
+                        len(results) - len(failed), reused, len(failed))
+            for r in failed:
+                LOGGER.error("FAILED %s: %s", r.name, r.error)
+            incomplete = [(r, s) for r in results if not r.error for s in r.missing_inputs]
+            for r, skipped in incomplete:
+                LOGGER.error("INCOMPLETE %s: run skipped: %s", r.name, skipped.reason)
+            if any(r.error.startswith("internal error") for r in failed):
+                code = 3
+            elif failed or incomplete:
+                code = 1
+        if group_level:
+            from bids_parcellate.group import run_group_level
+            from bids_parcellate.report.assemble import write_group_report
+
+            tic = time.monotonic()
+            group = run_group_level(config, selection, exclude=failed_units)
+            LOGGER.info("group level done in %.1f s: atlas-%s from %d unit(s) (%d summaries "
+                        "reused, %d computed), %d files written", time.monotonic() - tic,
+                        group.label, len(group.units), len(group.reused),
+                        len(group.computed), len(group.files))
+            for name, error in group.errors.items():
+                LOGGER.error("FAILED %s (group level): %s", name, error)
+            if (group.errors or group.incomplete) and code == 0:
+                code = 1
+            write_group_report(config.output_dir)
     finally:
         write_manifest(config.output_dir)
-    failed = [r for r in results if r.error]
-    reused = sum(r.reused for r in results)
-    LOGGER.info("done in %.1f s: %d unit(s) succeeded (%d complete from an earlier run), "
-                "%d failed", time.monotonic() - start, len(results) - len(failed), reused,
-                len(failed))
-    for r in failed:
-        LOGGER.error("FAILED %s: %s", r.name, r.error)
-    incomplete = [(r, s) for r in results if not r.error for s in r.missing_inputs]
-    for r, skipped in incomplete:
-        LOGGER.error("INCOMPLETE %s: run skipped: %s", r.name, skipped.reason)
-    if any(r.error.startswith("internal error") for r in failed):
-        return 3
-    return 1 if failed or incomplete else 0
+    return code
 
 
 def _existing_output_dir(config: Config) -> Path:
@@ -496,9 +529,10 @@ def demo_main(argv: list[str]) -> int:
     """``bids_parcellate --demo OUT [options]``: generate the demo dataset and run on it.
 
     Writes a two-participant fMRIPrep-like dataset with a known ground-truth
-    parcellation to ``OUT/bids`` and runs the participant level into
+    parcellation to ``OUT/bids`` and runs the participant and group levels into
     ``OUT/bids_parcellate`` (extra options are passed through), then prints the adjusted
-    Rand index of each participant's parcellation against the truth.
+    Rand index of each participant's parcellation and of the group atlas against the
+    truth.
     """
     if not argv or argv[0].startswith("-"):
         print(f"usage: {PROG} --demo OUT [participant options]", file=sys.stderr)
@@ -517,11 +551,12 @@ def demo_main(argv: list[str]) -> int:
     decomposition = any(m in extra for m in ("dictlearning", "canica"))
     if "--n-parcels" not in extra and not decomposition:
         extra = ["--n-parcels", str(n_true), "100", "200", *extra]
-    code = main([str(bids_dir), str(output_dir), "participant", *extra])
+    code = main([str(bids_dir), str(output_dir), "participant", "group", *extra])
     if code != 0:
         return code
     truth_data = truth.labels_img.get_fdata()
-    for dseg in sorted(output_dir.glob(f"sub-*/anat/*_scale-{n_true}_dseg.nii.gz")):
+    for dseg in [*sorted(output_dir.glob(f"sub-*/anat/*_scale-{n_true}_dseg.nii.gz")),
+                 *sorted(output_dir.glob(f"tpl-*/*_scale-{n_true}_dseg.nii.gz"))]:
         found = nib.load(dseg).get_fdata()
         inside = truth_data > 0
         ari = adjusted_rand_score(truth_data[inside], found[inside])

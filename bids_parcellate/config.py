@@ -51,6 +51,7 @@ _NOT_HASHED = frozenset(
         "mem_gb",
         "command_line",
         "participant_label",
+        "atlas_label",
         "overwrite",
         "reports_only",
         "boilerplate_only",
@@ -147,6 +148,8 @@ class Config:
     split_disconnected: bool = False
     # connectomes
     connectivity: tuple[str, ...] = ()
+    # group level
+    atlas_label: str | None = None
     # resources and logging
     nprocs: int = 1
     mem_gb: float | None = None
@@ -194,6 +197,9 @@ class Config:
             raise ConfigError(f"--random-seed {self.random_seed}: must be in [0, 2**32)")
         if not LABEL_PATTERN.match(self.space):
             raise ConfigError(f"--space {self.space!r}: not a BIDS label")
+        if self.atlas_label is not None and not LABEL_PATTERN.match(self.atlas_label):
+            raise ConfigError(f"--atlas-label {self.atlas_label!r}: not a BIDS label "
+                              "(letters and digits only)")
         if self.res is not None and not LABEL_PATTERN.match(self.res):
             raise ConfigError(f"--res {self.res!r}: not a BIDS label")
         if self.reports_only and self.boilerplate_only:
@@ -211,10 +217,6 @@ class Config:
                         f"--n-parcels does not apply to --method {self.method}: the number "
                         "of regions is an outcome of region extraction; give the numbers "
                         "of network maps with --n-maps")
-                if name == "n_components":
-                    raise ConfigError(
-                        f"--n-components does not apply to --method {self.method} (each "
-                        "run is reduced to --n-maps dimensions, as in nilearn)")
                 if name == "split_disconnected":
                     raise ConfigError(
                         f"--split-disconnected applies to --method "
@@ -276,7 +278,7 @@ class Config:
         region = {"n_maps", "region_threshold", "region_thresholding", "region_extractor",
                   "dictlearning_alpha"}
         if self.method in DECOMPOSITION_METHODS:
-            unused = {"n_parcels", "n_components", "split_disconnected"}
+            unused = {"n_parcels", "split_disconnected"}
             return unused | ({"dictlearning_alpha"} if self.method == "canica" else set())
         unused = region | ({"split_disconnected"} if self.method not in SPLITTABLE_METHODS
                            else set())

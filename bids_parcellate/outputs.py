@@ -44,6 +44,9 @@ BIDSIGNORE = (
     # report figures and records under sub-<label>/figures/ (the validator does not
     # match "figures/" below the root: "figures" does)
     "figures",
+    "*_features.npz",
+    "*_features.json",
+    "group_*",
 )
 
 
@@ -252,6 +255,24 @@ def write_matrix_tsv(path: Path, columns: list[str], matrix: np.ndarray,
     return _atomic_write(path, write)
 
 
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write arrays as an uncompressed ``.npz`` atomically and reproducibly.
+
+    ``numpy.savez`` stamps every member with the current time; members are written
+    here with a fixed timestamp so that the same arrays give the same bytes.
+    """
+    import zipfile
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+            for name in sorted(arrays):
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with archive.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(arrays[name]),
+                                              allow_pickle=False)
+    return _atomic_write(path, write)
+
+
 def write_nifti(path: Path, img: nib.Nifti1Image) -> Path:
     """Write a NIfTI image atomically; nibabel's gzip stream has no timestamp or name."""
     return _atomic_write(path, lambda tmp: nib.save(img, tmp))
@@ -370,6 +391,16 @@ Data-driven brain parcellations learned from fMRIPrep outputs by bids_parcellate
   the K network maps the regions of the dseg of the same scale were extracted from.
 - `sub-<label>/func/*_meas-<measure>_relmat.tsv` (+ `.json`): connectivity matrices
   between parcels per run and scale (`--connectivity`).
+- `sub-<label>/func/*_desc-summary_features.npz` (+ `.json`): the unit's compact
+  summary read by the group level (BIDS-ignored).
+- `atlas-<label>_description.json` and `tpl-<space>/*_atlas-<label>_scale-<n>_dseg.*`:
+  the group parcellation (group level), as a BIDS atlas; the parcel timeseries of every
+  run on it are `sub-<label>/func/*_atlas-<label>_scale-<n>_stat-mean_timeseries.tsv`.
+- `group_atlas-<label>_agreement.tsv` (+ `.json`): agreement (ARI, NMI) of each
+  participant's own parcellation with the group one.
+- `tpl-<space>/*_atlas-<label>_scale-<K>_probseg.nii.gz`: the group network maps
+  (dictlearning, canica); `group_atlas-<label>_scale-<n>_meas-<measure>_relmat.tsv`: group
+  mean connectomes (`--connectivity`).
 - `sub-<label>.html`, `group.html`: HTML reports; `sub-<label>/figures/`: their figures
   and data.
 - `logs/`: log files of every invocation; `logs/CITATION.md` (`.html`, `.bib`): methods

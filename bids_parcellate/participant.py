@@ -26,8 +26,15 @@ from bids_parcellate.connectome import sidecar as relmat_sidecar
 from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, Skipped
-from bids_parcellate.parcellate import build_features, check_scales, labels_to_volume, parcellate
+from bids_parcellate.parcellate import (
+    build_features,
+    check_scales,
+    labels_to_volume,
+    parcellate,
+    prepare_runs,
+)
 from bids_parcellate.regions import RegionSet, auto_alpha, learn_regions, split_disconnected
+from bids_parcellate.summary import Summary, make_summary, write_summary
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -346,10 +353,28 @@ def _write_maps(config: Config, result: UnitResult, unit_mask,
     return written
 
 
+def write_relmats(config: Config, entities: dict, names: list[str],
+                  by_kind: dict[str, np.ndarray], extra: dict,
+                  kind: str = "relmat") -> list[Path]:
+    """Write one ``_relmat`` TSV + JSON per measure (``kind``: the path pattern)."""
+    out = config.output_dir
+    written = []
+    for measure, matrix in by_kind.items():
+        ents = {**entities, "meas": measure_label(measure), "suffix": "relmat"}
+        written.append(outputs.write_matrix_tsv(
+            out / outputs.build_name(kind, {**ents, "extension": ".tsv"}),
+            names, matrix, row_names=("node", names)))
+        written.append(outputs.write_json(
+            out / outputs.build_name(kind, {**ents, "extension": ".json"}),
+            {**relmat_sidecar(measure),
+             "NodeNames": "the node column and header: parcel names of the dseg table",
+             **extra, "ConfigHash": config.config_hash()}))
+    return written
+
+
 def _write_connectomes(config: Config, result: UnitResult, series: dict,
                        matrices: dict) -> list[Path]:
     """Write one ``_relmat`` (TSV + JSON) per run, scale and measure."""
-    out = config.output_dir
     base = _unit_entities(config, result)
     written = []
     for summary in result.runs:
@@ -357,58 +382,53 @@ def _write_connectomes(config: Config, result: UnitResult, series: dict,
         for scale, by_kind in sorted(matrices[run.bold].items()):
             ents = {**run.entities, "space": base["space"], "res": base["res"],
                     "seg": base["seg"], "scale": scale}
-            names = parcel_names(series[run.bold][scale].shape[1])
             timeseries = outputs.build_name(
                 "timeseries", {**ents, "stat": "mean", "suffix": "timeseries",
                                "extension": ".tsv"})
             dseg = outputs.build_name("dseg", {**base, "scale": scale, "suffix": "dseg",
                                                "extension": ".nii.gz"})
-            for kind, matrix in by_kind.items():
-                rel = {**ents, "meas": measure_label(kind), "suffix": "relmat"}
-                written.append(outputs.write_matrix_tsv(
-                    out / outputs.build_name("relmat", {**rel, "extension": ".tsv"}),
-                    names, matrix, row_names=("node", names)))
-                written.append(outputs.write_json(
-                    out / outputs.build_name("relmat", {**rel, "extension": ".json"}),
-                    {
-                        **relmat_sidecar(kind),
-                        "NodeNames": "the node column and header: parcel names of the "
-                                     "dseg table",
-                        "Parcellation": dseg,
-                        "Timeseries": timeseries,
-                        "NumberOfVolumes": int(summary.sample_mask.size),
-                        "ConfigHash": config.config_hash(),
-                    }))
+            written += write_relmats(
+                config, ents, parcel_names(series[run.bold][scale].shape[1]), by_kind,
+                {"Parcellation": dseg, "Timeseries": timeseries,
+                 "NumberOfVolumes": int(summary.sample_mask.size)})
     return written
 
 
-def _learn(config: Config, cleaned: list[CleanRun], unit_mask,
-           result: UnitResult) -> tuple[dict[int, np.ndarray], dict[int, RegionSet]]:
-    """Labels at every scale, and the region sets of region-based methods."""
+def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
+           result: UnitResult) -> tuple[dict[int, np.ndarray], dict[int, RegionSet], Summary]:
+    """Labels at every scale, the region sets of region-based methods, and the unit's
+    summary for the group level (built from the features, whatever the method)."""
+    tic = time.monotonic()
+    n_volumes = sum(c.data.shape[0] for c in cleaned)
+    prepared = prepare_runs([c.data for c in cleaned], unit_mask.mask, unit_mask.affine,
+                            config.smoothing_fwhm)
+    features = build_features([], unit_mask.mask, unit_mask.affine, config.smoothing_fwhm,
+                              config.n_components, prepared=prepared)
+    result.timings["features"] = time.monotonic() - tic
+    # the group level's input (map step), from the features already in memory
+    summary = make_summary(config, runs, [c.run for c in cleaned], unit_mask.mask,
+                           unit_mask.affine, features, n_volumes)
+    tic = time.monotonic()
     regions: dict[int, RegionSet] = {}
     if config.is_decomposition:
-        tic = time.monotonic()
-        regions = learn_regions([c.data for c in cleaned], unit_mask.mask,
-                                unit_mask.affine, config)
-        result.timings["parcellate"] = time.monotonic() - tic
-        return {k: r.labels for k, r in regions.items()}, regions
-    tic = time.monotonic()
-    features = build_features([c.data for c in cleaned], unit_mask.mask,
-                              unit_mask.affine, config.smoothing_fwhm, config.n_components)
-    result.timings["features"] = time.monotonic() - tic
-    tic = time.monotonic()
-    labels = parcellate(features, unit_mask.mask, config.method, config.n_parcels,
-                        config.random_seed)
-    del features
-    if config.split_disconnected:
-        regions = {k: split_disconnected(lab, unit_mask.mask, unit_mask.affine,
-                                         config.min_region_size)
-                   for k, lab in labels.items()}
+        del features
+        regions = learn_regions(prepared, unit_mask.mask, unit_mask.affine, config)
         labels = {k: r.labels for k, r in regions.items()}
-        for k, r in regions.items():
-            LOGGER.info("%s scale %d: %d connected pieces", config.method, k, r.n_regions)
+    else:
+        del prepared
+        labels = parcellate(features, unit_mask.mask, config.method, config.n_parcels,
+                            config.random_seed)
+        del features
+        if config.split_disconnected:
+            regions = {k: split_disconnected(lab, unit_mask.mask, unit_mask.affine,
+                                             config.min_region_size)
+                       for k, lab in labels.items()}
+            labels = {k: r.labels for k, r in regions.items()}
+            for k, r in regions.items():
+                LOGGER.info("%s scale %d: %d connected pieces", config.method, k,
+                            r.n_regions)
     result.timings["parcellate"] = time.monotonic() - tic
-    return labels, regions
+    return labels, regions, summary
 
 
 def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
@@ -459,7 +479,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in result.skipped)
         raise UserError(f"{result.name}: no usable runs ({reasons})")
 
-    labels, regions = _learn(config, cleaned, unit_mask, result)
+    labels, regions, summary = _learn(config, runs, cleaned, unit_mask, result)
     tic = time.monotonic()
     series = {c.run.bold: parcel_timeseries(c.data, labels, config.standardize_arg)
               for c in cleaned}
@@ -479,6 +499,9 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         result.files += _write_maps(config, result, unit_mask, regions, source_dirs)
         if matrices:
             result.files += _write_connectomes(config, result, series, matrices)
+        # not in result.files: the summary is a cache validated by its own hash (the group
+        # level may rewrite it for other parameters without touching this unit's marker)
+        write_summary(config, summary, source_dirs, runs)
     except BaseException:
         outputs.remove_unit_outputs(config.output_dir, subject, session)
         raise

@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 
 from bids_parcellate.config import UserError
-from bids_parcellate.parcellate import order_labels, smooth_masked, standardize_columns
+from bids_parcellate.parcellate import order_labels
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -182,28 +182,30 @@ def auto_alpha(n_volumes: int) -> float:
 
 
 def fit_maps(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
-             method: str, n_maps: int, fwhm: float, random_state: int,
-             alpha: float | None = None) -> np.ndarray:
-    """Network maps of the cleaned runs (nilearn ``DictLearning`` or ``CanICA``).
+             method: str, n_maps: int, random_state: int, alpha: float | None = None,
+             n_volumes: int | None = None) -> np.ndarray:
+    """Network maps of prepared runs (nilearn ``DictLearning`` or ``CanICA``).
 
-    Each run is smoothed within the mask (``fwhm``) and z-scored per voxel, as for the
-    clustering features, then handed to nilearn as an in-memory image on the mask's
-    bounding box; nilearn's own masker does nothing more (no smoothing, detrending or
-    standardisation). Each run counts as one "subject" of nilearn's multi-subject
-    model: it is reduced to ``n_maps`` dimensions by PCA before the decomposition.
+    The runs, smoothed within the mask and z-scored per voxel as for the clustering
+    features (:func:`bids_parcellate.parcellate.prepare_runs`), are handed to nilearn as
+    in-memory images on the mask's bounding box; nilearn's own masker does nothing more
+    (no smoothing, detrending or standardisation). Each run counts as one "subject" of
+    nilearn's multi-subject model: it is reduced to ``n_maps`` dimensions by PCA before
+    the decomposition. The group level passes its merged components as one pseudo-run.
 
     Parameters
     ----------
     runs_data : sequence of ndarray, shape (n_times, n_voxels)
-        Cleaned kept volumes of every run.
+        Prepared runs (smoothed, z-scored kept volumes).
     mask : ndarray of bool, 3D
     affine : ndarray (4, 4)
     method : {"dictlearning", "canica"}
     n_maps : int
-    fwhm : float
     random_state : int
     alpha : float, optional
-        DictLearning sparsity; default :func:`auto_alpha` of the kept volumes.
+        DictLearning sparsity; default :func:`auto_alpha` of ``n_volumes``.
+    n_volumes : int, optional
+        Kept volumes the data stand for (default: the rows of ``runs_data``).
 
     Returns
     -------
@@ -213,16 +215,16 @@ def fit_maps(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarr
     """
     from nilearn.decomposition import CanICA, DictLearning
 
-    n_volumes = sum(x.shape[0] for x in runs_data)
-    if n_maps > n_volumes:
-        raise UserError(f"--n-maps {n_maps}: more maps than the {n_volumes} kept volumes")
+    n_rows = sum(x.shape[0] for x in runs_data)
+    if n_maps > n_rows:
+        raise UserError(f"--n-maps {n_maps}: more maps than the {n_rows} kept volumes")
+    n_volumes = n_rows if n_volumes is None else n_volumes
     if n_maps >= int(mask.sum()):
         raise UserError(f"--n-maps {n_maps}: must be below the {int(mask.sum())} voxels in "
                         "the brain mask")
     box = _box(mask)
     sub_mask, sub_affine = mask[box], _box_affine(affine, box)
-    imgs = _RunImages([standardize_columns(smooth_masked(x, mask, affine, fwhm))
-                       for x in runs_data], sub_mask, sub_affine)
+    imgs = _RunImages(list(runs_data), sub_mask, sub_affine)
     common = dict(n_components=n_maps, mask=_image(np.ones(int(mask.sum()), np.uint8),
                                                    sub_mask, sub_affine),
                   smoothing_fwhm=None, standardize=False, detrend=False,
@@ -307,13 +309,17 @@ def maps_to_regions(maps: np.ndarray, mask: np.ndarray, affine: np.ndarray, *,
                      maps=maps)
 
 
-def learn_regions(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
-                  config) -> dict[int, RegionSet]:
-    """Maps and regions at every ``--n-maps`` scale (``config``: a :class:`Config`)."""
+def learn_regions(prepared: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
+                  config, n_volumes: int | None = None) -> dict[int, RegionSet]:
+    """Maps and regions at every ``--n-maps`` scale (``config``: a :class:`Config`).
+
+    ``prepared``: the smoothed, z-scored runs (or the group's merged components, with
+    ``n_volumes`` the kept volumes they stand for).
+    """
     out = {}
     for n_maps in sorted(config.n_maps):
-        maps = fit_maps(runs_data, mask, affine, config.method, n_maps,
-                        config.smoothing_fwhm, config.random_seed, config.dictlearning_alpha)
+        maps = fit_maps(prepared, mask, affine, config.method, n_maps, config.random_seed,
+                        config.dictlearning_alpha, n_volumes)
         out[n_maps] = maps_to_regions(
             maps, mask, affine, thresholding=config.region_thresholding,
             threshold=config.region_threshold, extractor=config.region_extractor,

@@ -78,3 +78,36 @@ def write_network_bold(bold: Path, layout: Networks, run: np.ndarray) -> None:
     out = nib.Nifti1Image(volume, img.affine, img.header)
     out.set_data_dtype(np.float32)
     nib.save(out, bold)
+
+
+#: Blob centres (voxels of the 8 mm demo grid, inside its brain mask with a one-voxel
+#: margin): three bilateral networks, pairs more than 10 voxels apart (nilearn's
+#: local_regions keeps one peak per 21-voxel window).
+DEMO8_CENTRES = [[(6, 10, 8), (18, 10, 8)], [(7, 18, 12), (18, 18, 12)],
+                 [(6, 14, 12), (18, 14, 12)]]
+SPACE = "space-MNI152NLin2009cAsym"
+
+
+def network_dataset(root: Path, participants: tuple[str, ...], seed: int):
+    """An 8 mm demo layout whose BOLD carries the :data:`DEMO8_CENTRES` networks.
+
+    Every participant has two runs of 100 volumes with its own network time courses
+    and noise; the brain mask is the demo's. Returns (demo truth, Networks).
+    """
+    from bids_parcellate.demo import make_demo_dataset
+
+    demo = make_demo_dataset(root, participants=participants, runs=(1, 2), resolution=8,
+                             n_volumes=100, seed=1)
+    layout = None
+    for k, sub in enumerate(participants):
+        func = demo.fmriprep_dir / f"sub-{sub}" / "func"
+        masks = [nib.load(func / f"sub-{sub}_task-rest_run-{r}_{SPACE}_desc-brain_mask.nii.gz")
+                 for r in (1, 2)]
+        mask = np.logical_and(*[np.asarray(m.dataobj) > 0 for m in masks])
+        layout = make_networks(mask, masks[0].affine, DEMO8_CENTRES, radius=1)
+        assert np.bincount(layout.blobs)[1:].tolist() == [27] * 6, "blobs outside the brain"
+        runs = network_runs(layout, n_runs=2, n_volumes=100, noise=0.7, seed=seed + k)
+        for r, data in zip((1, 2), runs, strict=True):
+            bold = func / f"sub-{sub}_task-rest_run-{r}_{SPACE}_desc-preproc_bold.nii.gz"
+            write_network_bold(bold, layout, data)
+    return demo, layout

@@ -31,7 +31,6 @@ def test_hash_ignores_paths_and_resources_but_not_parameters():
     ({"space": "MNI/../x"}, "--space"),
     ({"method": "canica", "n_parcels": (50,)}, "--n-parcels does not apply to --method "
                                                "canica: the number of regions is an outcome"),
-    ({"method": "dictlearning", "n_components": 50}, "--n-components does not apply"),
     ({"method": "ward", "n_maps": (10,)}, "--n-maps applies to --method dictlearning or "
                                           "canica only"),
     ({"method": "canica", "dictlearning_alpha": 3.0}, "--dictlearning-alpha applies to "

@@ -12,10 +12,8 @@ import pytest
 from nilearn.connectome import ConnectivityMeasure
 from scipy import ndimage
 
-from bids_parcellate.demo import make_demo_dataset
-
 from .conftest import run_cli, sha256_tree, validate
-from .network_data import make_networks, network_runs, write_network_bold
+from .network_data import network_dataset
 
 SPACE = "space-MNI152NLin2009cAsym"
 MEASURES = {"correlation": "correlation", "partial correlation": "partialcorrelation",
@@ -135,22 +133,8 @@ def test_dictlearning_outputs_validate_and_rerun_identically(demo8, dict_out, tm
 
 def test_canica_regions_recover_known_networks(tmp_path):
     """BOLD with three bilateral networks of two 3x3x3 blobs written into a demo layout."""
-    demo = make_demo_dataset(tmp_path / "bids", participants=("01",), runs=(1, 2),
-                             resolution=8, n_volumes=100, seed=1)
-    func_dir = demo.fmriprep_dir / "sub-01" / "func"
-    masks = [nib.load(func_dir / f"sub-01_task-rest_run-{r}_{SPACE}_desc-brain_mask.nii.gz")
-             for r in (1, 2)]
-    mask = np.logical_and(*[np.asarray(m.dataobj) > 0 for m in masks])
-    # left/right pairs more than 10 voxels apart: nilearn's local_regions keeps one peak
-    # per 21-voxel window
-    centres = [[(6, 10, 8), (18, 10, 8)], [(7, 18, 12), (18, 18, 12)],
-               [(6, 14, 12), (18, 14, 12)]]
-    layout = make_networks(mask, masks[0].affine, centres, radius=1)
-    assert np.bincount(layout.blobs)[1:].tolist() == [27] * 6, "blobs must be in the brain"
-    runs = network_runs(layout, n_runs=2, n_volumes=100, noise=0.7, seed=2)
-    for r, data in zip((1, 2), runs, strict=True):
-        write_network_bold(func_dir / f"sub-01_task-rest_run-{r}_{SPACE}_desc-preproc_bold.nii.gz",
-                           layout, data)
+    demo, layout = network_dataset(tmp_path / "bids", ("01",), seed=2)
+    mask = layout.mask
     out = tmp_path / "out"
     assert run_cli(demo.root, out, "--denoise-strategy", "none", "--method", "canica",
                    "--n-maps", "3", "--smoothing-fwhm", "0") == 0

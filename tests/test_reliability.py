@@ -187,7 +187,9 @@ def test_manifest_lists_every_output(small, tmp_path):
     present = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
                      if p.is_file() and "logs" not in p.relative_to(out).parts
                      and not outputs.is_report_file(p.relative_to(out)))
-    assert listed == present and len(listed) == 3 + 2 * 6
+    # per participant: dseg .nii.gz/.tsv/.json, timeseries .tsv/.json, completion marker,
+    # group-level summary .npz/.json
+    assert listed == present and len(listed) == 3 + 2 * 8
     # reports (wall times, generation time) exist but are not data outputs
     assert (out / "sub-01.html").is_file() and list(out.glob("sub-01/figures/*.svg"))
     for row in rows:
