@@ -371,9 +371,10 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     participant_level = "participant" in config.analysis_levels
     group_level = "group" in config.analysis_levels
     if group_level:
-        from bids_parcellate.group import check_grids
+        from bids_parcellate.group import check_grids, check_tangent
 
         check_grids(units)  # before anything is written
+        check_tangent(config, units)
     plans = None
     if participant_level:
         plans = plan_units(config, selection)

@@ -136,6 +136,14 @@ def check_grids(units: dict[UnitKey, list[Run]]) -> tuple[tuple[int, ...], np.nd
         "select them out with --participant-label or resample them")
 
 
+def check_tangent(config: Config, units: dict[UnitKey, list[Run]]) -> None:
+    """``--connectivity tangent`` needs at least two participants (raises UserError)."""
+    n = len({key[0] for key in units})
+    if "tangent" in config.connectivity and n < 2:
+        raise UserError("--connectivity tangent needs several participants: the group level "
+                        f"has {n}")
+
+
 # --------------------------------------------------------------------------- label
 def atlas_label(config: Config) -> str:
     """The ``atlas-`` label: ``--atlas-label``, else ``<dataset><Method>``.
@@ -373,9 +381,7 @@ def run_group_level(config: Config, selection: Selection,
             result.errors[outputs.unit_prefix(*key)] = "no run with all its files"
     if not units:
         raise UserError("group level: no participant left to combine")
-    if "tangent" in config.connectivity and len({k[0] for k in units}) < 2:
-        raise UserError("--connectivity tangent needs several participants: the group level "
-                        f"has {len({k[0] for k in units})}")
+    check_tangent(config, units)
     grid = check_grids(units)
     source_dirs = selection.fmriprep_dirs
 

@@ -106,3 +106,13 @@ def test_tangent_needs_several_participants(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ("bids_parcellate: error: --connectivity tangent needs several "
                        "participants: the group level has 1")
+
+
+def test_tangent_with_one_participant_stops_before_the_participant_level(tmp_path, capsys):
+    demo, _ = network_dataset(tmp_path / "bids", ("01",), seed=7)
+    out = tmp_path / "out"
+    code = main([str(demo.root), str(out), "participant", "group", "--method", "canica",
+                 "--n-maps", "3", "--connectivity", "tangent"])
+    assert code == 1
+    assert "needs several participants: the group level has 1" in capsys.readouterr().err
+    assert not list(out.glob("sub-*"))  # nothing computed
