@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from bids_parcellate.parcellate import prepare_runs
 from bids_parcellate.regions import (
     auto_alpha,
     fit_maps,
@@ -45,8 +46,8 @@ def networks():
 @pytest.mark.parametrize("method", ["dictlearning", "canica"])
 def test_maps_and_regions_recover_known_networks(networks, method):
     layout, runs = networks
-    maps = fit_maps(runs, layout.mask, layout.affine, method, n_maps=3, fwhm=4.0,
-                    random_state=0)
+    prepared = prepare_runs(runs, layout.mask, layout.affine, fwhm=4.0)
+    maps = fit_maps(prepared, layout.mask, layout.affine, method, n_maps=3, random_state=0)
     assert maps.shape == (3, layout.mask.sum()) and maps.dtype == np.float32
     # one map per network: each map correlates with exactly one network's indicator
     corr = np.array([[np.corrcoef(m, layout.networks == k)[0, 1] for k in (1, 2, 3)]
@@ -81,9 +82,12 @@ def test_maps_and_regions_recover_known_networks(networks, method):
 
 def test_decomposition_is_deterministic(networks):
     layout, runs = networks
-    first = fit_maps(runs, layout.mask, layout.affine, "canica", 3, 4.0, random_state=3)
-    again = fit_maps(runs, layout.mask, layout.affine, "canica", 3, 4.0, random_state=3)
+    prepared = prepare_runs(runs, layout.mask, layout.affine, fwhm=4.0)
+    first = fit_maps(prepared, layout.mask, layout.affine, "canica", 3, random_state=3)
+    again = fit_maps(prepared, layout.mask, layout.affine, "canica", 3, random_state=3)
     np.testing.assert_array_equal(first, again)
+    other = fit_maps(prepared, layout.mask, layout.affine, "canica", 3, random_state=4)
+    assert not np.array_equal(first, other)  # the seed is used
 
 
 def test_overlapping_regions_go_to_the_stronger_map():
