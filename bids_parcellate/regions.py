@@ -3,10 +3,11 @@
 Two routes lead here (nilearn user guide, "Region Extraction for better brain
 parcellations"):
 
-* ``--method dictlearning`` / ``canica``: the cleaned runs of a unit are decomposed into
-  network maps (nilearn ``DictLearning`` / ``CanICA``); ``RegionExtractor`` thresholds
-  the maps and splits each into regions; overlapping regions are resolved into one label
-  image (:func:`maps_to_regions`).
+* ``--method dictlearning`` / ``canica``: the cleaned runs of a unit (at the group level,
+  the merged group components as one pseudo-run) are decomposed into network maps
+  (nilearn ``DictLearning`` / ``CanICA``); ``RegionExtractor`` thresholds the maps and
+  splits each into regions; overlapping regions are resolved into one label image
+  (:func:`maps_to_regions`).
 * ``--split-disconnected`` (kmeans, hierarchical_kmeans, whose parcels need not be
   contiguous): every parcel is split into its connected pieces with
   ``nilearn.regions.connected_label_regions`` (:func:`split_disconnected`).
