@@ -69,10 +69,10 @@ def compare(name, config, unit_mask, runs, n_boot, truth=None):
     for boot in (0, n_boot):
         cfg = config.__class__(**{**config.__dict__, "bootstrap": boot})
         tic = time.monotonic()
-        full = learn_parcellation(cfg, runs, mask, affine)
+        full = learn_parcellation(cfg, runs, mask, affine)[0]
         fit_time = time.monotonic() - tic
-        first = learn_parcellation(cfg, halves.first, mask, affine)
-        second = learn_parcellation(cfg, halves.second, mask, affine)
+        first = learn_parcellation(cfg, halves.first, mask, affine)[0]
+        second = learn_parcellation(cfg, halves.second, mask, affine)[0]
         for k in sorted(full):
             shape = quality.shape_figures(full[k], conn)
             line = (f"  {'consensus B=' + str(boot) if boot else 'plain':14s} scale {k:4d}: "

@@ -21,6 +21,8 @@ import numpy as np
 
 from bids_parcellate import outputs, parallel, quality, report, resume
 from bids_parcellate.config import Config, UserError
+from bids_parcellate.connectome import measure_label, run_connectomes
+from bids_parcellate.connectome import sidecar as relmat_sidecar
 from bids_parcellate.consensus import consensus_parcellation
 from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
@@ -32,8 +34,10 @@ from bids_parcellate.parcellate import (
     grid_connectivity,
     labels_to_volume,
     parcellate,
+    prepare_runs,
 )
-from bids_parcellate.summary import make_summary, write_summary
+from bids_parcellate.regions import RegionSet, auto_alpha, learn_regions, split_disconnected
+from bids_parcellate.summary import Summary, make_summary, write_summary
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -115,7 +119,10 @@ def parcel_names(n: int) -> list[str]:
     return [f"parcel{i:0{width}d}" for i in range(1, n + 1)]
 
 
-def _dseg_table(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> list[list]:
+def _dseg_table(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray,
+                origin: np.ndarray | None = None) -> list[list]:
+    """Rows of the dseg table; ``origin`` (map or original parcel of each region) is
+    inserted as the third column when given."""
     n = int(labels.max())
     coords = np.argwhere(mask).astype(np.float64)
     counts = np.bincount(labels, minlength=n + 1)[1:]
@@ -125,7 +132,8 @@ def _dseg_table(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> lis
     centroid_mm = nib.affines.apply_affine(affine, centroid_vox)
     names = parcel_names(n)
     return [
-        [i + 1, names[i], int(counts[i]), *(round(float(c), 2) for c in centroid_mm[i])]
+        [i + 1, names[i], *([int(origin[i])] if origin is not None else []),
+         int(counts[i]), *(round(float(c), 2) for c in centroid_mm[i])]
         for i in range(n)
     ]
 
@@ -140,11 +148,51 @@ DSEG_COLUMNS = {
 }
 
 
-def _parameters(config: Config) -> dict:
+#: Extra dseg column of region-based parcellations: what each region came from.
+ORIGIN_COLUMNS = {
+    "component": "Network map the region was extracted from (1-based volume of the "
+                 "_probseg image of the same scale).",
+    "original_parcel": "Parcel (1..scale) of the unsplit parcellation this connected "
+                       "piece came from (--split-disconnected).",
+}
+
+
+def _kept_volumes(result: UnitResult) -> int:
+    return sum(int(r.sample_mask.size) for r in result.runs)
+
+
+def _origin_column(config: Config) -> str | None:
+    if config.is_decomposition:
+        return "component"
+    return "original_parcel" if config.split_disconnected else None
+
+
+def _parameters(config: Config, n_volumes: int = 0) -> dict:
+    if config.is_decomposition:
+        alpha = ({"DictLearningAlpha": config.dictlearning_alpha or auto_alpha(n_volumes)}
+                 if config.method == "dictlearning" else {})
+        return {
+            "Method": config.method,
+            **alpha,
+            "SmoothingFWHM": config.smoothing_fwhm,
+            "RandomSeed": config.random_seed,
+            "RegionThresholding": config.region_thresholding,
+            "RegionThreshold": config.region_threshold,
+            "RegionExtractor": config.region_extractor,
+            "MinRegionSize": config.min_region_size,
+            "DenoiseStrategy": config.denoise_strategy,
+            "Standardize": config.standardize,
+            "Detrend": config.detrend,
+            "HighPass": config.high_pass,
+            "LowPass": config.low_pass,
+        }
+    split = ({"SplitDisconnected": True, "MinRegionSize": config.min_region_size}
+             if config.split_disconnected else {})
     return {
         "Method": config.method,
         "SmoothingFWHM": config.smoothing_fwhm,
         "NumberOfComponents": config.n_components,
+        **split,
         "RandomSeed": config.random_seed,
         "Bootstrap": config.bootstrap,
         "DenoiseStrategy": config.denoise_strategy,
@@ -156,7 +204,8 @@ def _parameters(config: Config) -> dict:
 
 
 def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
-                series: dict, source_dirs: list[Path]) -> list[Path]:
+                series: dict, source_dirs: list[Path],
+                regions: dict[int, RegionSet] | None = None) -> list[Path]:
     """Write the dseg files of every scale and the timeseries of every run."""
     out = config.output_dir
     first = result.runs[0].run
@@ -175,23 +224,30 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
         img.header.set_intent("label")
         written.append(outputs.write_nifti(
             out / outputs.build_name("dseg", {**ents, "extension": ".nii.gz"}), img))
-        table = _dseg_table(labels[scale], unit_mask.mask, unit_mask.affine)
+        origin_column = _origin_column(config)
+        columns = dict(DSEG_COLUMNS)
+        if origin_column:
+            columns = {"index": columns.pop("index"), "name": columns.pop("name"),
+                       origin_column: ORIGIN_COLUMNS[origin_column], **columns}
+        table = _dseg_table(labels[scale], unit_mask.mask, unit_mask.affine,
+                            regions[scale].origin if origin_column else None)
         written.append(outputs.write_tsv(
             out / outputs.build_name("dseg", {**ents, "extension": ".tsv"}),
-            list(DSEG_COLUMNS), table))
+            list(columns), table))
         sidecar = {
-            "Description": f"{config.method} parcellation with {scale} parcels learned from "
-                           f"{len(result.runs)} run(s) of {result.name}"
-                           + (f" (consensus of {config.bootstrap} bootstrap resamples)"
-                              if config.bootstrap else ""),
+            "Description": _dseg_description(config, scale, int(labels[scale].max()),
+                                             result),
             "Method": config.method,
             "NumberOfParcels": int(labels[scale].max()),
-            "Parameters": _parameters(config),
+            "Parameters": _parameters(config, _kept_volumes(result)),
             "Sources": sources,
             "SpatialReference": space,
             "ConfigHash": config.config_hash(),
-            **DSEG_COLUMNS_JSON,
+            **{name: {"Description": text} for name, text in columns.items()
+               if name not in ("index", "name")},
         }
+        if config.is_decomposition:
+            sidecar["NumberOfMaps"] = scale
         if res is not None:
             sidecar["Resolution"] = f"res-{res}: the resolution of the input BOLD grid"
         written.append(outputs.write_json(
@@ -242,24 +298,174 @@ DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.
                      if name not in ("index", "name")}
 
 
-def learn_parcellation(config: Config, runs_data: list[np.ndarray], mask: np.ndarray,
-                       affine: np.ndarray, features: np.ndarray | None = None
-                       ) -> LabelsByScale:
-    """The unit's parcellation at every scale from cleaned runs: one fit of ``--method``
-    or the ``--bootstrap`` consensus. Also learns the halves of the quality figures.
+def _dseg_description(config: Config, scale: int, n_regions: int,
+                      result: UnitResult) -> str:
+    learned = f"learned from {len(result.runs)} run(s) of {result.name}"
+    if config.is_decomposition:
+        return (f"{n_regions} regions extracted from {scale} {config.method} network maps "
+                f"{learned}; voxels in no region are 0")
+    if config.split_disconnected:
+        return (f"{config.method} parcellation with {scale} parcels {learned}, split into "
+                f"{n_regions} connected pieces")
+    return f"{config.method} parcellation with {scale} parcels {learned}"
 
-    ``features``: :func:`build_features` of ``runs_data`` when already computed.
+
+def _unit_entities(config: Config, result: UnitResult) -> dict:
+    """Entities shared by the unit's outputs (space and res come from the BOLD)."""
+    first = result.runs[0].run
+    return {"subject": result.subject, "session": result.session,
+            "space": first.entities.get("space", config.space),
+            "res": first.entities.get("res"), "seg": outputs.seg_label(config.method)}
+
+
+def _write_maps(config: Config, result: UnitResult, unit_mask,
+                regions: dict[int, RegionSet], source_dirs: list[Path]) -> list[Path]:
+    """Write the network maps of every scale as a 4D ``_probseg`` image."""
+    out = config.output_dir
+    base = _unit_entities(config, result)
+    written = []
+    for scale in sorted(regions):
+        maps = regions[scale].maps
+        if maps is None:
+            continue
+        ents = {**base, "scale": scale, "suffix": "probseg"}
+        volume = np.zeros(unit_mask.mask.shape + (maps.shape[0],), dtype=np.float32)
+        volume[unit_mask.mask] = maps.T
+        img = nib.Nifti1Image(volume, unit_mask.affine)
+        img.header.set_xyzt_units("mm")
+        written.append(outputs.write_nifti(
+            out / outputs.build_name("probseg", {**ents, "extension": ".nii.gz"}), img))
+        counts = np.bincount(regions[scale].origin, minlength=maps.shape[0] + 1)[1:]
+        sidecar = {
+            "Description": f"{maps.shape[0]} {config.method} network maps learned from "
+                           f"{len(result.runs)} run(s) of {result.name}: volume k is map "
+                           "k (the component column of the dseg table). Values are map "
+                           "loadings, not probabilities.",
+            "Method": config.method,
+            "NumberOfMaps": int(maps.shape[0]),
+            "RegionsPerMap": counts.tolist(),
+            "Parameters": _parameters(config, _kept_volumes(result)),
+            "Sources": sorted({outputs.bids_uri(p, source_dirs)
+                               for c in result.runs for p in (c.run.bold, c.run.mask)}),
+            "SpatialReference": base["space"],
+            "ConfigHash": config.config_hash(),
+        }
+        if base["res"] is not None:
+            sidecar["Resolution"] = f"res-{base['res']}: the resolution of the input BOLD grid"
+        written.append(outputs.write_json(
+            out / outputs.build_name("probseg", {**ents, "extension": ".json"}), sidecar))
+    return written
+
+
+def write_relmats(config: Config, entities: dict, names: list[str],
+                  by_kind: dict[str, np.ndarray], extra: dict,
+                  kind: str = "relmat") -> list[Path]:
+    """Write one ``_relmat`` TSV + JSON per measure (``kind``: the path pattern)."""
+    out = config.output_dir
+    written = []
+    for measure, matrix in by_kind.items():
+        ents = {**entities, "meas": measure_label(measure), "suffix": "relmat"}
+        written.append(outputs.write_matrix_tsv(
+            out / outputs.build_name(kind, {**ents, "extension": ".tsv"}),
+            names, matrix, row_names=("node", names)))
+        written.append(outputs.write_json(
+            out / outputs.build_name(kind, {**ents, "extension": ".json"}),
+            {**relmat_sidecar(measure),
+             "NodeNames": "the node column and header: parcel names of the dseg table",
+             **extra, "ConfigHash": config.config_hash()}))
+    return written
+
+
+def _write_connectomes(config: Config, result: UnitResult, series: dict,
+                       matrices: dict) -> list[Path]:
+    """Write one ``_relmat`` (TSV + JSON) per run, scale and measure."""
+    base = _unit_entities(config, result)
+    written = []
+    for summary in result.runs:
+        run = summary.run
+        for scale, by_kind in sorted(matrices[run.bold].items()):
+            ents = {**run.entities, "space": base["space"], "res": base["res"],
+                    "seg": base["seg"], "scale": scale}
+            timeseries = outputs.build_name(
+                "timeseries", {**ents, "stat": "mean", "suffix": "timeseries",
+                               "extension": ".tsv"})
+            dseg = outputs.build_name("dseg", {**base, "scale": scale, "suffix": "dseg",
+                                               "extension": ".nii.gz"})
+            written += write_relmats(
+                config, ents, parcel_names(series[run.bold][scale].shape[1]), by_kind,
+                {"Parcellation": dseg, "Timeseries": timeseries,
+                 "NumberOfVolumes": int(summary.sample_mask.size)})
+    return written
+
+
+def learn_parcellation(config: Config, runs_data: Sequence[np.ndarray], mask: np.ndarray,
+                       affine: np.ndarray, *, prepared: Sequence[np.ndarray] | None = None,
+                       features: np.ndarray | None = None
+                       ) -> tuple[LabelsByScale, dict[int, RegionSet]]:
+    """Labels at every scale from cleaned runs, and the region sets of region-based
+    methods: the unit's own procedure (one fit of ``--method``, its ``--bootstrap``
+    consensus, region extraction, ``--split-disconnected``). Also learns the halves of
+    the quality figures.
+
+    ``prepared`` (:func:`prepare_runs` of ``runs_data``) and ``features``
+    (:func:`build_features`) are used when the caller has them.
     """
+    if config.is_decomposition:
+        if prepared is None:
+            prepared = prepare_runs(runs_data, mask, affine, config.smoothing_fwhm)
+        regions = learn_regions(prepared, mask, affine, config)
+        return {k: r.labels for k, r in regions.items()}, regions
     if config.bootstrap:
-        return consensus_parcellation(
-            runs_data, mask, affine, method=config.method, scales=config.n_parcels,
-            n_resamples=config.bootstrap, fwhm=config.smoothing_fwhm,
+        # the prepared runs are smoothed already: resample them as they are
+        labels = consensus_parcellation(
+            prepared if prepared is not None else runs_data, mask, affine,
+            method=config.method, scales=config.n_parcels, n_resamples=config.bootstrap,
+            fwhm=0.0 if prepared is not None else config.smoothing_fwhm,
             n_components=config.n_components, random_state=config.random_seed,
             features=features)
-    if features is None:
-        features = build_features(runs_data, mask, affine, config.smoothing_fwhm,
-                                  config.n_components)
-    return parcellate(features, mask, config.method, config.n_parcels, config.random_seed)
+    else:
+        if features is None:
+            features = build_features(runs_data, mask, affine, config.smoothing_fwhm,
+                                      config.n_components, prepared=prepared)
+        labels = parcellate(features, mask, config.method, config.n_parcels,
+                            config.random_seed)
+    regions: dict[int, RegionSet] = {}
+    if config.split_disconnected:
+        regions = {k: split_disconnected(lab, mask, affine, config.min_region_size)
+                   for k, lab in labels.items()}
+        labels = {k: r.labels for k, r in regions.items()}
+    return labels, regions
+
+
+def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
+           result: UnitResult) -> tuple[dict[int, np.ndarray], dict[int, RegionSet], Summary]:
+    """Labels at every scale, the region sets of region-based methods, and the unit's
+    summary for the group level (built from the features, whatever the method)."""
+    tic = time.monotonic()
+    n_volumes = sum(c.data.shape[0] for c in cleaned)
+    prepared = prepare_runs([c.data for c in cleaned], unit_mask.mask, unit_mask.affine,
+                            config.smoothing_fwhm)
+    features = build_features([], unit_mask.mask, unit_mask.affine, config.smoothing_fwhm,
+                              config.n_components, prepared=prepared)
+    result.timings["features"] = time.monotonic() - tic
+    # the group level's input (map step), from the features already in memory
+    summary = make_summary(config, runs, [c.run for c in cleaned], unit_mask.mask,
+                           unit_mask.affine, features, n_volumes)
+    tic = time.monotonic()
+    # keep in memory only what the method needs
+    if config.is_decomposition:
+        features = None
+    elif not config.bootstrap:
+        prepared = None
+    labels, regions = learn_parcellation(config, [c.data for c in cleaned], unit_mask.mask,
+                                         unit_mask.affine, prepared=prepared,
+                                         features=features)
+    del prepared, features
+    if config.split_disconnected:
+        for k, r in regions.items():
+            LOGGER.info("%s scale %d: %d connected pieces", config.method, k, r.n_regions)
+    result.timings["parcellate"] = time.monotonic() - tic
+    return labels, regions, summary
 
 
 def _quality_figures(config: Config, result: UnitResult, cleaned: list[CleanRun],
@@ -275,15 +481,16 @@ def _quality_figures(config: Config, result: UnitResult, cleaned: list[CleanRun]
             data, [c.sample_mask for c in cleaned], [c.run.tr for c in cleaned], labels,
             connectivity,
             lambda segments: learn_parcellation(config, segments, unit_mask.mask,
-                                                unit_mask.affine),
+                                                unit_mask.affine)[0],
             config.random_seed)
     except quality.TooShort as exc:
         LOGGER.warning("%s: no quality figures (%s)", result.name, exc)
         return None
 
 
-def _write_quality(config: Config, result: UnitResult, figures: dict[int, dict],
-                   ents: dict) -> list[Path]:
+def _write_quality(config: Config, result: UnitResult, figures: dict[int, dict]
+                   ) -> list[Path]:
+    ents = _unit_entities(config, result)
     rows = quality.unit_rows(result.subject, result.session, config.method,
                              config.bootstrap, result.n_voxels, figures)
     extra = {scale: {"Parcellation": outputs.build_name(
@@ -320,7 +527,8 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         raise UserError("; ".join(s.reason for s in result.skipped))
     unit_mask = load_unit_mask(runs)
     result.n_voxels = unit_mask.n_voxels
-    check_scales(config.n_parcels, unit_mask.n_voxels)
+    check_scales(config.scales, unit_mask.n_voxels,
+                 "--n-maps" if config.is_decomposition else "--n-parcels")
     cleaned: list[CleanRun] = []
     for run in runs:
         start = time.monotonic()
@@ -342,18 +550,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in result.skipped)
         raise UserError(f"{result.name}: no usable runs ({reasons})")
 
-    tic = time.monotonic()
-    features = build_features([c.data for c in cleaned], unit_mask.mask,
-                              unit_mask.affine, config.smoothing_fwhm, config.n_components)
-    result.timings["features"] = time.monotonic() - tic
-    # the group level's input (map step), from the features already in memory
-    summary = make_summary(config, runs, [c.run for c in cleaned], unit_mask.mask,
-                           unit_mask.affine, features, sum(c.data.shape[0] for c in cleaned))
-    tic = time.monotonic()
-    labels = learn_parcellation(config, [c.data for c in cleaned], unit_mask.mask,
-                                unit_mask.affine, features)
-    del features
-    result.timings["parcellate"] = time.monotonic() - tic
+    labels, regions, summary = _learn(config, runs, cleaned, unit_mask, result)
     tic = time.monotonic()
     series = {c.run.bold: parcel_timeseries(c.data, labels, config.standardize_arg)
               for c in cleaned}
@@ -368,18 +565,22 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
                         ", ".join(f"{f['ari']:.2f} at {k}" for k, f in sorted(figures.items())),
                         result.timings["quality"])
     tic = time.monotonic()
+    matrices = {bold: run_connectomes(by_scale, config.connectivity)
+                for bold, by_scale in series.items()} if config.connectivity else {}
+    result.timings["connectome"] = time.monotonic() - tic
+    tic = time.monotonic()
     outputs.prepare_output_dir(config.output_dir, source_dirs)
     # stale outputs of this unit (an interrupted run, or --overwrite) go first, the
     # completion marker before anything else; a failure while writing leaves nothing
     outputs.remove_unit_outputs(config.output_dir, subject, session, plan_listed)
     try:
-        result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+        result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs,
+                                   regions)
+        result.files += _write_maps(config, result, unit_mask, regions, source_dirs)
+        if matrices:
+            result.files += _write_connectomes(config, result, series, matrices)
         if figures:
-            first = result.runs[0].run
-            result.files += _write_quality(config, result, figures, {
-                "subject": result.subject, "session": result.session,
-                "space": first.entities.get("space", config.space),
-                "res": first.entities.get("res"), "seg": outputs.seg_label(config.method)})
+            result.files += _write_quality(config, result, figures)
         # not in result.files: the summary is a cache validated by its own hash (the group
         # level may rewrite it for other parameters without touching this unit's marker)
         write_summary(config, summary, source_dirs, runs)

@@ -68,7 +68,9 @@ COLUMNS: dict[str, str] = {
     "bootstrap": "Number of bootstrap resamples of the consensus parcellation "
                  "(--bootstrap); 0 for a plain fit.",
     "scale": "Requested number of parcels.",
-    "n_parcels": "Number of parcels found.",
+    "n_parcels": "Number of parcels found (non-zero labels).",
+    "n_unassigned": "Voxels of the brain mask in no parcel (label 0: region-based methods "
+                    "and --split-disconnected leave some out; 0 for clustering methods).",
     "n_voxels": "Voxels in the unit's brain mask.",
     "n_volumes": "Kept (uncensored) volumes used, all runs together.",
     "split": "How the data were halved for the held-out figures: 'runs' (runs dealt "
@@ -229,29 +231,34 @@ class Scorer:
     def _energies(self, parcellations: Sequence[np.ndarray]) -> list[tuple]:
         """:meth:`parcel_energy` of several parcellations with one sparse product per
         segment (one pass over the data)."""
+        # label 0 (a voxel in no parcel) is left out of every parcel
         indices = [np.asarray(labels) - 1 for labels in parcellations]
-        counts = [int(index.max()) + 1 for index in indices]
+        counts = [max(int(index.max()) + 1, 1) for index in indices]
         offsets = np.concatenate([[0], np.cumsum(counts)])
-        rows = np.tile(np.arange(self.n_voxels), len(indices))
-        cols = np.concatenate([index + off for index, off in zip(indices, offsets,
-                                                                  strict=False)])
+        voxels = [np.flatnonzero(index >= 0) for index in indices]
+        rows = np.concatenate(voxels)
+        cols = np.concatenate([index[v] + off for index, v, off in zip(indices, voxels,
+                                                                        offsets,
+                                                                        strict=False)])
         energy = np.zeros(offsets[-1])
         for seg, mean, inv in zip(self.segments, self.mean, self.inv_sd, strict=True):
-            weights = sparse.csc_matrix((np.tile(inv, len(indices)), (rows, cols)),
+            weights = sparse.csc_matrix((inv[rows], (rows, cols)),
                                         shape=(self.n_voxels, offsets[-1]))
             sums = np.asarray(seg @ weights, dtype=np.float64)
             sums -= (mean @ weights)[None, :]
             energy += np.einsum("tp,tp->p", sums, sums)
         out = []
-        for index, n, start in zip(indices, counts, offsets, strict=False):
-            out.append((energy[start:start + n], np.bincount(index, minlength=n),
-                        np.bincount(index, weights=self.voxel_ss, minlength=n)))
+        for index, v, n, start in zip(indices, voxels, counts, offsets, strict=False):
+            out.append((energy[start:start + n], np.bincount(index[v], minlength=n),
+                        np.bincount(index[v], weights=self.voxel_ss[v], minlength=n)))
         return out
 
     def accuracy(self, labels: np.ndarray) -> float:
-        """Compression R² of ``labels`` on these segments."""
+        """Compression R² of ``labels`` on these segments (voxels in no parcel keep
+        none of their variance)."""
         energy, sizes, _ = self.parcel_energy(labels)
-        return float((energy / sizes).sum() / self.total_ss)
+        filled = sizes > 0
+        return float((energy[filled] / sizes[filled]).sum() / self.total_ss)
 
     def homogeneity(self, *parcellations: np.ndarray) -> float | np.ndarray:
         """Size-weighted mean within-parcel correlation (parcels of >= 2 voxels); one
@@ -323,10 +330,24 @@ def random_parcellation(connectivity: sparse.spmatrix, n_parcels: int,
 
 
 def homogeneity_null(scorer: Scorer, connectivity: sparse.spmatrix, n_parcels: int,
-                     n_draws: int, rng: np.random.Generator) -> np.ndarray:
+                     n_draws: int, rng: np.random.Generator,
+                     support: np.ndarray | None = None) -> np.ndarray:
     """Homogeneity of ``n_draws`` random contiguous parcellations (see
-    :func:`random_parcellation`)."""
-    draws = [random_parcellation(connectivity, n_parcels, rng) for _ in range(n_draws)]
+    :func:`random_parcellation`), of the ``support`` voxels only when given (the voxels
+    a region-based parcellation covers)."""
+    if support is None or support.all():
+        draws = [random_parcellation(connectivity, n_parcels, rng) for _ in range(n_draws)]
+    else:
+        inside = np.flatnonzero(support)
+        graph = sparse.csr_matrix(connectivity)[inside][:, inside]
+        if csgraph.connected_components(graph, directed=False)[0] > n_parcels:
+            # parcels that are not contiguous cover more pieces than there are parcels
+            return np.full(n_draws, np.nan)
+        draws = []
+        for _ in range(n_draws):
+            labels = np.zeros(support.size, dtype=np.int32)
+            labels[inside] = random_parcellation(graph, n_parcels, rng)
+            draws.append(labels)
     return np.atleast_1d(scorer.homogeneity(*draws))
 
 
@@ -342,7 +363,8 @@ def gini(values: np.ndarray) -> float:
 
 
 def pieces_per_parcel(labels: np.ndarray, connectivity: sparse.spmatrix) -> np.ndarray:
-    """Number of connected pieces of every parcel (index 0 is parcel 1)."""
+    """Number of connected pieces of every parcel (index 0 is parcel 1; label 0, no
+    parcel, is not counted)."""
     graph = sparse.coo_matrix(connectivity)
     same = labels[graph.row] == labels[graph.col]
     n = labels.shape[0]
@@ -350,15 +372,17 @@ def pieces_per_parcel(labels: np.ndarray, connectivity: sparse.spmatrix) -> np.n
                                shape=(n, n))
     _, component = csgraph.connected_components(within, directed=False)
     first_voxel = np.unique(component, return_index=True)[1]
+    first_voxel = first_voxel[labels[first_voxel] > 0]
     return np.bincount(labels[first_voxel] - 1, minlength=int(labels.max()))
 
 
 def shape_figures(labels: np.ndarray, connectivity: sparse.spmatrix) -> dict:
     """Size distribution and fragmentation of a parcellation."""
-    sizes = np.bincount(labels)[1:]
-    sizes = sizes[sizes > 0]
+    counts = np.bincount(labels)
+    sizes = counts[1:][counts[1:] > 0]
     return {
         "n_parcels": int(sizes.size),
+        "n_unassigned": int(counts[0]),
         "size_min": int(sizes.min()),
         "size_median": float(np.median(sizes)),
         "size_max": int(sizes.max()),
@@ -446,8 +470,9 @@ def fixed_figures(runs_data: Sequence[np.ndarray], labels_by_scale: Mapping[int,
     for scale, seed in zip(sorted(labels_by_scale), seeds, strict=True):
         labels = labels_by_scale[scale]
         value = everything.homogeneity(labels)
-        null = homogeneity_null(everything, connectivity, int(labels.max()), n_null,
-                                np.random.default_rng(seed))
+        null = homogeneity_null(everything, connectivity, int((np.bincount(labels)[1:] > 0)
+                                                               .sum()), n_null,
+                                np.random.default_rng(seed), support=labels > 0)
         null_sd = float(null.std(ddof=1)) if null.size > 1 else float("nan")
         out[scale] = {
             "n_volumes": sum(r.shape[0] for r in runs_data),

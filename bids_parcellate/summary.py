@@ -40,7 +40,10 @@ LOGGER = logging.getLogger("bids_parcellate")
 #: recomputation is preferred to a stale summary.
 _NOT_IN_SUMMARY = frozenset(
     {"method", "n_parcels", "random_seed", "standardize", "session_label", "task", "run",
-     "bids_filters", "space", "res"}
+     "bids_filters", "space", "res",
+     # region extraction and connectomes: applied to the features, not part of them
+     "n_maps", "dictlearning_alpha", "region_threshold", "region_thresholding",
+     "region_extractor", "min_region_size", "split_disconnected", "connectivity"}
 )
 FORMAT_VERSION = 1
 

@@ -125,10 +125,31 @@ def test_shape_figures_count_pieces_and_gini():
     labels = np.array([1, 1, 2, 1, 3, 3])
     np.testing.assert_array_equal(quality.pieces_per_parcel(labels, conn), [2, 1, 1])
     shape = quality.shape_figures(labels, conn)
-    assert shape == {"n_parcels": 3, "size_min": 1, "size_median": 2.0, "size_max": 3,
-                     "size_gini": pytest.approx(2 / 9), "n_fragmented": 1}
+    assert shape == {"n_parcels": 3, "n_unassigned": 0, "size_min": 1, "size_median": 2.0,
+                     "size_max": 3, "size_gini": pytest.approx(2 / 9), "n_fragmented": 1}
     assert quality.gini(np.array([0, 0, 0, 4])) == pytest.approx(0.75)
     assert quality.gini(np.array([5, 5, 5])) == 0
+
+
+def test_voxels_in_no_parcel_lose_their_variance_and_the_null_keeps_to_the_rest(grid):
+    mask, truth = grid
+    rng = np.random.default_rng(6)
+    data = noisy(truth, 50, rng)
+    partial = truth.copy()
+    partial[truth == 8] = 0  # region-based methods leave voxels in no region
+    scorer = quality.Scorer([data])
+    assert scorer.accuracy(partial) == pytest.approx(
+        scorer.accuracy(truth) * 7 / 8, rel=0.05)
+    assert scorer.homogeneity(partial) == pytest.approx(
+        quality.Scorer([data[:, truth != 8]]).homogeneity(truth[truth != 8]), rel=1e-6)
+    figures = quality.fixed_figures([data], {7: partial}, grid_connectivity(mask), 0)[7]
+    assert figures["n_parcels"] == 7 and figures["n_unassigned"] == 72
+    assert figures["size_min"] == 72 and figures["n_fragmented"] == 0
+    assert figures["homogeneity_z"] > 3
+    # the null parcellations cover the same 504 voxels
+    null = quality.homogeneity_null(scorer, grid_connectivity(mask), 7, 3,
+                                    np.random.default_rng(0), support=partial > 0)
+    assert np.isfinite(null).all() and (null < figures["homogeneity"]).all()
 
 
 def test_time_split_leaves_a_gap_and_runs_alternate():

@@ -87,9 +87,13 @@ def test_single_run_is_split_in_time(demo8, tmp_path):
     assert validate(out)["errors"] == []
 
 
-def test_bootstrap_option_is_validated(demo8, tmp_path, capsys):
-    assert run_cli(demo8.root, tmp_path / "out", "--bootstrap", "1") == 1
-    assert "--bootstrap 1" in capsys.readouterr().err
+@pytest.mark.parametrize("args, message", [
+    (("--bootstrap", "1"), "--bootstrap 1: give 0 (off) or at least 2"),
+    (("--bootstrap", "5", "--method", "canica"), "--bootstrap is for clustering methods"),
+])
+def test_bootstrap_option_is_validated(demo8, tmp_path, capsys, args, message):
+    assert run_cli(demo8.root, tmp_path / "out", *args) == 1
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -133,3 +137,21 @@ def test_no_split_half_leaves_the_refit_figures_empty(demo8, demo8_out, tmp_path
         assert pd.isna(row[column]), column
     for column in ("accuracy", "homogeneity", "homogeneity_z", "size_gini", "n_fragmented"):
         assert row[column] == full[column], column
+
+
+@pytest.mark.parametrize("args", [
+    ("--method", "kmeans", "--split-disconnected", "--n-parcels", "20"),
+    ("--method", "dictlearning", "--n-maps", "10"),
+])
+def test_quality_of_parcellations_that_leave_voxels_out(demo8, tmp_path, args):
+    out = tmp_path / "out"
+    assert run_cli(demo8.root, out, "--participant-label", "01", *args) == 0
+    (tsv,) = (out / "sub-01" / "anat").glob("*_quality.tsv")
+    row = pd.read_csv(tsv, sep="\t", na_values="n/a").iloc[0]
+    dseg = np.asarray(nib.load(str(tsv).replace("_quality.tsv", "_dseg.nii.gz")).dataobj)
+    inside = dseg[np.asarray(demo8.mask_img.dataobj) > 0]
+    assert row["n_unassigned"] == (inside == 0).sum()
+    assert row["n_parcels"] == len(np.unique(inside[inside > 0]))
+    assert row["n_fragmented"] == 0  # split pieces and extracted regions are contiguous
+    assert row["homogeneity_z"] > 3 and 0 < row["accuracy"] < 1
+    assert 0 <= row["ari"] <= 1 and np.isfinite(row["accuracy_heldout"])
