@@ -127,8 +127,9 @@ def test_dictlearning_outputs_validate_and_rerun_identically(demo8, dict_out, tm
     assert run_cli(demo8.root, again, *DICT_ARGS) == 0
     first = sha256_tree(dict_out)
     assert first == sha256_tree(again)
-    # dseg (nii, tsv) + probseg + 2 runs x (timeseries + 4 relmats)
-    assert len(first) == 3 + 2 * 5
+    # dseg (nii, tsv) + probseg + 2 runs x (timeseries + 4 relmats) + the quality table
+    # of the unit and the group quality table
+    assert len(first) == 3 + 2 * 5 + 2
 
 
 def test_canica_regions_recover_known_networks(tmp_path):
