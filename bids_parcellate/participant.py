@@ -18,11 +18,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import outputs
+from bids_parcellate import cache, outputs
 from bids_parcellate.config import Config, UserError
-from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask, strategies
+from bids_parcellate.denoise import CleanRun, SkipRun, UnitMask, clean_run, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, Skipped
+from bids_parcellate.masking import build_unit_mask, finish_unit_mask
 from bids_parcellate.parcellate import build_features, labels_to_volume, parcellate
 
 LOGGER = logging.getLogger("bids_parcellate")
@@ -119,7 +120,7 @@ DSEG_COLUMNS = {
 
 
 def _parameters(config: Config) -> dict:
-    return {
+    params = {
         "Method": config.method,
         "SmoothingFWHM": config.smoothing_fwhm,
         "NumberOfComponents": config.n_components,
@@ -129,7 +130,23 @@ def _parameters(config: Config) -> dict:
         "Detrend": config.detrend,
         "HighPass": config.high_pass,
         "LowPass": config.low_pass,
+        "MaskStrategy": config.mask_strategy,
     }
+    if config.mask_args:
+        params["MaskArgs"] = config.mask_args
+    if config.mask is not None:
+        params["Mask"] = config.mask.name
+    if config.target_resolution is not None:
+        params["TargetResolution"] = config.target_resolution
+    if config.target_affine is not None:
+        params["TargetAffine"] = [list(row) for row in config.target_affine]
+    if config.target_shape is not None:
+        params["TargetShape"] = list(config.target_shape)
+    knobs = {"scaling": "RenaScaling", "n_iter": "RenaNIter", "n_init": "KMeansNInit",
+             "batch_size": "KMeansBatchSize"}
+    for name, value in config.method_options().items():
+        params[knobs[name]] = value
+    return params
 
 
 def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
@@ -139,9 +156,15 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
     first = result.runs[0].run
     space = first.entities.get("space", config.space)
     res = first.entities.get("res")
+    resolution = f"res-{res}: the resolution of the input BOLD grid"
+    if unit_mask.grid is not None:  # resampled: the label names the new grid
+        res = unit_mask.grid["label"]
+        resolution = f"res-{res}: {unit_mask.grid['description']}"
     seg = outputs.seg_label(config.method)
-    sources = sorted({outputs.bids_uri(p, source_dirs)
-                      for c in result.runs for p in (c.run.bold, c.run.mask)})
+    inputs = [p for c in result.runs for p in (c.run.bold, c.run.mask)]
+    if config.mask is not None:
+        inputs.append(config.mask)
+    sources = sorted({outputs.bids_uri(p, source_dirs) for p in inputs})
     written: list[Path] = []
     for scale in sorted(labels):
         ents = {"subject": result.subject, "session": result.session, "space": space,
@@ -164,11 +187,12 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
             "Parameters": _parameters(config),
             "Sources": sources,
             "SpatialReference": space,
+            "BrainMask": f"{unit_mask.description}: {unit_mask.n_voxels} voxels",
             "ConfigHash": config.config_hash(),
             **DSEG_COLUMNS_JSON,
         }
         if res is not None:
-            sidecar["Resolution"] = f"res-{res}: the resolution of the input BOLD grid"
+            sidecar["Resolution"] = resolution
         written.append(outputs.write_json(
             out / outputs.build_name("dseg", {**ents, "extension": ".json"}), sidecar))
 
@@ -217,15 +241,13 @@ DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.
                      if name not in ("index", "name")}
 
 
-def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
-                 source_dirs: list[Path], progress: Progress) -> UnitResult:
-    """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure."""
-    subject, session = key
-    result = UnitResult(subject=subject, session=session)
-    tic = time.monotonic()
-    unit_mask = load_unit_mask(runs)
-    result.n_voxels = unit_mask.n_voxels
+def denoise_unit(config: Config, runs: list[Run], progress: Progress
+                 ) -> tuple[UnitMask, list[CleanRun], list[Skipped]]:
+    """The unit's mask and grid (:mod:`bids_parcellate.masking`), then every run read
+    once and cleaned; runs with too few volumes are skipped."""
+    unit_mask = build_unit_mask(runs, config)
     cleaned: list[CleanRun] = []
+    skipped: list[Skipped] = []
     for run in runs:
         start = time.monotonic()
         label = outputs.source_prefix(run.entities)
@@ -233,26 +255,67 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
             clean = clean_run(run, unit_mask, config)
         except SkipRun as exc:
             LOGGER.warning("skipping %s: %s", run.bold.name, exc)
-            result.skipped.append(Skipped(run.bold, str(exc)))
+            skipped.append(Skipped(run.bold, str(exc)))
             progress.run_done(f"{label}: skipped ({exc})")
             continue
         cleaned.append(clean)
-        result.runs.append(RunSummary.of(clean))
         progress.run_done(
             f"{label}: {clean.sample_mask.size}/{clean.n_volumes} volumes kept, "
             f"{len(clean.confounds)} regressors ({time.monotonic() - start:.1f} s)")
+    unit_mask, cleaned = finish_unit_mask(unit_mask, cleaned)
+    return unit_mask, cleaned, skipped
+
+
+def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
+                 source_dirs: list[Path], progress: Progress,
+                 store: cache.Cache | None = None) -> UnitResult:
+    """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure.
+
+    With a ``store`` (:class:`bids_parcellate.cache.Cache`), the denoised runs, the
+    features and the hierarchical trees are reused from an earlier invocation when
+    their inputs and parameters are unchanged, and stored otherwise.
+    """
+    subject, session = key
+    store = store if store is not None else cache.Cache(None)
+    result = UnitResult(subject=subject, session=session)
+    tic = time.monotonic()
+    denoised_key = cache.denoised_key(config, runs) if store.enabled else ""
+    found = cache.load_denoised(store, denoised_key, runs)
+    if found is not None:
+        unit_mask, cleaned, skipped = found
+        for clean in cleaned:
+            progress.run_done(f"{outputs.source_prefix(clean.run.entities)}: "
+                              f"{clean.sample_mask.size}/{clean.n_volumes} volumes kept "
+                              "(cleaned data from the cache)")
+        for skip in skipped:
+            progress.run_done(f"{skip.bold.name}: skipped ({skip.reason}) (from the cache)")
+    else:
+        unit_mask, cleaned, skipped = denoise_unit(config, runs, progress)
+        if cleaned:
+            cache.store_denoised(store, denoised_key, unit_mask, cleaned, skipped)
+    result.n_voxels = unit_mask.n_voxels
+    result.skipped.extend(skipped)
+    result.runs.extend(RunSummary.of(c) for c in cleaned)
     result.timings["denoise"] = time.monotonic() - tic
     if not result.runs:
         reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in result.skipped)
         raise UserError(f"{result.name}: no usable runs ({reasons})")
 
     tic = time.monotonic()
-    features = build_features([c.data for c in cleaned], unit_mask.mask,
-                              unit_mask.affine, config.smoothing_fwhm, config.n_components)
+    features_key = cache.features_key(config, denoised_key) if store.enabled else ""
+    features = store.array(
+        "features", features_key,
+        lambda: build_features([c.data for c in cleaned], unit_mask.mask, unit_mask.affine,
+                               config.smoothing_fwhm, config.n_components))
     result.timings["features"] = time.monotonic() - tic
     tic = time.monotonic()
+
+    def memo(name: str, compute):
+        return store.array("tree", cache.make_key(features_key, name), compute)
+
     labels = parcellate(features, unit_mask.mask, config.method, config.n_parcels,
-                        config.random_seed)
+                        config.random_seed, memo=memo if store.enabled else None,
+                        **config.method_options())
     del features
     result.timings["parcellate"] = time.monotonic() - tic
     tic = time.monotonic()
@@ -273,10 +336,15 @@ def run_participant_level(config: Config, selection: Selection) -> list[UnitResu
     """Process every unit; a failing unit is reported and does not stop the others."""
     units = selection.units()
     progress = Progress(sum(len(r) for r in units.values()))
+    store = cache.Cache.from_config(config)
+    if store.enabled:
+        LOGGER.info("cache: %s (limit %.1f GB; --no-cache disables it)", store.root,
+                    config.cache_limit_gb)
     results = []
     for key, runs in units.items():
         try:
-            results.append(process_unit(config, key, runs, selection.fmriprep_dirs, progress))
+            results.append(process_unit(config, key, runs, selection.fmriprep_dirs, progress,
+                                        store))
         except UserError as exc:
             name = outputs.unit_prefix(*key)
             LOGGER.error("%s failed: %s", name, exc)
