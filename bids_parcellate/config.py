@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,16 @@ def check_label(value: str, option: str, prefix: str | None = None) -> str:
 
 def file_sha256(path: Path) -> str:
     """sha256 of a file's content (``"missing"`` when it cannot be read)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return "missing"
+    return _content_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _content_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # keyed by size and mtime: read once per version of the file, not per output file
     try:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
