@@ -223,6 +223,8 @@ class BoldReader:
         self.strategy = strategy
         self.mask_args = mask_args
         self.user_mask = user_mask
+        #: each run's mask as computed, and as used (intersected with ``--mask``)
+        self.computed_masks: dict[Path, np.ndarray] = {}
         self.run_masks: dict[Path, np.ndarray] = {}
 
     @property
@@ -254,8 +256,9 @@ class BoldReader:
                              run.bold)
             if self.target is not None:
                 mask = resample_mask(mask, self.source, self.target)
+            self.computed_masks[run.bold] = mask
             if self.user_mask is not None:
-                mask &= self.user_mask
+                mask = mask & self.user_mask
             self.run_masks[run.bold] = mask
         else:
             mask = unit_mask.mask
@@ -350,6 +353,10 @@ def finish_unit_mask(unit_mask: UnitMask, cleaned: list[CleanRun]
                        f"{reader.strategy} masks is empty")
     out = [replace(c, data=np.ascontiguousarray(c.data[:, final[m]]))
            for c, m in zip(cleaned, masks, strict=True)]
+    if reader.user_mask is not None:
+        computed = np.logical_and.reduce([reader.computed_masks[c.run.bold] for c in cleaned])
+        LOGGER.warning("--mask keeps %d of the %d voxels of the %s mask", int(final.sum()),
+                       int(computed.sum()), reader.strategy)
     counts = {c.run.bold.name: int(m.sum()) for c, m in zip(cleaned, masks, strict=True)}
     LOGGER.info("%s mask: %d voxels (runs: %s)", reader.strategy, int(final.sum()),
                 ", ".join(str(n) for n in counts.values()))

@@ -402,13 +402,33 @@ def test_cache_reused_for_new_scales_and_invalidated(tmp_path, counters):
     assert sorted(p.name for p in (work / "cache").glob("*/*")) == entries
 
 
-def test_cache_with_resampling_and_data_mask(tmp_path, counters):
+def test_cache_with_resampling_and_data_mask(tmp_path, counters, capsys):
+    """EPI masks (computed on the input grid) x a user mask, resampled to 10 mm; then a
+    rerun with a new scale reads nothing."""
     demo = make_demo_dataset(tmp_path / "bids", participants=("01",), runs=(1, 2),
                              resolution=8, n_volumes=40, seed=3)
+    brain = fmriprep_mask(demo)
+    front = np.zeros(brain.shape, dtype=np.uint8)
+    front[:, brain.shape[1] // 2:] = 1
+    user_path = tmp_path / "front.nii.gz"
+    nib.save(nib.Nifti1Image(front, brain.affine), user_path)
     work, out = tmp_path / "work", tmp_path / "out"
-    args = ["-w", work, "--mask-strategy", "epi", "--target-resolution", "10"]
+    args = ["-w", work, "--mask-strategy", "epi", "--target-resolution", "10",
+            "--mask", user_path]
     assert run_cli(demo.root, out, *args, "--n-parcels", "10") == 0
     assert counters() == {"bold": 2, "tree": 1}
+    epi = np.logical_and(*[
+        np.asarray(compute_epi_mask(nib.load(bold_path(demo, r))).dataobj) > 0
+        for r in (1, 2)])
+    expected = resample_img(nib.Nifti1Image((epi & (front > 0)).astype(np.uint8),
+                                            brain.affine),
+                            target_affine=np.diag([10.0, 10.0, 10.0]),
+                            interpolation="nearest", force_resample=True, copy_header=True)
+    found = nib.load(dseg(out, 10, res="10mm"))
+    np.testing.assert_allclose(found.affine, expected.affine)
+    np.testing.assert_array_equal(np.asarray(found.dataobj) > 0,
+                                  np.asarray(expected.dataobj) > 0)
+    assert "--mask keeps" in capsys.readouterr().err
     assert run_cli(demo.root, out, *args, "--n-parcels", "10", "15") == 0
     assert counters() == {"bold": 0, "tree": 0}
     meta10, meta15 = sidecar(dseg(out, 10, res="10mm")), sidecar(dseg(out, 15, res="10mm"))
