@@ -215,9 +215,10 @@ class Cache:
             os.rename(tmp, entry)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if not entry.is_dir():  # else: a concurrent job stored the same entry first
+            if not entry.is_dir():
                 LOGGER.warning("cache: cannot write %s (%s)", entry, exc.strerror)
                 return
+            LOGGER.debug("cache: %s %s was stored by another job meanwhile", kind, key)
         self._in_use.add(entry)
         LOGGER.debug("cache store: %s %s", kind, key)
         self.evict()

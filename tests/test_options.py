@@ -45,9 +45,12 @@ def logged():
 
     handler = Collect(level=logging.DEBUG)
     logger = logging.getLogger("bids_parcellate")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
     yield messages
     logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 def func_dir(demo) -> Path:
@@ -460,10 +463,13 @@ def test_cache_evicts_least_recently_used(tmp_path):
     assert small.size_bytes() <= 2.5 * 2**20
 
 
-def _store_same_entry(root: str) -> None:
+def _store_same_entry(root: str, barrier) -> None:
     store = cache_module.Cache(Path(root), limit_gb=1)
-    for _ in range(5):
-        store.store("features", "same", {"value": np.arange(200_000, dtype=np.float32)})
+    value = np.arange(2_000_000, dtype=np.float32)
+    barrier.wait()  # every process writes at the same moment
+    store.store("features", "same", {"value": value})
+    found = store.load("features", "same")
+    assert found is not None and np.array_equal(found[1]["value"], value)
 
 
 def test_cache_concurrent_writers(tmp_path):
@@ -471,8 +477,10 @@ def test_cache_concurrent_writers(tmp_path):
     import multiprocessing
 
     root = tmp_path / "cache"
-    context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_store_same_entry, args=(str(root),)) for _ in range(4)]
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(4)
+    procs = [context.Process(target=_store_same_entry, args=(str(root), barrier))
+             for _ in range(4)]
     for p in procs:
         p.start()
     for p in procs:
@@ -480,7 +488,7 @@ def test_cache_concurrent_writers(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     assert [p.name for p in (root / "features").iterdir()] == ["same"]
     found = cache_module.Cache(root).load("features", "same")
-    np.testing.assert_array_equal(found[1]["value"], np.arange(200_000, dtype=np.float32))
+    np.testing.assert_array_equal(found[1]["value"], np.arange(2_000_000, dtype=np.float32))
 
 
 def test_cache_keys_cover_every_parameter():
@@ -502,3 +510,24 @@ def test_unwritable_cache_only_warns(tmp_path, logged):
     store = cache_module.Cache(blocker)
     assert store.array("features", "k", lambda: np.ones(3)).tolist() == [1, 1, 1]
     assert any("cache: cannot write" in m for m in logged)
+
+
+def test_cache_store_loses_rename_race(tmp_path, monkeypatch, logged):
+    """Another job installs the same entry between our write and our rename: our copy
+    is dropped, theirs is kept and nothing else is left behind."""
+    root = tmp_path / "cache"
+    theirs = cache_module.Cache(root)
+    rename = os.rename
+
+    def other_job_first(src, dst):
+        monkeypatch.setattr(cache_module.os, "rename", rename)
+        theirs.store("features", "k", {"value": np.full(10, 2.0)})
+        return rename(src, dst)  # fails: the folder exists and is not empty
+
+    monkeypatch.setattr(cache_module.os, "rename", other_job_first)
+    ours = cache_module.Cache(root)
+    ours.store("features", "k", {"value": np.full(10, 1.0)})
+    assert [p.name for p in (root / "features").iterdir()] == ["k"]
+    assert ours.load("features", "k")[1]["value"].tolist() == [2.0] * 10
+    assert any("stored by another job meanwhile" in m for m in logged)
+    assert not any("cannot write" in m for m in logged)
