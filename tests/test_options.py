@@ -531,3 +531,22 @@ def test_cache_store_loses_rename_race(tmp_path, monkeypatch, logged):
     assert ours.load("features", "k")[1]["value"].tolist() == [2.0] * 10
     assert any("stored by another job meanwhile" in m for m in logged)
     assert not any("cannot write" in m for m in logged)
+
+
+@pytest.mark.slow
+def test_real_run_resampled_epi_mask_and_cache(tmp_path, counters):
+    """The real studyforrest run (4 mm): EPI mask, resampled to 6 mm, then a rerun with
+    a new scale from the cache; outputs validate."""
+    from .conftest import SHARED_DATA
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    args = ["-w", work, "--mask-strategy", "epi", "--target-resolution", "6"]
+    assert run_cli(SHARED_DATA, out, *args, "--n-parcels", "100") == 0
+    assert counters() == {"bold": 1, "tree": 1}
+    assert run_cli(SHARED_DATA, out, *args, "--n-parcels", "100", "200") == 0
+    assert counters() == {"bold": 0, "tree": 0}
+    anat = out / "sub-sf02" / "anat"
+    img = nib.load(next(anat.glob("*_seg-ward_scale-200_res-6mm_dseg.nii.gz")))
+    np.testing.assert_allclose(img.header.get_zooms(), (6, 6, 6))
+    assert len(np.unique(np.asarray(img.dataobj))) == 201
+    assert validate(out)["errors"] == []
