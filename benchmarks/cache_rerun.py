@@ -2,8 +2,9 @@
 
 Generates (or reuses) a 2 mm demo dataset (one run, 200 volumes, 235k voxels), then
 alternates, ``--repeats`` times: a first run with a fresh work directory
-(``--n-parcels 100 200 400``), and a second run in the same work directory with a new
-scale (``--n-parcels 300``), which reuses the cleaned data, features and Ward tree.
+(``--n-parcels 100 200 400``), and a second run in the same work directory (and another
+output folder) with a new scale (``--n-parcels 300``), which reuses the cleaned data,
+features and Ward tree.
 Prints each pair's wall times and the ratio second / first (target: <= 0.25). The runs
 alternate so that load from other processes on a shared machine hits both alike.
 
@@ -49,7 +50,7 @@ def main() -> int:
         for i in range(args.repeats):
             work, out = scratch / f"work{i}", scratch / f"out{i}"
             first = run(bids, out, work, ["100", "200", "400"])
-            second = run(bids, out, work, ["300"])
+            second = run(bids, scratch / f"again{i}", work, ["300"])
             ratios.append(second / first)
             print(f"pair {i + 1}: first {first:.1f} s (scales 100 200 400), second "
                   f"{second:.1f} s (scale 300, cache hit): ratio {second / first:.3f}",

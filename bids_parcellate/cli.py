@@ -5,7 +5,8 @@ sets up logging (stderr, plus a log file under ``OUTPUT_DIR/logs/`` once the inp
 known to be usable) and runs the requested analysis levels.
 
 Exit codes: 0 success; 1 bad input or some participants failed; 2 usage error;
-3 internal error (a bug: rerun with ``-v`` for the traceback and report it).
+3 internal error (a bug: rerun with ``-v`` for the traceback and report it);
+130 interrupted (Ctrl-C); 143 terminated by SIGTERM (rerun the command to resume).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import logging
 import logging.handlers
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bids_parcellate import __version__
@@ -34,6 +38,9 @@ from bids_parcellate.config import (
 
 LOGGER = logging.getLogger("bids_parcellate")
 PROG = "bids_parcellate"
+#: Variables read by BLAS and OpenMP runtimes when they load (and by child processes).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def _positive_float(text: str) -> float:
@@ -222,10 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="expert: nilearn's target_shape (3 integers; needs a 4x4 "
                           "--target-affine)")
 
-    res = parser.add_argument_group("resources")
-    res.add_argument("--nprocs", "--n-cpus", type=int, default=1, help="CPUs to use")
+    res = parser.add_argument_group("resources and reruns")
+    res.add_argument("--nprocs", "--n-cpus", type=int, default=1,
+                     help="CPUs to use (BLAS/OpenMP threads); outputs do not depend on it")
     res.add_argument("--mem-gb", type=_positive_float, default=None,
-                     help="memory limit in GB")
+                     help="memory limit in GB: the run stops before computing anything "
+                          "when its estimated peak memory is above it")
+    res.add_argument("--overwrite", action="store_true",
+                     help="recompute participants whose outputs are complete, and replace "
+                          "outputs made with other parameters (without it, complete "
+                          "outputs are skipped and a parameter change is refused)")
     res.add_argument("--no-cache", dest="use_cache", action="store_false",
                      help="do not reuse or store intermediate results (cleaned data, "
                           "features, trees) in the work directory; by default, with "
@@ -301,6 +314,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         cache_limit_gb=args.cache_limit_gb,
         nprocs=args.nprocs,
         mem_gb=args.mem_gb,
+        overwrite=args.overwrite,
         verbosity=args.verbose,
         command_line=tuple(argv),
     )
@@ -357,12 +371,15 @@ def setup_logging(verbosity: int) -> logging.handlers.MemoryHandler:
 
 def attach_log_file(memory: logging.handlers.MemoryHandler, output_dir: Path,
                     levels: tuple[str, ...]) -> Path:
-    """Open ``OUTPUT_DIR/logs/<level>-<time>-<pid>.log`` and replay buffered records."""
-    logs = output_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = logs / f"{'-'.join(levels)}-{stamp}-{os.getpid()}.log"
-    handler = logging.FileHandler(path, encoding="utf-8")
+    """Open ``OUTPUT_DIR/logs/<level>-<time>-<host>-<pid>.log``; replay buffered records."""
+    from bids_parcellate.outputs import log_path
+
+    path = log_path(output_dir, levels, time.strftime("%Y%m%d-%H%M%S"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path.parent}: cannot write the log file ({exc.strerror})") from None
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
     memory.setTarget(handler)
@@ -377,27 +394,43 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     """Run the analysis levels of ``config``; return the exit code."""
     from bids_parcellate.denoise import check_strategy_options
     from bids_parcellate.inputs import collect_runs
+    from bids_parcellate.outputs import check_output_dir, write_manifest
     from bids_parcellate.participant import run_participant_level
+    from bids_parcellate.resources import check_memory
+    from bids_parcellate.resume import plan_units
 
     check_strategy_options(config)
     if "group" in config.analysis_levels:
         raise UserError("analysis level 'group' is not available yet")
     start = time.monotonic()
     LOGGER.info("%s %s: %s", PROG, __version__, " ".join(config.command_line))
+    check_output_dir(config.output_dir)
     selection = collect_runs(config)
     units = selection.units()
     LOGGER.info("found %d run(s) in %d unit(s) (%s); %d skipped", len(selection.runs),
                 len(units), ", ".join(f"sub-{s}" + (f"_ses-{x}" if x else "")
                                       for s, x in units), len(selection.skipped))
+    plans = plan_units(config, selection)
+    check_memory(config, {k: r for k, r in units.items() if plans[k].action != "skip"})
     log_path = attach_log_file(memory, config.output_dir, config.analysis_levels)
     LOGGER.debug("log file %s, config hash %s", log_path, config.config_hash())
-    results = run_participant_level(config, selection)
+    try:
+        results = run_participant_level(config, selection, plans)
+    finally:
+        write_manifest(config.output_dir)
     failed = [r for r in results if r.error]
-    LOGGER.info("done in %.1f s: %d unit(s) succeeded, %d failed", time.monotonic() - start,
-                len(results) - len(failed), len(failed))
+    reused = sum(r.reused for r in results)
+    LOGGER.info("done in %.1f s: %d unit(s) succeeded (%d complete from an earlier run), "
+                "%d failed", time.monotonic() - start, len(results) - len(failed), reused,
+                len(failed))
     for r in failed:
         LOGGER.error("FAILED %s: %s", r.name, r.error)
-    return 1 if failed else 0
+    incomplete = [(r, s) for r in results if not r.error for s in r.missing_inputs]
+    for r, skipped in incomplete:
+        LOGGER.error("INCOMPLETE %s: run skipped: %s", r.name, skipped.reason)
+    if any(r.error.startswith("internal error") for r in failed):
+        return 3
+    return 1 if failed or incomplete else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,13 +442,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     memory = setup_logging(args.verbose)
     temp_work = None
+    previous_term = _terminate_on_sigterm()
     try:
         config = config_from_args(args, [PROG, *argv])
         if config.work_dir is None:
             temp_work = Path(tempfile.mkdtemp(prefix="bids_parcellate_work_"))
             # a cache in a folder removed at exit would only cost time
             config = _replace_work_dir(config, temp_work, use_cache=False)
-        return run(config, memory)
+        with limit_threads(config.nprocs):
+            return run(config, memory)
     except UserError as exc:
         LOGGER.debug("traceback", exc_info=True)
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -423,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{PROG}: terminated (SIGTERM); rerun the same command to resume",
+              file=sys.stderr)
+        return 143
     except Exception as exc:  # a bug: one line unless -v
         if args.verbose:
             LOGGER.exception("internal error")
@@ -430,9 +469,59 @@ def main(argv: list[str] | None = None) -> int:
               "traceback)", file=sys.stderr)
         return 3
     finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
         if temp_work is not None:
             shutil.rmtree(temp_work, ignore_errors=True)
         logging.shutdown()
+
+
+class Terminated(BaseException):
+    """Raised on SIGTERM (a scheduler's time limit) so that temporary files are removed."""
+
+
+def _terminate_on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` in the main thread; return the old handler."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        return None
+
+
+@contextmanager
+def limit_threads(nprocs: int) -> Iterator[None]:
+    """Cap BLAS and OpenMP threads at ``nprocs`` (``--nprocs``) for the duration.
+
+    Sets :data:`THREAD_VARIABLES` (read by libraries loaded later and by child
+    processes), loads numpy's, scipy's and scikit-learn's native libraries and limits
+    them with threadpoolctl (the variables have no effect on libraries already loaded).
+    Everything is restored on exit, so in-process callers (tests) see no global change.
+    Containers rely on this: they report the host's CPU count, not the job's share.
+
+    Parameters
+    ----------
+    nprocs : int
+        Maximum number of threads of each BLAS / OpenMP pool.
+    """
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: str(nprocs) for name in THREAD_VARIABLES})
+    try:
+        import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS)
+        import sklearn.cluster  # noqa: F401  (loads scikit-learn's OpenMP runtime)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=nprocs):
+            LOGGER.debug("BLAS/OpenMP threads capped at %d", nprocs)
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _replace_work_dir(config: Config, work_dir: Path, use_cache: bool) -> Config:

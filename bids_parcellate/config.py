@@ -64,6 +64,7 @@ _NOT_HASHED = frozenset(
         "mask",  # hashed by content (see Config.hashed_parameters)
         "use_cache",
         "cache_limit_gb",
+        "overwrite",
     }
 )
 
@@ -183,6 +184,7 @@ class Config:
     # resources and logging
     nprocs: int = 1
     mem_gb: float | None = None
+    overwrite: bool = False
     verbosity: int = 0
     command_line: tuple[str, ...] = field(default=(), compare=False)
 
@@ -223,6 +225,8 @@ class Config:
             )
         if self.nprocs < 1:
             raise ConfigError(f"--nprocs {self.nprocs}: must be >= 1")
+        if self.mem_gb is not None and not self.mem_gb > 0:
+            raise ConfigError(f"--mem-gb {self.mem_gb}: must be > 0")
         if not (0 <= self.random_seed < 2**32):
             raise ConfigError(f"--random-seed {self.random_seed}: must be in [0, 2**32)")
         if not LABEL_PATTERN.match(self.space):

@@ -192,6 +192,14 @@ def load_bold(run: Run, unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
     if not np.isfinite(series).all():
         bad = int((~np.isfinite(series)).any(axis=0).sum())
         raise RunError(f"{run.bold}: {bad} voxels inside the brain mask hold NaN or Inf")
+    constant = int((series.min(axis=0) == series.max(axis=0)).sum())
+    if constant == series.shape[1]:
+        raise RunError(f"{run.bold}: every voxel inside the brain mask is constant in time")
+    if constant:
+        # kept: cleaning turns them into zeros, features and parcel means stay finite
+        LOGGER.warning("%s: %d of %d voxels inside the brain mask are constant in time "
+                       "(zero variance); kept with a zero signal", run.bold.name, constant,
+                       series.shape[1])
     return series, mean_img
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,19 +49,25 @@ class Run:
     entities : dict
         Source entities (``subject``, ``session``, ``task``, ``run``, ...), strings.
     bold, mask, confounds : Path
-        fMRIPrep files (``confounds`` is ``None`` only with ``--denoise-strategy none``).
+        fMRIPrep files (``confounds`` is ``None`` with ``--denoise-strategy none``;
+        ``mask`` or ``confounds`` is ``None`` when missing, then ``error`` says so).
     tr : float
         Repetition time in seconds.
     metadata : dict
         The BOLD sidecar.
+    error : str, optional
+        Why the run cannot be used (a missing mask or confounds file, an unreadable
+        sidecar). Such a run makes its unit fail, not the whole selection, so that the
+        other participants still run.
     """
 
     entities: dict
     bold: Path
-    mask: Path
+    mask: Path | None
     confounds: Path | None
     tr: float | None
     metadata: dict = field(default_factory=dict, compare=False)
+    error: str | None = None
 
     @property
     def unit(self) -> tuple[str, str | None]:
@@ -68,10 +77,15 @@ class Run:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A run that cannot be used, with the reason (recorded in logs and reports)."""
+    """A run that cannot be used, with the reason (recorded in logs and reports).
+
+    ``missing_input``: a required file is missing or unreadable (the invocation then
+    exits non-zero); otherwise the run was left out by design (too few volumes kept).
+    """
 
     bold: Path
     reason: str
+    missing_input: bool = False
 
 
 @dataclass
@@ -133,6 +147,7 @@ def find_fmriprep_dirs(config: Config) -> list[Path]:
             if not path.is_dir():
                 raise InputError(f"--derivatives {path}: not a folder")
             read_dataset_description(path)
+            _check_not_output(path, config.output_dir, "--derivatives")
             dirs.append(path)
         return dirs
     if description.get("DatasetType") == "derivative":
@@ -154,7 +169,17 @@ def find_fmriprep_dirs(config: Config) -> list[Path]:
             f"{bids_dir}: no fMRIPrep derivatives found (BIDS_DIR is a raw dataset without "
             "derivatives/; pass --derivatives PATH)"
         )
+    for path in candidates:
+        _check_not_output(path, config.output_dir, "derivatives dataset")
     return candidates
+
+
+def _check_not_output(source: Path, output_dir: Path, option: str) -> None:
+    """An input dataset and OUTPUT_DIR must not overlap (outputs would be indexed as
+    inputs, and a rerun's cleanup could remove input files)."""
+    source, output = source.resolve(), output_dir.resolve()
+    if source == output or output in source.parents or source in output.parents:
+        raise InputError(f"{option} {source}: overlaps OUTPUT_DIR {output}")
 
 
 # --------------------------------------------------------------------------- indexing
@@ -199,17 +224,28 @@ def index_layout(config: Config, root: Path):
         validate=False, ignore=_ignore_patterns(participants), index_metadata=False
     )
     LOGGER.debug("indexing %s (database %s, reuse=%s)", root, db_path, reuse)
+
+    def layout(path: Path | None, reset: bool):
+        try:
+            return BIDSLayout(root, validate=False, config=["bids", "derivatives"],
+                              indexer=indexer, database_path=path, reset_database=reset)
+        except Exception as exc:  # pybids raises bare ValueErrors on broken datasets
+            raise InputError(f"{root}: cannot be indexed by pybids ({exc})") from exc
+
+    if db_path is None or reuse:
+        return layout(db_path, reset=not reuse)
+    # Array jobs may share --bids-database-dir: index into a private folder and rename
+    # it into place (atomic); when another job won the race, use its database.
+    tmp = db_path.with_name(f".{db_path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        return BIDSLayout(
-            root,
-            validate=False,
-            config=["bids", "derivatives"],
-            indexer=indexer,
-            database_path=db_path,
-            reset_database=not reuse,
-        )
-    except Exception as exc:  # pybids raises bare ValueErrors on broken datasets
-        raise InputError(f"{root}: cannot be indexed by pybids ({exc})") from exc
+        layout(tmp, reset=True)
+        try:
+            os.rename(tmp, db_path)
+        except OSError:  # the destination exists: built by a concurrent job
+            LOGGER.debug("pybids database %s was built by another process", db_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return layout(db_path, reset=False)
 
 
 # --------------------------------------------------------------------------- queries
@@ -312,7 +348,7 @@ def collect_runs(config: Config) -> Selection:
             query["res"] = config.res
         query.update(_bold_filters(config))
         if layout.get(datatype="func", desc="preproc", suffix="bold", return_type="id",
-                      target="subject"):
+                      target="subject", extension=[".nii.gz", ".nii"]):
             any_bold = True
         files = layout.get(**query)
         by_source: dict[tuple, list] = {}
@@ -379,11 +415,9 @@ def _pair_run(layout, bold_file, config: Config, skipped: list[Skipped]) -> Run 
         layout, {**source, **spatial, **none_for_missing},
         datatype="func", desc="brain", suffix="mask", extension=[".nii.gz", ".nii"],
     )
+    problems = []
     if mask is None:
-        reason = "no matching desc-brain_mask"
-        LOGGER.warning("skipping %s: %s", bold.name, reason)
-        skipped.append(Skipped(bold, reason))
-        return None
+        problems.append("no matching *_desc-brain_mask.nii[.gz] next to it")
     confounds = None
     if config.denoise_strategy != "none":
         confounds = _match_one(
@@ -392,15 +426,18 @@ def _pair_run(layout, bold_file, config: Config, skipped: list[Skipped]) -> Run 
             extension=".tsv", space=None, res=None,
         )
         if confounds is None:
-            reason = "no matching desc-confounds_timeseries.tsv"
-            LOGGER.warning("skipping %s: %s", bold.name, reason)
-            skipped.append(Skipped(bold, reason))
-            return None
-    metadata = _sidecar(bold)
+            problems.append("no matching *_desc-confounds_timeseries.tsv (needed by "
+                            f"--denoise-strategy {config.denoise_strategy})")
+    try:
+        metadata = _sidecar(bold)
+    except InputError as exc:
+        metadata = {}
+        problems.append(str(exc))
     tr = _repetition_time(bold, metadata)
     entities = {k: str(v) for k, v in source.items()}
     for k in ("space", "res"):
         if k in ents:
             entities[k] = str(ents[k])
+    error = f"{bold}: {'; '.join(problems)}" if problems else None
     return Run(entities=entities, bold=bold, mask=mask, confounds=confounds, tr=tr,
-               metadata=metadata)
+               metadata=metadata, error=error)

@@ -11,9 +11,13 @@ Names come from the path patterns in ``data/bids_patterns.json`` through pybids'
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
 import os
+import re
+import socket
 import tempfile
 from functools import lru_cache
 from importlib import resources
@@ -31,6 +35,7 @@ BIDS_VERSION = "1.11.0"
 BIDSIGNORE = (
     "*_timeseries.tsv",
     "*_timeseries.json",
+    "*_completed.json",
     "logs/",
     "*.html",
     "figures/",
@@ -73,23 +78,101 @@ def unit_prefix(subject: str, session: str | None) -> str:
     return f"sub-{subject}" + (f"_ses-{session}" if session else "")
 
 
+def completion_marker(output_dir: Path, subject: str, session: str | None) -> Path:
+    """Path of a unit's completion marker (written last; see :mod:`bids_parcellate.resume`)."""
+    return Path(output_dir) / build_name("completed", {"subject": subject, "session": session,
+                                                       "suffix": "completed",
+                                                       "extension": ".json"})
+
+
+def unit_dir(output_dir: Path, subject: str, session: str | None) -> Path:
+    """Folder holding a unit's outputs: ``sub-<label>`` or ``sub-<label>/ses-<label>``."""
+    return completion_marker(output_dir, subject, session).parent
+
+
+LOGS_DIR = "logs"
+
+
+def manifest_path(output_dir: Path) -> Path:
+    """``OUTPUT_DIR/logs/manifest.tsv``: path, sha256 and size of every output."""
+    return Path(output_dir) / LOGS_DIR / "manifest.tsv"
+
+
+def log_path(output_dir: Path, levels: tuple[str, ...], stamp: str) -> Path:
+    """Log file of one invocation; host and pid make it unique among array jobs."""
+    return Path(output_dir) / LOGS_DIR / f"{'-'.join(levels)}-{stamp}-{_HOST}-{os.getpid()}.log"
+
+
 # --------------------------------------------------------------------------- writing
+#: Host name as a file-name-safe token (temporary and log names carry it).
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname().split(".")[0]) or "host"
+#: Temporary files: ``.<final name>.tmp-<host>-<pid>-<random><extension>`` (hidden, so
+#: BIDS tools skip them; never listed in the manifest).
+_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[^.]*(?:\..*)?$")
+
+
+def is_temp(path: Path) -> bool:
+    """Whether ``path`` is a temporary file of :func:`_atomic_write`."""
+    return _TEMP.match(Path(path).name) is not None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_temps(folder: Path, any_process: bool = False) -> list[Path]:
+    """Remove leftover temporary files in ``folder`` (not recursive).
+
+    By default only those of processes on this host that no longer run (a killed run);
+    with ``any_process`` all of them (for folders that only one process writes).
+    """
+    removed = []
+    if not Path(folder).is_dir():
+        return removed
+    for path in sorted(Path(folder).iterdir()):
+        match = _TEMP.match(path.name)
+        if match is None or not path.is_file():
+            continue
+        if any_process or (match["host"] == _HOST and int(match["pid"]) != os.getpid()
+                           and not _pid_alive(int(match["pid"]))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def _atomic_write(path: Path, write) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``; clean up on any failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}",
-                               dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{_HOST}-{os.getpid()}-",
+                               suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        _fsync(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _fsync(path: str) -> None:
+    """Flush a file's data to disk before it is renamed into place (a rename that
+    reaches the disk before the data would leave an empty file after a power loss)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
@@ -163,10 +246,13 @@ def write_nifti(path: Path, img: nib.Nifti1Image) -> Path:
 # --------------------------------------------------------------------------- dataset
 def in_container() -> dict | None:
     """Container description for ``GeneratedBy`` when running inside our image."""
-    image = os.environ.get("BIDS_PARCELLATE_CONTAINER_IMAGE")
+    image = os.environ.get("BIDS_PARCELLATE_CONTAINER_IMAGE")  # set by the Dockerfile
     if not image:
         return None
-    return {"Type": os.environ.get("BIDS_PARCELLATE_CONTAINER_TYPE", "docker"), "Tag": image}
+    kind = os.environ.get("BIDS_PARCELLATE_CONTAINER_TYPE", "docker")
+    if os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
+        kind = "singularity"  # the image converted to a SIF; Apptainer sets these
+    return {"Type": kind, "Tag": image}
 
 
 def dataset_description(source_dirs: list[Path]) -> dict:
@@ -202,10 +288,49 @@ def bids_uri(path: Path, source_dirs: list[Path]) -> str:
     return path.as_uri()
 
 
-def prepare_output_dir(output_dir: Path, source_dirs: list[Path]) -> None:
-    """Create OUTPUT_DIR with ``dataset_description.json`` and ``.bidsignore``.
+def check_output_dir(output_dir: Path) -> None:
+    """Fail early when OUTPUT_DIR cannot be written or holds another pipeline's dataset.
 
-    Both are rewritten atomically with identical content by every concurrent process.
+    Nothing is created: an existing folder is probed with a temporary file that is removed
+    at once; for a new folder, its nearest existing parent must be writable.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"{output_dir}: OUTPUT_DIR exists and is not a folder")
+    if output_dir.is_dir():
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=output_dir)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise UserError(f"{output_dir}: OUTPUT_DIR is not writable ({exc.strerror})"
+                            ) from None
+        description = output_dir / "dataset_description.json"
+        if description.is_file():
+            try:
+                names = [str(g.get("Name", "")) for g in
+                         json.loads(description.read_text()).get("GeneratedBy", [])]
+            except (ValueError, AttributeError, TypeError):
+                names = ["?"]
+            if "bids_parcellate" not in names:
+                raise UserError(f"{description}: OUTPUT_DIR holds another dataset "
+                                f"(GeneratedBy {', '.join(names) or 'nothing'}); choose an "
+                                "empty folder or a previous bids_parcellate output")
+        return
+    parent = output_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{output_dir}: cannot create OUTPUT_DIR ({parent} is not a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{output_dir}: cannot create OUTPUT_DIR ({parent} is not writable)")
+
+
+def prepare_output_dir(output_dir: Path, source_dirs: list[Path]) -> None:
+    """Create OUTPUT_DIR with ``dataset_description.json``, ``.bidsignore`` and README.
+
+    They are rewritten atomically with identical content by every concurrent process
+    (array jobs), so a reader always sees one complete copy.
     """
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -213,6 +338,7 @@ def prepare_output_dir(output_dir: Path, source_dirs: list[Path]) -> None:
         raise UserError(f"{output_dir}: cannot create OUTPUT_DIR ({exc.strerror})") from None
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise UserError(f"{output_dir}: OUTPUT_DIR is not writable")
+    remove_temps(output_dir)
     write_json(output_dir / "dataset_description.json", dataset_description(source_dirs))
     write_text(output_dir / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
     write_text(output_dir / "README.md", README_TEXT)
@@ -230,3 +356,89 @@ Data-driven brain parcellations learned from fMRIPrep outputs by bids_parcellate
 
 Every file is described in the bids_parcellate documentation (docs/outputs.md).
 """
+
+
+# --------------------------------------------------------------------------- units
+def remove_unit_outputs(output_dir: Path, subject: str, session: str | None,
+                        listed: list[str] = ()) -> list[Path]:
+    """Remove a unit's outputs before it is recomputed; return what was removed.
+
+    Removes, in this order, the completion marker (so that nothing looks complete while
+    files change), the files ``listed`` in an earlier marker (relative paths), every file
+    in the unit's folders whose name starts with the unit's prefix, and temporary files.
+    Other sessions' folders are left alone.
+    """
+    output_dir = Path(output_dir)
+    marker = completion_marker(output_dir, subject, session)
+    removed = []
+    if marker.is_file():
+        marker.unlink()
+        removed.append(marker)
+    root = output_dir.resolve()
+    for rel in listed:
+        path = (output_dir / rel)
+        # only inside OUTPUT_DIR, whatever a (possibly edited) marker says
+        if root in path.resolve().parents and path.is_file():
+            path.unlink()
+            removed.append(path)
+    folder = unit_dir(output_dir, subject, session)
+    prefix = unit_prefix(subject, session) + "_"
+    if folder.is_dir():
+        for sub in [folder, *sorted(p for p in folder.iterdir()
+                                    if p.is_dir() and not p.name.startswith("ses-"))]:
+            removed += remove_temps(sub, any_process=True)
+            for path in sorted(sub.iterdir()):
+                if path.is_file() and path.name.startswith(prefix):
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def list_outputs(output_dir: Path) -> list[Path]:
+    """Every output file under OUTPUT_DIR (sorted), without ``logs/`` and temporary files."""
+    output_dir = Path(output_dir)
+    found = []
+    for folder, dirs, files in os.walk(output_dir):
+        rel = Path(folder).relative_to(output_dir)
+        if rel.parts[:1] == (LOGS_DIR,):
+            dirs[:] = []
+            continue
+        dirs.sort()
+        found += [Path(folder) / f for f in files if not _TEMP.match(f)]
+    return sorted(found, key=lambda p: p.relative_to(output_dir).as_posix())
+
+
+def write_manifest(output_dir: Path) -> Path:
+    """Write ``logs/manifest.tsv`` (path, sha256, size of every output, sorted by path).
+
+    Built from the files present, under an exclusive lock, so that concurrent processes
+    (array jobs) serialise: the last one to finish lists every file.
+    """
+    output_dir = Path(output_dir)
+    path = manifest_path(output_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".manifest.lock", "a") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as exc:  # e.g. a file system without locks: still atomic
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        rows = []
+        for file in list_outputs(output_dir):
+            try:
+                rows.append([file.relative_to(output_dir).as_posix(), sha256_file(file),
+                             file.stat().st_size])
+            except FileNotFoundError:  # removed meanwhile by a concurrent rerun
+                continue
+        return write_tsv(path, ["path", "sha256", "size"], rows)

@@ -174,7 +174,8 @@ def cut_tree(children: np.ndarray, n_leaves: int, n_clusters: int) -> np.ndarray
     return parent[:n_leaves]
 
 
-def _check_scales(scales: Sequence[int], n_voxels: int) -> None:
+def check_scales(scales: Sequence[int], n_voxels: int) -> None:
+    """Every scale must be below the number of voxels (raises :class:`UserError`)."""
     too_big = [n for n in scales if n >= n_voxels]
     if too_big:
         raise UserError(
@@ -325,7 +326,7 @@ def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
     dict
         scale -> int32 labels (1..n) over the in-mask voxels.
     """
-    _check_scales(scales, features.shape[0])
+    check_scales(scales, features.shape[0])
     warn_disconnected(mask, method)
     if memo is not None and method in HIERARCHICAL_METHODS:
         options["memo"] = memo

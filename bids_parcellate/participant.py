@@ -18,13 +18,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import cache, outputs
+from bids_parcellate import cache, outputs, resume
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.denoise import CleanRun, SkipRun, UnitMask, clean_run, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, Skipped
-from bids_parcellate.masking import build_unit_mask, finish_unit_mask
-from bids_parcellate.parcellate import build_features, labels_to_volume, parcellate
+from bids_parcellate.masking import DATA_STRATEGIES, build_unit_mask, finish_unit_mask
+from bids_parcellate.parcellate import build_features, check_scales, labels_to_volume, parcellate
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -82,10 +82,17 @@ class UnitResult:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     n_voxels: int = 0
+    #: True when the unit was complete from an earlier run and was not recomputed.
+    reused: bool = False
 
     @property
     def name(self) -> str:
         return outputs.unit_prefix(self.subject, self.session)
+
+    @property
+    def missing_inputs(self) -> list[Skipped]:
+        """Runs skipped because a required file was missing or unreadable."""
+        return [s for s in self.skipped if s.missing_input]
 
 
 def parcel_names(n: int) -> list[str]:
@@ -246,6 +253,8 @@ def denoise_unit(config: Config, runs: list[Run], progress: Progress
     """The unit's mask and grid (:mod:`bids_parcellate.masking`), then every run read
     once and cleaned; runs with too few volumes are skipped."""
     unit_mask = build_unit_mask(runs, config)
+    if config.mask_strategy not in DATA_STRATEGIES:  # else the mask is known after reading
+        check_scales(config.n_parcels, unit_mask.n_voxels)
     cleaned: list[CleanRun] = []
     skipped: list[Skipped] = []
     for run in runs:
@@ -268,9 +277,11 @@ def denoise_unit(config: Config, runs: list[Run], progress: Progress
 
 def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
                  source_dirs: list[Path], progress: Progress,
+                 plan_listed: tuple[str, ...] = (),
                  store: cache.Cache | None = None) -> UnitResult:
     """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure.
 
+    ``plan_listed``: files of an earlier completion marker, removed before writing.
     With a ``store`` (:class:`bids_parcellate.cache.Cache`), the denoised runs, the
     features and the hierarchical trees are reused from an earlier invocation when
     their inputs and parameters are unchanged, and stored otherwise.
@@ -279,6 +290,16 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     store = store if store is not None else cache.Cache(None)
     result = UnitResult(subject=subject, session=session)
     tic = time.monotonic()
+    # a run missing a required piece (mask, confounds, readable sidecar) is skipped with
+    # the reason recorded; the unit goes on with its complete runs and the invocation
+    # exits non-zero (see cli.run), so an incomplete input never passes silently
+    for run in runs:
+        if run.error:
+            LOGGER.error("skipping run: %s", run.error)
+            result.skipped.append(Skipped(run.bold, run.error, missing_input=True))
+    runs = [run for run in runs if not run.error]
+    if not runs:
+        raise UserError("; ".join(s.reason for s in result.skipped))
     denoised_key = cache.denoised_key(config, runs) if store.enabled else ""
     found = cache.load_denoised(store, denoised_key, runs)
     if found is not None:
@@ -324,7 +345,14 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     result.timings["extract"] = time.monotonic() - tic
     tic = time.monotonic()
     outputs.prepare_output_dir(config.output_dir, source_dirs)
-    result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+    # stale outputs of this unit (an interrupted run, or --overwrite) go first, the
+    # completion marker before anything else; a failure while writing leaves nothing
+    outputs.remove_unit_outputs(config.output_dir, subject, session, plan_listed)
+    try:
+        result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+    except BaseException:
+        outputs.remove_unit_outputs(config.output_dir, subject, session)
+        raise
     result.timings["write"] = time.monotonic() - tic
     LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
                 result.name, len(labels), ", ".join(map(str, sorted(labels))),
@@ -332,22 +360,50 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     return result
 
 
-def run_participant_level(config: Config, selection: Selection) -> list[UnitResult]:
-    """Process every unit; a failing unit is reported and does not stop the others."""
+def run_participant_level(config: Config, selection: Selection,
+                          plans: dict | None = None) -> list[UnitResult]:
+    """Process every unit; a failing unit is reported and does not stop the others.
+
+    ``plans`` (from :func:`bids_parcellate.resume.plan_units`) says which units are
+    complete from an earlier run with the same parameters; those are not recomputed.
+    A unit's completion marker is written after all of its files.
+    """
     units = selection.units()
-    progress = Progress(sum(len(r) for r in units.values()))
+    plans = plans if plans is not None else resume.plan_units(config, selection)
+    todo = {k: r for k, r in units.items() if plans[k].action != "skip"}
+    progress = Progress(sum(len(r) for r in todo.values()))
     store = cache.Cache.from_config(config)
-    if store.enabled:
+    if store.enabled and todo:
         LOGGER.info("cache: %s (limit %.1f GB; --no-cache disables it)", store.root,
                     config.cache_limit_gb)
     results = []
     for key, runs in units.items():
+        name = outputs.unit_prefix(*key)
+        plan = plans[key]
+        if plan.action == "skip":
+            LOGGER.info("%s: complete from an earlier run with the same parameters, skipped "
+                        "(--overwrite recomputes it)", name)
+            results.append(UnitResult(subject=key[0], session=key[1], reused=True))
+            continue
+        if plan.reason != "new":
+            LOGGER.info("%s: recomputing (%s)", name, plan.reason)
         try:
-            results.append(process_unit(config, key, runs, selection.fmriprep_dirs, progress,
-                                        store))
+            result = process_unit(config, key, runs, selection.fmriprep_dirs, progress,
+                                  plan.listed, store)
+            if not result.missing_inputs:
+                # a unit with skipped incomplete runs is never marked complete: a rerun
+                # recomputes it (and reports the missing file again) until it is fixed
+                resume.write_marker(config, key[0], key[1], result.files,
+                                    resume.unit_sources(runs, selection.fmriprep_dirs))
+            results.append(result)
         except UserError as exc:
-            name = outputs.unit_prefix(*key)
             LOGGER.error("%s failed: %s", name, exc)
             LOGGER.debug("traceback", exc_info=True)
             results.append(UnitResult(subject=key[0], session=key[1], error=str(exc)))
+        except Exception as exc:  # a bug or a system error: the other units still run
+            LOGGER.error("%s failed with an internal error: %s: %s", name,
+                         type(exc).__name__, exc)
+            LOGGER.debug("traceback", exc_info=True)
+            results.append(UnitResult(subject=key[0], session=key[1],
+                                      error=f"internal error: {type(exc).__name__}: {exc}"))
     return results

@@ -373,7 +373,8 @@ def test_cache_reused_for_new_scales_and_invalidated(tmp_path, counters):
     first = dseg(out).read_bytes()
 
     # new scale: cleaned data, features and tree come from the cache, no BOLD is read
-    assert run_cli(demo.root, out, "-w", work, "--n-parcels", "20", "30") == 0
+    # (the same OUTPUT_DIR with other parameters needs --overwrite)
+    assert run_cli(demo.root, out, "-w", work, "--n-parcels", "20", "30", "--overwrite") == 0
     assert counters() == {"bold": 0, "tree": 0}
     assert dseg(out).read_bytes() == first
     assert dseg(out, 30).is_file()
@@ -432,6 +433,7 @@ def test_cache_with_resampling_and_data_mask(tmp_path, counters, capsys):
     np.testing.assert_array_equal(np.asarray(found.dataobj) > 0,
                                   np.asarray(expected.dataobj) > 0)
     assert "--mask keeps" in capsys.readouterr().err
+    out = tmp_path / "again"
     assert run_cli(demo.root, out, *args, "--n-parcels", "10", "15") == 0
     assert counters() == {"bold": 0, "tree": 0}
     meta10, meta15 = sidecar(dseg(out, 10, res="10mm")), sidecar(dseg(out, 15, res="10mm"))
@@ -543,6 +545,7 @@ def test_real_run_resampled_epi_mask_and_cache(tmp_path, counters):
     args = ["-w", work, "--mask-strategy", "epi", "--target-resolution", "6"]
     assert run_cli(SHARED_DATA, out, *args, "--n-parcels", "100") == 0
     assert counters() == {"bold": 1, "tree": 1}
+    out = tmp_path / "again"
     assert run_cli(SHARED_DATA, out, *args, "--n-parcels", "100", "200") == 0
     assert counters() == {"bold": 0, "tree": 0}
     anat = out / "sub-sf02" / "anat"

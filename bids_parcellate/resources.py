@@ -1,0 +1,148 @@
+"""Memory: an estimate of each unit's peak memory, checked against ``--mem-gb``.
+
+(Threads: ``--nprocs`` caps the BLAS and OpenMP pools for the whole run, see
+:func:`bids_parcellate.cli.limit_threads`; outputs do not depend on it, tested byte for
+byte with 1 and 2.)
+
+Before anything is computed, the peak resident memory of every unit is estimated
+from the BOLD headers (grid x volumes, nothing is decompressed) and the brain masks
+(voxels in the mask); when ``--mem-gb`` is given and a unit needs more, the run stops
+with a one-line message saying how much it needs. The model, measured with
+``/usr/bin/time -v`` (``benchmarks/memory_estimate.py`` re-measures it), is
+
+``peak = held + margin + a * largest BOLD grid (float32 bytes) + b * unit data (float32
+bytes) + c * clustering features (float64 bytes)``
+
+where ``held`` is the peak memory of the process when the estimate is made (interpreter
+and libraries loaded),
+the unit data are mask voxels x all volumes of the unit and the features are
+mask voxels x min(volumes, ``--n-components``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from bids_parcellate.config import Config, UserError
+from bids_parcellate.inputs import Run
+
+LOGGER = logging.getLogger("bids_parcellate")
+
+GB = 1e9
+# Fitted on peak RSS measured with /usr/bin/time -v (generated data at 4 mm with 1 and
+# 3 runs of 150 volumes and at 2 mm with 1 run of 100 volumes, ward and kmeans, and the
+# real studyforrest run); benchmarks/memory_estimate.py puts the estimate 17-38 % above
+# every measurement (8, 4 and 2 mm, 1 and 3 runs, ward and kmeans).
+#: Margin over the memory the process already holds (interpreter and libraries,
+#: measured when the estimate is made) for what the pipeline allocates besides the data.
+MARGIN_BYTES = 0.1 * GB
+#: Per float32 byte of the largest run's 4D image (read whole, once).
+GRID_FACTOR = 1.0
+#: Per float32 byte of the unit's in-mask data (voxels x all volumes): float64 cleaning
+#: copies, the cleaned runs kept for extraction, smoothed and concatenated features.
+DATA_FACTOR = 5.5
+#: Per float64 byte of the clustering features (voxels x min(volumes, --n-components)):
+#: scikit-learn's agglomerative trees keep per-node moments.
+FEATURE_FACTOR = {"ward": 1.0, "complete": 1.0, "average": 1.0}
+DEFAULT_FEATURE_FACTOR = 0.3
+
+
+def base_bytes() -> float:
+    """Peak memory of this process so far, with the pipeline's libraries loaded."""
+    import resource
+
+    import nilearn.interfaces.fmriprep  # noqa: F401
+    import nilearn.signal  # noqa: F401
+    import scipy.ndimage  # noqa: F401
+    import sklearn.cluster  # noqa: F401
+
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    return kilobytes * 1024 + MARGIN_BYTES
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Estimated peak memory of one unit and what it is made of."""
+
+    n_voxels: int
+    n_volumes: int
+    grid_voxels: int
+    peak_bytes: float
+
+    @property
+    def gb(self) -> float:
+        return self.peak_bytes / GB
+
+
+def estimate_unit_memory(runs: list[Run], config: Config,
+                         base: float | None = None) -> MemoryEstimate | None:
+    """Estimate a unit's peak memory from headers and masks; ``None`` when unreadable
+    (the unit then fails later with the proper message).
+
+    ``base``: bytes held before the unit is processed (default :func:`base_bytes`).
+    """
+    import nibabel as nib
+    import numpy as np
+
+    try:
+        headers = [nib.load(run.bold) for run in runs]
+        shapes = [img.shape for img in headers]
+        mask_voxels = max(int((np.asanyarray(nib.load(run.mask).dataobj) > 0).sum())
+                          for run in runs)
+    except Exception:  # corrupt or missing files are reported by the unit itself
+        return None
+    if any(len(s) != 4 for s in shapes):
+        return None
+    volumes = sum(s[3] for s in shapes)
+    grid = max(int(np.prod(s[:3])) * s[3] for s in shapes)
+    ratio = _resampling_ratio(config, headers[0].affine)
+    if ratio is not None:
+        # --target-*: the masked data scale with the voxel volume; the resampled 4D
+        # image is held next to the one read
+        mask_voxels = int(np.ceil(mask_voxels * ratio))
+        grid = int(grid * (1 + ratio))
+    features = mask_voxels * min(volumes, config.n_components)
+    factor = FEATURE_FACTOR.get(config.method, DEFAULT_FEATURE_FACTOR)
+    base = base_bytes() if base is None else base
+    peak = (base + GRID_FACTOR * 4 * grid + DATA_FACTOR * 4 * mask_voxels * volumes
+            + factor * 8 * features)
+    return MemoryEstimate(mask_voxels, volumes, max(int(np.prod(s[:3])) for s in shapes),
+                          peak)
+
+
+def _resampling_ratio(config: Config, affine) -> float | None:
+    """Voxels of the target grid per voxel of the BOLD grid (``--target-*``), or None."""
+    import numpy as np
+
+    source = abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))
+    if config.target_resolution is not None:
+        target = config.target_resolution ** 3
+    elif config.target_affine is not None:
+        target = abs(np.linalg.det(np.asarray(config.target_affine, dtype=float)[:3, :3]))
+    else:
+        return None
+    return source / target if source > 0 and target > 0 else None
+
+
+def check_memory(config: Config, units: dict) -> None:
+    """Log each unit's estimate; raise :class:`UserError` when one is above ``--mem-gb``."""
+    worst = None
+    base = base_bytes()
+    for key, runs in units.items():
+        estimate = estimate_unit_memory(runs, config, base)
+        if estimate is None:
+            continue
+        name = "sub-" + key[0] + (f"_ses-{key[1]}" if key[1] else "")
+        LOGGER.debug("%s: estimated peak memory %.3f GB (%d voxels x %d volumes)", name,
+                     estimate.gb, estimate.n_voxels, estimate.n_volumes)
+        if worst is None or estimate.peak_bytes > worst[1].peak_bytes:
+            worst = (name, estimate)
+    if config.mem_gb is None or worst is None or worst[1].gb <= config.mem_gb:
+        return
+    name, estimate = worst
+    raise UserError(
+        f"--mem-gb {config.mem_gb:g}: {name} needs about {estimate.gb:.1f} GB "
+        f"({estimate.n_voxels} voxels x {estimate.n_volumes} volumes, --method "
+        f"{config.method}); raise --mem-gb or select fewer runs"
+    )

@@ -1,0 +1,160 @@
+"""Resumable runs: which units are already complete, which must be computed.
+
+A unit (a participant, or a participant and session) is **complete** when its completion
+marker ``sub-<label>[/ses-<label>]/sub-<label>[_ses-<label>]_completed.json`` exists
+and records
+
+- the config hash of the current parameters (:meth:`Config.config_hash`),
+- the same input files (BIDS URIs of every BOLD, mask and confounds file used),
+- every output file of the unit with its size and sha256, all still matching.
+
+The marker is written last, after every other file of the unit, so a run killed at any
+moment leaves a unit without a marker, which the next run recomputes (after removing
+what the killed run left). A rerun therefore skips complete units and redoes the rest.
+
+A parameter change never mixes old and new outputs: when OUTPUT_DIR holds units made
+with another config hash, the run stops before computing anything and says which
+parameters differ, unless ``--overwrite`` is given, in which case each selected unit's
+old outputs are removed before its new ones are written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from bids_parcellate import __version__, outputs
+from bids_parcellate.config import Config, UserError
+from bids_parcellate.inputs import Run, Selection
+
+LOGGER = logging.getLogger("bids_parcellate")
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    """What to do with one unit: ``skip`` (complete) or ``compute``, and why."""
+
+    action: str
+    reason: str
+    listed: tuple[str, ...] = ()
+
+
+def unit_sources(runs: list[Run], source_dirs: list[Path]) -> list[str]:
+    """BIDS URIs of every input file of a unit (sorted)."""
+    paths = {p for run in runs for p in (run.bold, run.mask, run.confounds) if p is not None}
+    return sorted(outputs.bids_uri(p, source_dirs) for p in paths)
+
+
+def read_marker(path: Path) -> dict | None:
+    """A completion marker's content, or ``None`` when missing or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _incomplete_reason(marker: dict, output_dir: Path) -> str | None:
+    files = marker.get("Files")
+    if not isinstance(files, dict) or not files:
+        return "marker lists no files"
+    for rel, record in sorted(files.items()):
+        path = output_dir / rel
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        if not isinstance(record, dict) or size != record.get("size"):
+            return f"{rel} has changed size"
+        if outputs.sha256_file(path) != record.get("sha256"):
+            return f"{rel} has changed content"
+    return None
+
+
+def _differences(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"--{k.replace('_', '-')} ({old.get(k)!r} -> {new.get(k)!r})"
+                     for k in keys) or "the bids_parcellate version"
+
+
+def plan_units(config: Config, selection: Selection) -> dict[tuple[str, str | None],
+                                                              UnitPlan]:
+    """Decide, for every selected unit, whether it is complete or must be computed.
+
+    Raises
+    ------
+    UserError
+        When OUTPUT_DIR holds outputs made with another config hash and ``--overwrite``
+        is not given (nothing has been written then).
+    """
+    current = config.config_hash()
+    plans: dict[tuple[str, str | None], UnitPlan] = {}
+    conflicts: dict[str, dict] = {}
+    for key, runs in selection.units().items():
+        marker_path = outputs.completion_marker(config.output_dir, *key)
+        marker = read_marker(marker_path) if marker_path.is_file() else None
+        listed = tuple(sorted(marker.get("Files", {}))) if marker and isinstance(
+            marker.get("Files"), dict) else ()
+        if marker is None:
+            has_files = outputs.unit_dir(config.output_dir, *key).is_dir()
+            plans[key] = UnitPlan("compute", "left incomplete by an earlier run"
+                                  if has_files else "new")
+        elif marker.get("ConfigHash") != current:
+            conflicts[outputs.unit_prefix(*key)] = marker
+            plans[key] = UnitPlan("compute", "--overwrite: made with config hash "
+                                  f"{marker.get('ConfigHash')}", listed)
+        elif config.overwrite:
+            plans[key] = UnitPlan("compute", "--overwrite", listed)
+        elif marker.get("Sources") != unit_sources(runs, selection.fmriprep_dirs):
+            plans[key] = UnitPlan("compute", "its input files changed", listed)
+        else:
+            reason = _incomplete_reason(marker, config.output_dir)
+            plans[key] = (UnitPlan("skip", "complete") if reason is None
+                          else UnitPlan("compute", f"incomplete: {reason}", listed))
+    # units outside this selection count too: one OUTPUT_DIR, one set of parameters
+    for marker_path in sorted(config.output_dir.glob("sub-*/**/*_completed.json")):
+        marker = read_marker(marker_path)
+        if marker is None or marker.get("ConfigHash") in (None, current):
+            continue
+        name = marker_path.name.removesuffix("_completed.json")
+        if name not in conflicts:
+            conflicts[name] = marker
+            if config.overwrite:
+                LOGGER.warning("%s keeps its outputs made with config hash %s (not selected); "
+                               "OUTPUT_DIR now mixes parameters", name, marker["ConfigHash"])
+    if conflicts and not config.overwrite:
+        names = sorted(conflicts)
+        first = conflicts[names[0]]
+        differ = _differences(first.get("Parameters", {}), config.hashed_parameters())
+        raise UserError(
+            f"{config.output_dir}: holds outputs of {', '.join(names[:5])}"
+            f"{' ...' if len(names) > 5 else ''} made with other parameters (config hash "
+            f"{first.get('ConfigHash')}, now {current}; differing: {differ}); use another "
+            "OUTPUT_DIR, or --overwrite to replace the selected units' outputs"
+        )
+    return plans
+
+
+def write_marker(config: Config, subject: str, session: str | None, files: list[Path],
+                 sources: list[str]) -> Path:
+    """Write a unit's completion marker, after all of its files (see module docstring)."""
+    output_dir = config.output_dir
+    records = {}
+    for path in sorted(set(files)):
+        path = Path(path)
+        records[path.relative_to(output_dir).as_posix()] = {
+            "sha256": outputs.sha256_file(path), "size": path.stat().st_size}
+    return outputs.write_json(
+        outputs.completion_marker(output_dir, subject, session),
+        {
+            "Description": "bids_parcellate completion marker: the unit's outputs are "
+                           "complete; written after all of them.",
+            "GeneratedBy": {"Name": "bids_parcellate", "Version": __version__},
+            "ConfigHash": config.config_hash(),
+            "Parameters": config.hashed_parameters(),
+            "Sources": sources,
+            "Files": records,
+        },
+    )

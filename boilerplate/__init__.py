@@ -1,0 +1,1 @@
+"""Methods-text templates and references, shipped as ``bids_parcellate.boilerplate``."""
