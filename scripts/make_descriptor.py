@@ -67,6 +67,11 @@ def describe_action(action: argparse.Action) -> dict:
                     if s.startswith("--no-") == bool(action.default))
         item.update(type="Flag", optional=True, **{"command-line-flag": flag})
         return item
+    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+        # --overwrite, --no-cache: a bare flag
+        item.update(type="Flag", optional=True,
+                    **{"command-line-flag": action.option_strings[0]})
+        return item
     if isinstance(action, argparse._CountAction):
         # -v / -vv: one input whose value is the repeated short flag.
         short = next(s for s in action.option_strings if len(s) == 2)
