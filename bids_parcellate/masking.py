@@ -97,11 +97,14 @@ def target_grid(config: Config, source: Grid) -> Grid | None:
         target_shape = config.target_shape
     else:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        probe = resample_img(source.image(), target_affine=target_affine,
-                             target_shape=target_shape, interpolation="nearest",
-                             force_resample=True, copy_header=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe = resample_img(source.image(), target_affine=target_affine,
+                                 target_shape=target_shape, interpolation="nearest",
+                                 force_resample=True, copy_header=True)
+    except ValueError as exc:  # nilearn's BoundingBoxError: no data in the target grid
+        raise UserError(f"--target-affine/--target-shape: {_first_line(exc)}") from exc
     grid = Grid(tuple(int(n) for n in probe.shape[:3]), np.asarray(probe.affine, dtype=float))
     if min(grid.shape) < 1 or np.prod(grid.shape) < 8:
         raise UserError(f"--target-affine/--target-shape give an empty grid {grid.shape}")
@@ -286,6 +289,9 @@ def build_unit_mask(runs: list[Run], config: Config) -> UnitMask:
     target = target_grid(config, source)
     grid = target or source
     mask = base.mask if target is None else resample_mask(base.mask, source, target)
+    if not mask.any():
+        raise UserError("--target-affine/--target-shape: the brain mask of "
+                        f"{runs[0].mask.name} falls outside the target grid")
     parts = ["intersection of the runs' fMRIPrep brain masks"]
     strategy = config.mask_strategy
     if strategy in TEMPLATE_STRATEGIES:

@@ -217,6 +217,15 @@ def test_user_mask_on_another_grid_is_resampled_and_intersected(demo, tmp_path, 
     assert user_path.as_uri() in meta["Sources"]
 
 
+def test_target_grid_outside_the_data_is_an_error(demo, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli(demo.root, out, "--n-parcels", "20", "--target-affine",
+                   "10,0,0,900,0,10,0,900,0,0,10,900,0,0,0,1", "--target-shape",
+                   "5,5,5") == 1
+    assert "does not contain any of the data" in capsys.readouterr().err
+    assert not out.exists() or not list(out.rglob("*_dseg.nii.gz"))
+
+
 def test_user_mask_errors(demo, tmp_path, capsys):
     brain = fmriprep_mask(demo)
     empty = tmp_path / "outside.nii.gz"
