@@ -229,6 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="expert: nilearn's target_shape (3 integers; needs a 4x4 "
                           "--target-affine)")
 
+    grp = parser.add_argument_group("group level")
+    grp.add_argument("--atlas-label", default=None, metavar="LABEL",
+                     help="atlas- label of the group parcellation (default: the dataset "
+                          "folder name followed by the method, e.g. ds000030Ward)")
+
+    rep = parser.add_argument_group("reports and methods text")
+    only = rep.add_mutually_exclusive_group()
+    only.add_argument("--reports-only", action="store_true",
+                      help="only rebuild the HTML reports from the outputs already in "
+                           "OUTPUT_DIR (nothing is recomputed and BIDS_DIR is not read)")
+    only.add_argument("--boilerplate-only", action="store_true",
+                      help="only write the methods text (OUTPUT_DIR/logs/CITATION.md, "
+                           ".html, .bib) for the selected inputs; no data are processed")
+
     res = parser.add_argument_group("resources and reruns")
     res.add_argument("--nprocs", "--n-cpus", type=int, default=1,
                      help="CPUs to use (BLAS/OpenMP threads); outputs do not depend on it")
@@ -312,10 +326,13 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         kmeans_batch_size=args.kmeans_batch_size,
         use_cache=args.use_cache,
         cache_limit_gb=args.cache_limit_gb,
+        atlas_label=args.atlas_label.removeprefix("atlas-") if args.atlas_label else None,
         nprocs=args.nprocs,
         mem_gb=args.mem_gb,
         overwrite=args.overwrite,
         verbosity=args.verbose,
+        reports_only=args.reports_only,
+        boilerplate_only=args.boilerplate_only,
         command_line=tuple(argv),
     )
 
@@ -392,6 +409,7 @@ def attach_log_file(memory: logging.handlers.MemoryHandler, output_dir: Path,
 # --------------------------------------------------------------------------- main
 def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     """Run the analysis levels of ``config``; return the exit code."""
+    from bids_parcellate import report
     from bids_parcellate.denoise import check_strategy_options
     from bids_parcellate.inputs import collect_runs
     from bids_parcellate.outputs import check_output_dir, write_manifest
@@ -400,37 +418,86 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     from bids_parcellate.resume import plan_units
 
     check_strategy_options(config)
-    if "group" in config.analysis_levels:
-        raise UserError("analysis level 'group' is not available yet")
+    if config.reports_only:
+        log_path = attach_log_file(memory, _existing_output_dir(config),
+                                   config.analysis_levels)
+        LOGGER.debug("log file %s", log_path)
+        written = report.reports_only(config)
+        LOGGER.info("reports rebuilt from %s: %s", config.output_dir,
+                    ", ".join(p.name for p in written))
+        return 0
     start = time.monotonic()
     LOGGER.info("%s %s: %s", PROG, __version__, " ".join(config.command_line))
     check_output_dir(config.output_dir)
-    selection = collect_runs(config)
+    with report.UnitLog() as selection_log:
+        selection = collect_runs(config)
     units = selection.units()
     LOGGER.info("found %d run(s) in %d unit(s) (%s); %d skipped", len(selection.runs),
                 len(units), ", ".join(f"sub-{s}" + (f"_ses-{x}" if x else "")
                                       for s, x in units), len(selection.skipped))
-    plans = plan_units(config, selection)
-    check_memory(config, {k: r for k, r in units.items() if plans[k].action != "skip"})
+    if config.boilerplate_only:
+        written = report.boilerplate_only(config, selection)
+        LOGGER.info("methods text written: %s", ", ".join(str(p) for p in written))
+        return 0
+    participant_level = "participant" in config.analysis_levels
+    group_level = "group" in config.analysis_levels
+    if group_level:
+        from bids_parcellate.group import check_grids
+
+        check_grids(units)  # before anything is written
+    plans = None
+    if participant_level:
+        plans = plan_units(config, selection)
+        check_memory(config, {k: r for k, r in units.items() if plans[k].action != "skip"})
     log_path = attach_log_file(memory, config.output_dir, config.analysis_levels)
     LOGGER.debug("log file %s, config hash %s", log_path, config.config_hash())
+    code = 0
+    failed_units: set = set()
     try:
-        results = run_participant_level(config, selection, plans)
+        if participant_level:
+            results = run_participant_level(config, selection, plans,
+                                            selection_warnings=selection_log.messages)
+            report.finish_participant_level(config, results)
+            failed = [r for r in results if r.error]
+            failed_units = {(r.subject, r.session) for r in failed}
+            reused = sum(r.reused for r in results)
+            LOGGER.info("participant level done in %.1f s: %d unit(s) succeeded (%d complete "
+                        "from an earlier run), %d failed", time.monotonic() - start,
+                        len(results) - len(failed), reused, len(failed))
+            for r in failed:
+                LOGGER.error("FAILED %s: %s", r.name, r.error)
+            incomplete = [(r, s) for r in results if not r.error for s in r.missing_inputs]
+            for r, skipped in incomplete:
+                LOGGER.error("INCOMPLETE %s: run skipped: %s", r.name, skipped.reason)
+            if any(r.error.startswith("internal error") for r in failed):
+                code = 3
+            elif failed or incomplete:
+                code = 1
+        if group_level:
+            from bids_parcellate.group import run_group_level
+            from bids_parcellate.report.assemble import write_group_report
+
+            tic = time.monotonic()
+            group = run_group_level(config, selection, exclude=failed_units)
+            LOGGER.info("group level done in %.1f s: atlas-%s from %d unit(s) (%d summaries "
+                        "reused, %d computed), %d files written", time.monotonic() - tic,
+                        group.label, len(group.units), len(group.reused),
+                        len(group.computed), len(group.files))
+            for name, error in group.errors.items():
+                LOGGER.error("FAILED %s (group level): %s", name, error)
+            if (group.errors or group.incomplete) and code == 0:
+                code = 1
+            write_group_report(config.output_dir)
     finally:
         write_manifest(config.output_dir)
-    failed = [r for r in results if r.error]
-    reused = sum(r.reused for r in results)
-    LOGGER.info("done in %.1f s: %d unit(s) succeeded (%d complete from an earlier run), "
-                "%d failed", time.monotonic() - start, len(results) - len(failed), reused,
-                len(failed))
-    for r in failed:
-        LOGGER.error("FAILED %s: %s", r.name, r.error)
-    incomplete = [(r, s) for r in results if not r.error for s in r.missing_inputs]
-    for r, skipped in incomplete:
-        LOGGER.error("INCOMPLETE %s: run skipped: %s", r.name, skipped.reason)
-    if any(r.error.startswith("internal error") for r in failed):
-        return 3
-    return 1 if failed or incomplete else 0
+    return code
+
+
+def _existing_output_dir(config: Config) -> Path:
+    if not config.output_dir.is_dir():
+        raise UserError(f"{config.output_dir}: OUTPUT_DIR does not exist (nothing to "
+                        "report on)")
+    return config.output_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -534,9 +601,10 @@ def demo_main(argv: list[str]) -> int:
     """``bids_parcellate --demo OUT [options]``: generate the demo dataset and run on it.
 
     Writes a two-participant fMRIPrep-like dataset with a known ground-truth
-    parcellation to ``OUT/bids`` and runs the participant level into
+    parcellation to ``OUT/bids`` and runs the participant and group levels into
     ``OUT/bids_parcellate`` (extra options are passed through), then prints the adjusted
-    Rand index of each participant's parcellation against the truth.
+    Rand index of each participant's parcellation and of the group atlas against the
+    truth.
     """
     if not argv or argv[0].startswith("-"):
         print(f"usage: {PROG} --demo OUT [participant options]", file=sys.stderr)
@@ -554,11 +622,12 @@ def demo_main(argv: list[str]) -> int:
     extra = argv[1:]
     if "--n-parcels" not in extra:
         extra = ["--n-parcels", str(n_true), "100", "200", *extra]
-    code = main([str(bids_dir), str(output_dir), "participant", *extra])
+    code = main([str(bids_dir), str(output_dir), "participant", "group", *extra])
     if code != 0:
         return code
     truth_data = truth.labels_img.get_fdata()
-    for dseg in sorted(output_dir.glob(f"sub-*/anat/*_scale-{n_true}_dseg.nii.gz")):
+    for dseg in [*sorted(output_dir.glob(f"sub-*/anat/*_scale-{n_true}_dseg.nii.gz")),
+                 *sorted(output_dir.glob(f"tpl-*/*_scale-{n_true}_dseg.nii.gz"))]:
         found = nib.load(dseg).get_fdata()
         inside = truth_data > 0
         ari = adjusted_rand_score(truth_data[inside], found[inside])

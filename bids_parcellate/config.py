@@ -64,7 +64,10 @@ _NOT_HASHED = frozenset(
         "mask",  # hashed by content (see Config.hashed_parameters)
         "use_cache",
         "cache_limit_gb",
+        "atlas_label",
         "overwrite",
+        "reports_only",
+        "boilerplate_only",
     }
 )
 
@@ -181,11 +184,16 @@ class Config:
     # cache of intermediate results in the work directory, across invocations
     use_cache: bool = True
     cache_limit_gb: float = 20.0
+    # group level
+    atlas_label: str | None = None
     # resources and logging
     nprocs: int = 1
     mem_gb: float | None = None
     overwrite: bool = False
     verbosity: int = 0
+    # what to do: everything, or only the reports / the methods text
+    reports_only: bool = False
+    boilerplate_only: bool = False
     command_line: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -231,8 +239,13 @@ class Config:
             raise ConfigError(f"--random-seed {self.random_seed}: must be in [0, 2**32)")
         if not LABEL_PATTERN.match(self.space):
             raise ConfigError(f"--space {self.space!r}: not a BIDS label")
+        if self.atlas_label is not None and not LABEL_PATTERN.match(self.atlas_label):
+            raise ConfigError(f"--atlas-label {self.atlas_label!r}: not a BIDS label "
+                              "(letters and digits only)")
         if self.res is not None and not LABEL_PATTERN.match(self.res):
             raise ConfigError(f"--res {self.res!r}: not a BIDS label")
+        if self.reports_only and self.boilerplate_only:
+            raise ConfigError("--reports-only and --boilerplate-only exclude each other")
         self._check_mask_options()
         self._check_grid_options()
         self._check_method_knobs()

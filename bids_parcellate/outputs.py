@@ -38,7 +38,12 @@ BIDSIGNORE = (
     "*_completed.json",
     "logs/",
     "*.html",
-    "figures/",
+    # report figures and records under sub-<label>/figures/ (the validator does not
+    # match "figures/" below the root: "figures" does)
+    "figures",
+    "*_features.npz",
+    "*_features.json",
+    "group_*",
 )
 
 
@@ -238,6 +243,24 @@ def write_matrix_tsv(path: Path, columns: list[str], matrix: np.ndarray,
     return _atomic_write(path, write)
 
 
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write arrays as an uncompressed ``.npz`` atomically and reproducibly.
+
+    ``numpy.savez`` stamps every member with the current time; members are written
+    here with a fixed timestamp so that the same arrays give the same bytes.
+    """
+    import zipfile
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+            for name in sorted(arrays):
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with archive.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(arrays[name]),
+                                              allow_pickle=False)
+    return _atomic_write(path, write)
+
+
 def write_nifti(path: Path, img: nib.Nifti1Image) -> Path:
     """Write a NIfTI image atomically; nibabel's gzip stream has no timestamp or name."""
     return _atomic_write(path, lambda tmp: nib.save(img, tmp))
@@ -352,7 +375,17 @@ Data-driven brain parcellations learned from fMRIPrep outputs by bids_parcellate
   parcellation per participant (and session) and scale; labels 1..n, 0 is background.
 - `sub-<label>/func/*_stat-mean_timeseries.tsv` (+ `.json`): parcel mean timeseries per
   run and scale; one row per BOLD volume, censored volumes are `n/a`.
-- `logs/`: log files of every invocation.
+- `sub-<label>/func/*_desc-summary_features.npz` (+ `.json`): the unit's compact
+  summary read by the group level (BIDS-ignored).
+- `atlas-<label>_description.json` and `tpl-<space>/*_atlas-<label>_scale-<n>_dseg.*`:
+  the group parcellation (group level), as a BIDS atlas; the parcel timeseries of every
+  run on it are `sub-<label>/func/*_atlas-<label>_scale-<n>_stat-mean_timeseries.tsv`.
+- `group_atlas-<label>_agreement.tsv` (+ `.json`): agreement (ARI, NMI) of each
+  participant's own parcellation with the group one.
+- `sub-<label>.html`, `group.html`: HTML reports; `sub-<label>/figures/`: their figures
+  and data.
+- `logs/`: log files of every invocation; `logs/CITATION.md` (`.html`, `.bib`): methods
+  text of the last run, with references.
 
 Every file is described in the bids_parcellate documentation (docs/outputs.md).
 """
@@ -403,8 +436,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def is_report_file(rel: str | Path) -> bool:
+    """Whether a path relative to OUTPUT_DIR is a report (``*.html`` at the root) or a
+    report figure or record (``sub-<label>/figures/``). Reports show wall times and when
+    they were made, so unlike the data outputs they differ between identical runs."""
+    parts = Path(rel).parts
+    return (len(parts) == 1 and parts[0].endswith(".html")) or (
+        len(parts) >= 3 and parts[0].startswith("sub-") and parts[1] == "figures")
+
+
 def list_outputs(output_dir: Path) -> list[Path]:
-    """Every output file under OUTPUT_DIR (sorted), without ``logs/`` and temporary files."""
+    """Every data output under OUTPUT_DIR (sorted), without ``logs/``, temporary files
+    and reports (:func:`is_report_file`)."""
     output_dir = Path(output_dir)
     found = []
     for folder, dirs, files in os.walk(output_dir):
@@ -413,7 +456,8 @@ def list_outputs(output_dir: Path) -> list[Path]:
             dirs[:] = []
             continue
         dirs.sort()
-        found += [Path(folder) / f for f in files if not _TEMP.match(f)]
+        found += [Path(folder) / f for f in files
+                  if not _TEMP.match(f) and not is_report_file(rel / f)]
     return sorted(found, key=lambda p: p.relative_to(output_dir).as_posix())
 
 
@@ -442,3 +486,21 @@ def write_manifest(output_dir: Path) -> Path:
             except FileNotFoundError:  # removed meanwhile by a concurrent rerun
                 continue
         return write_tsv(path, ["path", "sha256", "size"], rows)
+
+
+# --------------------------------------------------------------------------- reports
+def participant_report_path(output_dir: Path, subject: str) -> Path:
+    """``OUTPUT_DIR/sub-<label>.html`` (fMRIPrep's convention)."""
+    return Path(output_dir) / build_name("participant_report",
+                                         {"subject": subject, "extension": ".html"})
+
+
+def group_report_path(output_dir: Path) -> Path:
+    """``OUTPUT_DIR/group.html``."""
+    return Path(output_dir) / "group.html"
+
+
+def citation_paths(output_dir: Path) -> dict[str, Path]:
+    """``OUTPUT_DIR/logs/CITATION.{md,html,bib}``: the methods text of the last run."""
+    logs = Path(output_dir) / "logs"
+    return {ext: logs / f"CITATION.{ext}" for ext in ("md", "html", "bib")}

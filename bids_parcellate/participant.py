@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import cache, outputs, resume
+from bids_parcellate import cache, outputs, report, resume
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.denoise import CleanRun, SkipRun, UnitMask, clean_run, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, Skipped
 from bids_parcellate.masking import DATA_STRATEGIES, build_unit_mask, finish_unit_mask
 from bids_parcellate.parcellate import build_features, check_scales, labels_to_volume, parcellate
+from bids_parcellate.summary import make_summary, write_summary
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -84,6 +86,11 @@ class UnitResult:
     n_voxels: int = 0
     #: True when the unit was complete from an earlier run and was not recomputed.
     reused: bool = False
+    #: The unit's report record (see :mod:`bids_parcellate.report.record`) and the
+    #: report files (figures, record): not data outputs, so not in ``files`` (the
+    #: completion marker and the manifest list data outputs, which are deterministic).
+    report: dict | None = None
+    report_files: list[Path] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -278,10 +285,13 @@ def denoise_unit(config: Config, runs: list[Run], progress: Progress
 def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
                  source_dirs: list[Path], progress: Progress,
                  plan_listed: tuple[str, ...] = (),
+                 unit_log: report.UnitLog | None = None,
                  store: cache.Cache | None = None) -> UnitResult:
     """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure.
 
     ``plan_listed``: files of an earlier completion marker, removed before writing.
+    With ``unit_log`` (warnings and skipped inputs of the unit), the report figures and
+    record are written too (they are not among the unit's files: see ``report_files``).
     With a ``store`` (:class:`bids_parcellate.cache.Cache`), the denoised runs, the
     features and the hierarchical trees are reused from an earlier invocation when
     their inputs and parameters are unchanged, and stored otherwise.
@@ -329,6 +339,9 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         lambda: build_features([c.data for c in cleaned], unit_mask.mask, unit_mask.affine,
                                config.smoothing_fwhm, config.n_components))
     result.timings["features"] = time.monotonic() - tic
+    # the group level's input (map step), from the features already in memory
+    summary = make_summary(config, runs, [c.run for c in cleaned], unit_mask.mask,
+                           unit_mask.affine, features, sum(c.data.shape[0] for c in cleaned))
     tic = time.monotonic()
 
     def memo(name: str, compute):
@@ -350,10 +363,22 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     outputs.remove_unit_outputs(config.output_dir, subject, session, plan_listed)
     try:
         result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+        # not in result.files: the summary is a cache validated by its own hash (the group
+        # level may rewrite it for other parameters without touching this unit's marker)
+        write_summary(config, summary, source_dirs, runs)
     except BaseException:
         outputs.remove_unit_outputs(config.output_dir, subject, session)
         raise
     result.timings["write"] = time.monotonic() - tic
+    # report (figures + record) while the cleaned data are still in memory
+    if unit_log is not None:
+        try:
+            result.report_files, result.report = report.write_unit_report_data(
+                config, result, unit_mask, cleaned, labels, series, source_dirs, unit_log)
+        except Exception as exc:  # a report problem must not lose the unit's data outputs
+            LOGGER.error("%s: report data not written (%s: %s)", result.name,
+                         type(exc).__name__, exc)
+            LOGGER.debug("traceback", exc_info=True)
     LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
                 result.name, len(labels), ", ".join(map(str, sorted(labels))),
                 unit_mask.n_voxels, len(result.runs), len(result.files))
@@ -361,12 +386,15 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
 
 
 def run_participant_level(config: Config, selection: Selection,
-                          plans: dict | None = None) -> list[UnitResult]:
+                          plans: dict | None = None, *,
+                          selection_warnings: Sequence[str] = ()) -> list[UnitResult]:
     """Process every unit; a failing unit is reported and does not stop the others.
 
     ``plans`` (from :func:`bids_parcellate.resume.plan_units`) says which units are
     complete from an earlier run with the same parameters; those are not recomputed.
     A unit's completion marker is written after all of its files.
+    ``selection_warnings`` (warnings logged while the inputs were queried) go to the
+    reports of the units whose files they name.
     """
     units = selection.units()
     plans = plans if plans is not None else resume.plan_units(config, selection)
@@ -388,8 +416,12 @@ def run_participant_level(config: Config, selection: Selection,
         if plan.reason != "new":
             LOGGER.info("%s: recomputing (%s)", name, plan.reason)
         try:
-            result = process_unit(config, key, runs, selection.fmriprep_dirs, progress,
-                                  plan.listed, store)
+            unit_log = report.UnitLog(
+                skipped_inputs=report.record.skipped_of_unit(selection.skipped, *key),
+                earlier=report.record.warnings_of_unit(selection_warnings, *key))
+            with unit_log:
+                result = process_unit(config, key, runs, selection.fmriprep_dirs, progress,
+                                      plan.listed, unit_log, store)
             if not result.missing_inputs:
                 # a unit with skipped incomplete runs is never marked complete: a rerun
                 # recomputes it (and reports the missing file again) until it is fixed

@@ -1,1 +1,2 @@
-"""Methods-text templates and references, shipped as ``bids_parcellate.boilerplate``."""
+"""Methods-text templates (jinja2) and references.bib, shipped as
+``bids_parcellate.boilerplate``."""

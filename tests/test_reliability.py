@@ -52,7 +52,9 @@ def tree_state(root: Path) -> dict[str, tuple]:
     """(size, mtime_ns, sha256) of every file under ``root``: detects any write."""
     return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns,
                                              outputs.sha256_file(p))
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file()
+            # reports carry wall times: not data outputs (see outputs.is_report_file)
+            and "figures" not in p.relative_to(root).parts and p.suffix != ".html"}
 
 
 def check_every_file_is_valid(out: Path) -> int:
@@ -68,7 +70,8 @@ def check_every_file_is_valid(out: Path) -> int:
             pd.read_csv(path, sep="\t", na_values="n/a")
         elif path.suffix == ".json":
             json.loads(path.read_text())
-        n += "logs" not in path.relative_to(out).parts
+        rel = path.relative_to(out)
+        n += "logs" not in rel.parts and not outputs.is_report_file(rel)
     return n
 
 
@@ -182,8 +185,13 @@ def test_manifest_lists_every_output(small, tmp_path):
     rows = manifest(out)
     listed = [r["path"] for r in rows]
     present = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
-                     if p.is_file() and "logs" not in p.relative_to(out).parts)
-    assert listed == present and len(listed) == 3 + 2 * 6
+                     if p.is_file() and "logs" not in p.relative_to(out).parts
+                     and not outputs.is_report_file(p.relative_to(out)))
+    # per participant: dseg .nii.gz/.tsv/.json, timeseries .tsv/.json, completion marker,
+    # group-level summary .npz/.json
+    assert listed == present and len(listed) == 3 + 2 * 8
+    # reports (wall times, generation time) exist but are not data outputs
+    assert (out / "sub-01.html").is_file() and list(out.glob("sub-01/figures/*.svg"))
     for row in rows:
         path = out / row["path"]
         assert int(row["size"]) == path.stat().st_size

@@ -1,0 +1,103 @@
+"""Reports and methods boilerplate.
+
+- :mod:`~bids_parcellate.report.record`: during the participant level, the figures and
+  a JSON record of each unit (under ``sub-<label>/figures/``);
+- :mod:`~bids_parcellate.report.assemble`: self-contained HTML reports built from those
+  files (``sub-<label>.html``, ``group.html``), also for ``--reports-only``;
+- :mod:`~bids_parcellate.report.methods`: the methods text (``logs/CITATION.*`` and the
+  reports' methods section) from ``boilerplate/``;
+- :mod:`~bids_parcellate.report.figures`: the figures themselves.
+
+:func:`finish_participant_level`, :func:`reports_only` and :func:`boilerplate_only` are
+what the command line calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from bids_parcellate.config import Config, UserError
+from bids_parcellate.report.record import UnitLog, write_unit_report_data
+
+LOGGER = logging.getLogger("bids_parcellate")
+
+__all__ = [
+    "UnitLog",
+    "write_unit_report_data",
+    "finish_participant_level",
+    "reports_only",
+    "boilerplate_only",
+]
+
+
+def finish_participant_level(config: Config, results: Sequence) -> None:
+    """After the participant level: each participant's report and ``logs/CITATION.*``.
+
+    Parameters
+    ----------
+    config : Config
+    results : sequence of UnitResult
+        Units of this invocation; those that failed have no report record.
+    """
+    from bids_parcellate import outputs
+    from bids_parcellate.report.assemble import load_unit_records, write_participant_report
+    from bids_parcellate.report.methods import write_citation
+
+    records = [r.report for r in results if getattr(r, "report", None)]
+    subjects = sorted({r["subject"] for r in records})
+    # units complete from an earlier run (not recomputed) keep their reports; their
+    # records still belong to this invocation's methods text
+    reused = {(r.subject, r.session) for r in results if getattr(r, "reused", False)}
+    if reused:
+        seg = outputs.seg_label(config.method)
+        records += [r for r in load_unit_records(config.output_dir,
+                                                 sorted({s for s, _ in reused}))
+                    if (r["subject"], r.get("session")) in reused and r.get("seg") == seg]
+    if not records:
+        return
+    tic = time.monotonic()
+    for subject in subjects:
+        write_participant_report(config.output_dir, subject)
+    write_citation(config.output_dir, records)
+    LOGGER.info("%d report(s) and logs/CITATION.* assembled in %.2f s", len(subjects),
+                time.monotonic() - tic)
+
+
+def reports_only(config: Config) -> list:
+    """``--reports-only``: rebuild reports from OUTPUT_DIR without reading any input.
+
+    Participant reports for the selected participants (all with report data when none
+    is selected) when the participant level is requested; ``group.html`` when the group
+    level is.
+    """
+    from bids_parcellate.report.assemble import (
+        load_unit_records,
+        write_group_report,
+        write_participant_report,
+    )
+
+    if not config.output_dir.is_dir():
+        raise UserError(f"{config.output_dir}: OUTPUT_DIR does not exist (nothing to "
+                        "report on)")
+    written = []
+    if "participant" in config.analysis_levels:
+        records = load_unit_records(config.output_dir, config.participant_label)
+        if not records:
+            selected = (" for " + ", ".join(f"sub-{p}" for p in config.participant_label)
+                        if config.participant_label else "")
+            raise UserError(f"{config.output_dir}: no participant report data{selected} "
+                            "(run the participant level first)")
+        for subject in sorted({r["subject"] for r in records}):
+            written.append(write_participant_report(config.output_dir, subject))
+    if "group" in config.analysis_levels:
+        written.append(write_group_report(config.output_dir))
+    return written
+
+
+def boilerplate_only(config: Config, selection) -> list:
+    """``--boilerplate-only``: write ``logs/CITATION.*`` from the input query alone."""
+    from bids_parcellate.report.methods import planned_records, write_citation
+
+    return write_citation(config.output_dir, planned_records(config, selection))

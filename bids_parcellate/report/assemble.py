@@ -1,0 +1,356 @@
+"""Assemble self-contained HTML reports from the files in OUTPUT_DIR.
+
+A participant report (``OUTPUT_DIR/sub-<label>.html``) is built from the unit records
+and figures that the participant level left under ``sub-<label>/figures/`` (see
+:mod:`bids_parcellate.report.record`); the group report (``OUTPUT_DIR/group.html``)
+from the group atlases under ``tpl-*/``, the group tables and the unit records. Nothing
+is recomputed from BOLD data, which is what ``--reports-only`` relies on.
+
+Pages are jinja2 templates (``report/templates/``, autoescaping on) with figures
+embedded as data URIs (SVG, with PNG rasters inside), the style sheet inline and no
+external resource, so they open from ``file://`` and from a copy of the output folder.
+A Content-Security-Policy allows only the page's own inline style and script (by hash)
+and ``data:`` images: an injected script would not run even if escaping failed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from urllib.parse import quote
+
+import jinja2
+from markupsafe import Markup
+
+from bids_parcellate import __version__, outputs
+from bids_parcellate.config import UserError
+
+LOGGER = logging.getLogger("bids_parcellate")
+
+RECORD_GLOB = "sub-*/figures/sub-*_desc-summary_report.json"
+#: Rows shown from a table (the file holds them all).
+MAX_TABLE_ROWS = 500
+
+
+# --------------------------------------------------------------------------- pages
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("bids_parcellate.report", "templates"),
+        autoescape=True,  # every value is escaped unless marked safe here
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["seconds"] = lambda v: f"{v:.1f} s" if v is not None else "n/a"
+    return env
+
+
+@lru_cache(maxsize=1)
+def _assets() -> tuple[str, str]:
+    folder = resources.files("bids_parcellate.report").joinpath("templates")
+    return (folder.joinpath("report.css").read_text(encoding="utf-8"),
+            folder.joinpath("report.js").read_text(encoding="utf-8"))
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def render_page(template: str, **context) -> str:
+    """Render a page template with the inline style, script and security policy."""
+    style, script = _assets()
+    csp = (f"default-src 'none'; img-src data:; style-src {_csp_hash(style)}; "
+           f"script-src {_csp_hash(script)}; base-uri 'none'; form-action 'none'")
+    return _environment().get_template(template).render(
+        style=Markup(style), script=Markup(script), csp=csp, version=__version__,
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), **context)
+
+
+def data_uri(path: Path) -> str:
+    """A figure file as a ``data:`` URI (SVG percent-encoded, other images base64)."""
+    path = Path(path)
+    if path.suffix == ".svg":
+        return svg_uri(path.read_bytes())
+    kind = {".png": "image/png", ".jpg": "image/jpeg"}[path.suffix]
+    return f"data:{kind};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def svg_uri(svg: bytes) -> str:
+    """An SVG document as a percent-encoded ``data:`` URI: our SVGs are mostly base64
+    rasters, which need no encoding, so this is ~25 % smaller than base64 of the SVG."""
+    return "data:image/svg+xml;charset=utf-8," + quote(svg.decode("utf-8"),
+                                                      safe=" /:;=,.-_()+*!~@?$")
+
+
+# --------------------------------------------------------------------------- records
+def load_unit_records(output_dir: Path, subjects: Sequence[str] = ()) -> list[dict]:
+    """Unit records found in OUTPUT_DIR (all participants, or those in ``subjects``)."""
+    found = []
+    for path in sorted(Path(output_dir).glob(RECORD_GLOB)):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            LOGGER.warning("%s: unreadable report record (%s); skipped", path, exc)
+            continue
+        if subjects and record.get("subject") not in subjects:
+            continue
+        record["_path"] = path.relative_to(output_dir).as_posix()
+        found.append(record)
+    found.sort(key=lambda r: (r["subject"], r.get("session") or "", r.get("seg") or ""))
+    return found
+
+
+def _table(path: Path) -> dict:
+    """A TSV as {columns, rows, n_rows} (rows capped at :data:`MAX_TABLE_ROWS`)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    columns = lines[0].split("\t") if lines else []
+    rows = [line.split("\t") for line in lines[1:] if line]
+    return {"name": path.name, "columns": columns, "rows": rows[:MAX_TABLE_ROWS],
+            "n_rows": len(rows)}
+
+
+#: Columns of quality tables that identify a row rather than measure something.
+QUALITY_KEYS = ("participant_id", "session_id", "method", "scale")
+
+
+def quality_slot(output_dir: Path, record: dict) -> dict:
+    """QUALITY SLOT (issue 5): a unit's quality measures, when they exist.
+
+    Reads the ``<dseg stem>_quality.tsv`` tables beside the unit's dseg files (one row
+    per scale) with the column descriptions of their ``.json`` sidecars, and returns
+    them as one table (rows: measures, columns: scales) plus a figure of accuracy,
+    reproducibility and homogeneity against its null across scales (drawn from the
+    tables, so ``--reports-only`` shows the same). ``*_desc-quality*`` figures under
+    ``sub-<label>/figures/`` are shown as they are.
+    """
+    from bids_parcellate.report import figures
+
+    output_dir = Path(output_dir)
+    rows: list[dict] = []
+    descriptions: dict[str, str] = {}
+    folders = sorted({(output_dir / s["dseg"]).parent for s in record["scales"]})
+    prefix = record["name"] + "_"
+    for folder in folders:
+        for path in sorted(folder.glob(f"{prefix}*_quality.tsv")):
+            if f"_seg-{record['seg']}_" not in path.name:
+                continue
+            table = _table(path)
+            for row in table["rows"]:
+                values = dict(zip(table["columns"], row, strict=False))
+                if "scale" not in values:
+                    found = re.search(r"_scale-([0-9]+)_", path.name)
+                    values["scale"] = found.group(1) if found else "n/a"
+                rows.append(values)
+            sidecar = path.with_suffix(".json")
+            if sidecar.is_file():
+                try:
+                    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+                except json.JSONDecodeError:
+                    meta = {}
+                descriptions.update({k: str(v["Description"]) for k, v in meta.items()
+                                     if isinstance(v, dict) and "Description" in v})
+    rows.sort(key=lambda r: int(r["scale"]) if str(r["scale"]).isdigit() else 0)
+    columns = [c for r in rows for c in r if c not in QUALITY_KEYS]
+    measures = [{"name": c, "description": descriptions.get(c, ""),
+                 "values": [r.get(c, "") for r in rows]} for c in dict.fromkeys(columns)]
+    chart = None
+    if rows:
+        svg = figures.quality(rows)
+        chart = {"uri": svg_uri(svg)} if svg else None
+    images = []
+    figures_dir = output_dir / f"sub-{record['subject']}" / "figures"
+    for pattern in (f"{prefix}*desc-quality*.png", f"{prefix}*desc-quality*.svg"):
+        for path in sorted(figures_dir.glob(pattern)):
+            images.append({"name": path.name, "uri": data_uri(path)})
+    return {"scales": [r["scale"] for r in rows], "measures": measures, "chart": chart,
+            "images": images, "available": bool(rows or images)}
+
+
+def _unit_view(output_dir: Path, record: dict) -> dict:
+    """Template data of one unit: the record plus embedded figures and quality."""
+    figures = {}
+    missing = []
+    for name, entry in record.get("figures", {}).items():
+        path = Path(output_dir) / entry["file"]
+        if path.is_file():
+            figures[name] = {**entry, "uri": data_uri(path)}
+        else:
+            missing.append(entry["file"])
+    runs = record["runs"]
+    regressor_sets: list[dict] = []
+    for run in runs:
+        for item in regressor_sets:
+            if item["names"] == run["confounds"]:
+                item["runs"].append(run["label"])
+                break
+        else:
+            regressor_sets.append({"names": list(run["confounds"]), "runs": [run["label"]]})
+    anchor = re.sub(r"[^A-Za-z0-9_-]", "-", "unit-" + record["name"] + "-" + record["seg"])
+    title = " · ".join(p for p in (
+        f"sub-{record['subject']}", f"ses-{record['session']}" if record.get("session")
+        else "", record["method"]) if p)
+    n_kept = sum(r["n_kept"] for r in runs)
+    n_volumes = sum(r["n_volumes"] for r in runs)
+    timings = record.get("timings", {})
+    return {"record": record, "figures": figures, "missing_figures": missing,
+            "quality": quality_slot(output_dir, record), "regressor_sets": regressor_sets,
+            "anchor": anchor, "title": title, "n_kept": n_kept, "n_volumes": n_volumes,
+            "timings": timings, "total_time": sum(timings.values())}
+
+
+def write_participant_report(output_dir: Path, subject: str) -> Path:
+    """Assemble ``OUTPUT_DIR/sub-<subject>.html`` from the unit records and figures.
+
+    Raises
+    ------
+    UserError
+        When the participant has no unit record in OUTPUT_DIR.
+    """
+    from bids_parcellate.report.methods import render_methods
+
+    tic = time.monotonic()
+    records = load_unit_records(output_dir, [subject])
+    if not records:
+        raise UserError(f"{output_dir}: no report data for sub-{subject} (run the "
+                        "participant level first)")
+    units = [_unit_view(output_dir, r) for r in records]
+    methods = render_methods(records, quality=any(u["quality"]["available"] for u in units))
+    html = render_page("participant.html.j2", subject=subject, units=units, methods=methods,
+                       n_runs=sum(len(r["runs"]) for r in records),
+                       n_skipped=sum(len(r["skipped"]) for r in records))
+    path = outputs.write_text(outputs.participant_report_path(output_dir, subject), html)
+    LOGGER.info("report %s (%d unit(s), %.1f s)", path.name, len(units),
+                time.monotonic() - tic)
+    return path
+
+
+# --------------------------------------------------------------------------- group
+ATLAS_PATTERN = re.compile(
+    r"^tpl-(?P<tpl>[A-Za-z0-9]+)(?:_cohort-[A-Za-z0-9]+)?_atlas-(?P<atlas>[A-Za-z0-9]+)"
+    r"(?:_seg-[A-Za-z0-9]+)?(?:_scale-(?P<scale>[0-9]+))?(?:_res-(?P<res>[A-Za-z0-9]+))?"
+    r"(?:_desc-[A-Za-z0-9]+)?_dseg\.nii(?:\.gz)?$")
+
+
+def find_group_atlases(output_dir: Path) -> list[dict]:
+    """Group atlases under ``tpl-*/``: one entry per (template, atlas, res) with its scales."""
+    groups: dict[tuple, dict] = {}
+    for path in sorted(Path(output_dir).glob("tpl-*/tpl-*_dseg.nii*")):
+        match = ATLAS_PATTERN.match(path.name)
+        if not match:
+            continue
+        key = (match["tpl"], match["atlas"], match["res"])
+        entry = groups.setdefault(key, {"template": match["tpl"], "atlas": match["atlas"],
+                                        "res": match["res"], "files": {}})
+        scale = int(match["scale"]) if match["scale"] else 0
+        entry["files"][scale] = path
+    return [groups[k] for k in sorted(groups, key=lambda k: tuple(str(p) for p in k))]
+
+
+def _atlas_view(output_dir: Path, atlas: dict) -> dict:
+    import nibabel as nib
+    import numpy as np
+
+    from bids_parcellate.report import figures
+
+    imgs = {scale: nib.load(path) for scale, path in sorted(atlas["files"].items())}
+    shown = {}
+    rows = []
+    for scale, img in imgs.items():
+        data = np.asarray(img.dataobj)
+        n = int(len(np.unique(data[data > 0])))
+        label = scale or n
+        shown[label] = img
+        rows.append({"scale": label, "n_parcels": n,
+                     "file": atlas["files"][scale].relative_to(output_dir).as_posix()})
+    bg = None
+    if "MNI152" in atlas["template"]:
+        from nilearn.datasets import load_mni152_template
+        from nilearn.image import resample_to_img
+
+        first = shown[min(shown)]
+        bg = resample_to_img(load_mni152_template(resolution=2), first,
+                             interpolation="continuous", force_resample=True,
+                             copy_header=True)
+    return {**atlas, "rows": rows, "uri": svg_uri(figures.atlas_maps(shown, bg))}
+
+
+def write_group_report(output_dir: Path) -> Path:
+    """Assemble ``OUTPUT_DIR/group.html`` from whatever group outputs exist.
+
+    Shows every group atlas (all scales), a participants table (runs, volumes kept and
+    censored, and the agreement of each participant with the group atlas from the
+    ``group*agreement*.tsv`` tables) with links to the participant reports, and every
+    ``group*.tsv`` table.
+
+    Raises
+    ------
+    UserError
+        When OUTPUT_DIR holds neither group atlases nor participant report data.
+    """
+    from bids_parcellate.report.methods import render_methods
+
+    output_dir = Path(output_dir)
+    tic = time.monotonic()
+    atlases = [_atlas_view(output_dir, a) for a in find_group_atlases(output_dir)]
+    records = load_unit_records(output_dir)
+    if not atlases and not records:
+        raise UserError(f"{output_dir}: no group atlas (tpl-*/) and no participant report "
+                        "data to report on")
+    tables = [_table(p) for p in sorted(output_dir.glob("group*.tsv"))]
+    # agreement tables (one row per participant, session and scale) become columns of
+    # the participants table: "<measure> (<scale>)", sessions' values joined by " / "
+    extra_columns: list[str] = []
+    extra: dict[str, dict[str, list]] = {}
+    for table in tables:
+        if "agreement" not in table["name"] or "participant_id" not in table["columns"]:
+            continue
+        atlas = re.search(r"atlas-([A-Za-z0-9]+)", table["name"])
+        n_agreement = sum("agreement" in t["name"] for t in tables)
+        for row in table["rows"]:
+            cells = dict(zip(table["columns"], row, strict=False))
+            for column in table["columns"]:
+                if column in ("participant_id", "session_id", "scale", "n_voxels"):
+                    continue
+                name = column + (f" ({cells['scale']})" if "scale" in cells else "")
+                if atlas and n_agreement > 1:
+                    name += f" atlas-{atlas.group(1)}"
+                if name not in extra_columns:
+                    extra_columns.append(name)
+                extra.setdefault(cells["participant_id"], {}).setdefault(name, []).append(
+                    cells[column])
+    participants: dict[str, dict] = {}
+    for record in records:
+        entry = participants.setdefault(f"sub-{record['subject']}", {
+            "units": 0, "runs": 0, "kept": 0, "volumes": 0, "skipped": 0, "warnings": 0})
+        entry["units"] += 1
+        entry["runs"] += len(record["runs"])
+        entry["kept"] += sum(r["n_kept"] for r in record["runs"])
+        entry["volumes"] += sum(r["n_volumes"] for r in record["runs"])
+        entry["skipped"] += len(record["skipped"])
+        entry["warnings"] += len(record["warnings"])
+    for pid in extra:
+        participants.setdefault(pid, {})
+    rows = []
+    for pid in sorted(participants):
+        report = outputs.participant_report_path(output_dir, pid.removeprefix("sub-"))
+        rows.append({"participant_id": pid, **participants[pid],
+                     "report": report.name if report.is_file() else None,
+                     "extra": [" / ".join(extra.get(pid, {}).get(c, []))
+                               for c in extra_columns]})
+    methods = render_methods(records) if records else None
+    html = render_page("group.html.j2", atlases=atlases, participants=rows,
+                       extra_columns=extra_columns, tables=tables, methods=methods)
+    path = outputs.write_text(outputs.group_report_path(output_dir), html)
+    LOGGER.info("report %s (%d atlas(es), %d participant(s), %.1f s)", path.name,
+                len(atlases), len(rows), time.monotonic() - tic)
+    return path

@@ -1,0 +1,616 @@
+"""Report figures, drawn while a unit's cleaned data are in memory; each returns SVG bytes.
+
+Every figure is a small SVG document (``report/templates/figure.svg.j2``): axes, ticks,
+lines and text are vector elements, and image-like panels (brain slices, carpet plots,
+correlation matrices) are PNG rasters at their native resolution (one pixel per voxel,
+volume or parcel pair) embedded in the SVG and scaled up by the browser without
+smoothing.
+
+Why not matplotlib / nilearn.plotting: on the 4 mm studyforrest run (one participant,
+three scales, six figures) importing them and drawing with them cost 0.85-0.9 s of CPU,
+26-27 % of the participant's processing, above the 20 % budget of the report; these
+figures cost 0.16-0.24 s (``benchmarks/report_cost.py`` measures the whole report). They
+keep nilearn's conventions for brain slices:
+axial cuts in neurological orientation (left on the left, anterior up) at the same world
+z for every scale, and a ``cold_hot`` colour map for signed signal.
+
+Drawing is deterministic: the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import nibabel as nib
+import numpy as np
+
+#: Axial cuts per brain figure.
+N_CUTS = 7
+#: Width of every figure in CSS pixels.
+WIDTH = 960
+#: Largest correlation matrix drawn pixel for pixel; larger ones are block-averaged.
+MAX_MATRIX = 500
+FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
+INK, MUTED, GRID = "#1f2933", "#616e7c", "#d9e2ec"
+#: Colours of successive scales (Okabe-Ito, distinguishable with colour blindness).
+SCALE_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
+
+#: Colour maps as (position, RGB) anchors, interpolated linearly.
+COLORMAPS = {
+    # like nilearn's cold_hot: cyan-blue for negative values, black at 0, red-yellow
+    "cold_hot": ((0.0, (0, 255, 255)), (0.25, (0, 0, 255)), (0.5, (0, 0, 0)),
+                 (0.75, (255, 0, 0)), (1.0, (255, 255, 0))),
+    # ColorBrewer RdBu, reversed (blue for negative correlations)
+    "RdBu_r": ((0.0, (5, 48, 97)), (0.1, (33, 102, 172)), (0.2, (67, 147, 195)),
+               (0.3, (146, 197, 222)), (0.4, (209, 229, 240)), (0.5, (247, 247, 247)),
+               (0.6, (253, 219, 199)), (0.7, (244, 165, 130)), (0.8, (214, 96, 77)),
+               (0.9, (178, 24, 43)), (1.0, (103, 0, 31))),
+    "gray": ((0.0, (0, 0, 0)), (1.0, (255, 255, 255))),
+}
+
+
+def colormap(name: str, values: np.ndarray) -> np.ndarray:
+    """RGB (uint8) of ``values`` in [0, 1] (clipped) through a colour map of :data:`COLORMAPS`."""
+    anchors = COLORMAPS[name]
+    positions = [a[0] for a in anchors]
+    values = np.clip(np.nan_to_num(values, nan=0.0), 0, 1)
+    rgb = np.stack([np.interp(values, positions, [a[1][c] for a in anchors])
+                    for c in range(3)], axis=-1)
+    return np.round(rgb).astype(np.uint8)
+
+
+def _hex(rgb) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
+
+
+def png(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an RGB uint8 image (Pillow, no metadata: deterministic)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB").save(
+        buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def png_indexed(index: np.ndarray, palette: np.ndarray) -> bytes:
+    """PNG of a palette image (one byte per pixel): 3-4 times smaller than RGB for the
+    noisy carpet and correlation panels."""
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(index, dtype=np.uint8), "P")
+    image.putpalette(np.asarray(palette, dtype=np.uint8).ravel().tolist())
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def quantize(values: np.ndarray, cmap: str, levels: int = 64,
+             nan_color=(192, 57, 43)) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (0..levels-1, ``levels`` for NaN) and palette of values in [0, 1]."""
+    index = np.round(np.clip(np.nan_to_num(values, nan=0.0), 0, 1) * (levels - 1))
+    index = np.where(np.isnan(values), levels, index).astype(np.uint8)
+    palette = np.vstack([colormap(cmap, np.linspace(0, 1, levels)), nan_color])
+    return index, palette
+
+
+# --------------------------------------------------------------------------- drawing
+@dataclass
+class Canvas:
+    """A figure: a list of SVG elements rendered by ``figure.svg.j2``."""
+
+    width: float
+    height: float
+    background: str = "#ffffff"
+    items: list[dict] = field(default_factory=list)
+    gradients: list[dict] = field(default_factory=list)
+
+    def image(self, x, y, w, h, rgb: np.ndarray | None = None,
+              indexed: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        data = png(rgb) if indexed is None else png_indexed(*indexed)
+        href = "data:image/png;base64," + base64.b64encode(data).decode()
+        self.items.append({"kind": "image", "x": x, "y": y, "w": w, "h": h, "href": href})
+
+    def line(self, x1, y1, x2, y2, color=INK, width=1.0, dash=None, opacity=1.0) -> None:
+        self.items.append({"kind": "line", "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+                           "color": color, "width": width, "dash": dash,
+                           "opacity": opacity})
+
+    def polyline(self, xs, ys, color=INK, width=1.2) -> None:
+        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
+        self.items.append({"kind": "polyline", "points": points, "color": color,
+                           "width": width})
+
+    def polygon(self, xs, ys, fill, opacity=1.0) -> None:
+        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
+        self.items.append({"kind": "polygon", "points": points, "fill": fill,
+                           "opacity": opacity})
+
+    def marker(self, x, y, color) -> None:
+        self.items.append({"kind": "marker", "x": x, "y": y, "color": color})
+
+    def rect(self, x, y, w, h, fill="none", stroke=None, opacity=1.0) -> None:
+        self.items.append({"kind": "rect", "x": x, "y": y, "w": w, "h": h, "fill": fill,
+                           "stroke": stroke, "opacity": opacity})
+
+    def text(self, x, y, text, size=11, color=INK, anchor="start", rotate=False,
+             box=None) -> None:
+        self.items.append({"kind": "text", "x": x, "y": y, "text": str(text), "size": size,
+                           "color": color, "anchor": anchor, "rotate": rotate, "box": box})
+
+    def colorbar(self, x, y, w, h, cmap: str, ticks: Sequence[tuple[float, str]],
+                 label: str = "", color=INK) -> None:
+        """Vertical colour bar; ``ticks`` are (position in [0, 1], label) pairs."""
+        gid = f"cbar{len(self.gradients)}"
+        stops = [(round(p, 3), _hex(c)) for p, c in COLORMAPS[cmap]]
+        self.gradients.append({"id": gid, "stops": stops})
+        self.items.append({"kind": "gradient", "x": x, "y": y, "w": w, "h": h, "id": gid})
+        self.rect(x, y, w, h, stroke=color)
+        for position, text in ticks:
+            ty = y + h * (1 - position)
+            self.line(x + w, ty, x + w + 3, ty, color=color)
+            self.text(x + w + 5, ty + 3.5, text, size=9, color=color)
+        if label:
+            self.text(x + w + 34, y + h / 2, label, size=10, color=color, anchor="middle",
+                      rotate=True)
+
+    def svg(self) -> bytes:
+        from bids_parcellate.report.assemble import _environment
+
+        return _environment().get_template("figure.svg.j2").render(
+            canvas=self, font=FONT).encode("utf-8")
+
+
+def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
+    """Round tick values (steps of 1, 2 or 5 x 10^k) covering [lo, hi]."""
+    if not np.isfinite([lo, hi]).all() or hi <= lo:
+        return [lo]
+    raw = (hi - lo) / target
+    base = 10 ** math.floor(math.log10(raw))
+    step = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def tick_label(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass
+class Axes:
+    """Data-to-pixel mapping of one plotting area of a :class:`Canvas`."""
+
+    canvas: Canvas
+    x0: float
+    y0: float
+    w: float
+    h: float
+    xlim: tuple[float, float]
+    ylim: tuple[float, float]
+    xlog: bool = False
+
+    def x(self, value):
+        lo, hi = self.xlim
+        value = np.asarray(value, dtype=float)
+        if self.xlog:
+            value, lo, hi = np.log10(value), math.log10(lo), math.log10(hi)
+        return self.x0 + (value - lo) / (hi - lo) * self.w
+
+    def y(self, value):
+        lo, hi = self.ylim
+        return self.y0 + self.h - (np.asarray(value, dtype=float) - lo) / (hi - lo) * self.h
+
+    def frame(self, xlabel: str = "", ylabel: str = "", xticks=None, yticks=None,
+              xtick_labels=None) -> None:
+        """Left and bottom spines, ticks and labels."""
+        c = self.canvas
+        bottom = self.y0 + self.h
+        c.line(self.x0, bottom, self.x0 + self.w, bottom, color=MUTED)
+        c.line(self.x0, self.y0, self.x0, bottom, color=MUTED)
+        for i, value in enumerate(xticks if xticks is not None else []):
+            px = float(self.x(value))
+            c.line(px, bottom, px, bottom + 4, color=MUTED)
+            label = xtick_labels[i] if xtick_labels else tick_label(value)
+            c.text(px, bottom + 15, label, size=10, color=MUTED, anchor="middle")
+        for value in yticks if yticks is not None else []:
+            py = float(self.y(value))
+            c.line(self.x0 - 4, py, self.x0, py, color=MUTED)
+            c.text(self.x0 - 6, py + 3.5, tick_label(value), size=10, color=MUTED,
+                   anchor="end")
+        if xlabel:
+            c.text(self.x0 + self.w / 2, bottom + 31, xlabel, size=11, anchor="middle")
+        if ylabel:
+            c.text(self.x0 - 38, self.y0 + self.h / 2, ylabel, size=11, anchor="middle",
+                   rotate=True)
+
+
+# --------------------------------------------------------------------------- slices
+def canonical(img: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
+    """Data and affine of ``img`` in RAS+ voxel order (nibabel's closest canonical)."""
+    img = nib.as_closest_canonical(img)
+    return np.asanyarray(img.dataobj), img.affine
+
+
+class Slicer:
+    """Where to cut: axial planes spread over a brain mask, and its bounding box.
+
+    Parameters
+    ----------
+    mask_img : Nifti1Image
+        Brain mask (non-zero inside).
+    n_cuts : int
+        Axial cuts between the 15th and 90th percentile of the mask's extent in z.
+    """
+
+    def __init__(self, mask_img: nib.Nifti1Image, n_cuts: int = N_CUTS) -> None:
+        mask, self.affine = canonical(mask_img)
+        self.mask = mask > 0
+        z = np.flatnonzero(self.mask.any(axis=(0, 1)))
+        self.planes = [int(k) for k in
+                       np.linspace(*np.percentile(z, [15, 90]), n_cuts).round()]
+        xy = np.argwhere(self.mask.any(axis=2))
+        self.box = (slice(xy[:, 0].min(), xy[:, 0].max() + 1),
+                    slice(xy[:, 1].min(), xy[:, 1].max() + 1))
+        self.gap = 2
+
+    @property
+    def cut_coords(self) -> list[float]:
+        """z of the cuts in mm (world coordinates), as nilearn's ``cut_coords``."""
+        world = nib.affines.apply_affine(
+            self.affine, np.c_[np.zeros((len(self.planes), 2)), self.planes])[:, 2]
+        return [round(float(z), 1) for z in world]
+
+    @property
+    def tile_width(self) -> int:
+        return self.box[0].stop - self.box[0].start
+
+    def strip(self, data: np.ndarray, fill=0) -> np.ndarray:
+        """The cuts of a canonical 3D (or 3D x channels) array side by side, anterior up."""
+        tiles = []
+        for k in self.planes:
+            tile = np.swapaxes(data[self.box[0], self.box[1], k], 0, 1)[::-1]
+            tiles += [tile, np.full((tile.shape[0], self.gap) + tile.shape[2:], fill,
+                                    dtype=tile.dtype)]
+        return np.concatenate(tiles[:-1], axis=1)
+
+
+def _gray(bg: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Background image scaled to [0, 1] by its 2nd-98th percentiles in the mask."""
+    values = bg[inside]
+    lo, hi = np.percentile(values, [2, 98]) if values.size else (0.0, 1.0)
+    return np.clip((bg - lo) / ((hi - lo) or 1.0), 0, 1)
+
+
+@lru_cache(maxsize=8)
+def label_colors(n_labels: int, random_state: int = 0) -> np.ndarray:
+    """RGB in [0, 1] of labels 0..n (0 black): evenly spaced hues in a seeded random order
+    and brightness, so that neighbouring parcels (close label values) differ."""
+    rng = np.random.default_rng(random_state)
+    hue = np.linspace(0, 1, n_labels, endpoint=False)[rng.permutation(n_labels)]
+    value = rng.uniform(0.6, 1.0, size=n_labels)
+    saturation = 0.85
+    # HSV to RGB (vectorised)
+    i = np.floor(hue * 6).astype(int) % 6
+    f = hue * 6 - np.floor(hue * 6)
+    p, q, t = value * (1 - saturation), value * (1 - f * saturation), \
+        value * (1 - (1 - f) * saturation)
+    choices = [(value, t, p), (q, value, p), (p, value, t), (p, q, value), (t, p, value),
+               (value, p, q)]
+    rgb = np.stack([np.choose(i, [c[channel] for c in choices]) for channel in range(3)],
+                   axis=1)
+    return np.vstack([np.zeros(3), rgb])
+
+
+def _boundaries(labels: np.ndarray) -> np.ndarray:
+    """Pixels of a 2D label image whose right or lower neighbour has another label."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    return edge & (labels > 0)
+
+
+def _mosaic(rows: Sequence[tuple[str, np.ndarray]], slicer: Slicer,
+            colorbar: tuple[str, float] | None = None) -> bytes:
+    """Strips of cuts (one per row, RGB uint8) with row titles, cut positions, colour bar."""
+    gap = 5
+    strip_h, strip_w = rows[0][1].shape[:2]
+    bar = 70 if colorbar else 0
+    scale = (WIDTH - bar - 8) / strip_w
+    row_h = strip_h * scale
+    height = len(rows) * row_h + (len(rows) - 1) * gap + 22
+    canvas = Canvas(WIDTH, round(height, 1), background="#000000")
+    gap_rows = np.zeros((gap,) + rows[0][1].shape[1:], dtype=np.uint8)
+    image = np.concatenate([part for _, strip in rows for part in (strip, gap_rows)][:-1])
+    total_h = len(rows) * row_h + (len(rows) - 1) * gap * scale
+    canvas.image(4, 4, strip_w * scale, total_h, image)
+    for row, (title, _) in enumerate(rows):
+        canvas.text(8, 4 + row * (row_h + gap * scale) + 14, title, size=12, color="#ffffff",
+                    box="#000000")
+    for col, z in enumerate(slicer.cut_coords):
+        x = 4 + col * (slicer.tile_width + slicer.gap) * scale
+        canvas.text(x + 2, height - 5, f"z = {z:g} mm", size=10, color="#d9e2ec")
+    if colorbar:
+        cmap, vmax = colorbar
+        canvas.colorbar(WIDTH - bar + 8, 30, 12, height - 70, cmap,
+                        [(0.0, f"{-vmax:.3g}"), (0.5, "0"), (1.0, f"{vmax:.3g}")],
+                        color="#ffffff")
+    return canvas.svg()
+
+
+def label_maps(labels_imgs: Mapping[int, nib.Nifti1Image], bg_img: nib.Nifti1Image | None,
+               slicer: Slicer, alpha: float = 0.7) -> bytes:
+    """One row of axial cuts per scale: the parcels over the participant's mean BOLD."""
+    inside = slicer.mask
+    gray = (_gray(canonical(bg_img)[0].astype(np.float64), inside) if bg_img is not None
+            else np.zeros(inside.shape))
+    base = np.repeat(slicer.strip(gray)[..., None], 3, axis=2)
+    rows = []
+    for scale in sorted(labels_imgs):
+        labels = slicer.strip(np.asarray(canonical(labels_imgs[scale])[0]).astype(np.int64))
+        colors = label_colors(int(labels.max()))[labels]
+        rgb = np.where((labels > 0)[..., None], (1 - alpha) * base + alpha * colors, base)
+        rgb[_boundaries(labels)] *= 0.55
+        rows.append((f"{scale} parcels", np.round(rgb * 255).astype(np.uint8)))
+    return _mosaic(rows, slicer)
+
+
+def compressed(original: nib.Nifti1Image, rebuilt: Mapping[int, nib.Nifti1Image],
+               slicer: Slicer, titles: Mapping[int, str], original_title: str) -> bytes:
+    """A cleaned volume, then the same volume rebuilt from parcel means at each scale."""
+    first = canonical(original)[0]
+    values = first[slicer.mask]
+    vmax = float(np.percentile(np.abs(values), 98)) if values.any() else 1.0
+    rows = []
+    for title, img in [(original_title, original)] + [(titles[s], rebuilt[s])
+                                                      for s in sorted(rebuilt)]:
+        strip = slicer.strip(np.where(slicer.mask, canonical(img)[0], 0.0))
+        rows.append((title, colormap("cold_hot", (strip + vmax) / (2 * vmax))))
+    return _mosaic(rows, slicer, colorbar=("cold_hot", vmax))
+
+
+# --------------------------------------------------------------------------- plots
+def parcel_sizes(sizes: Mapping[int, np.ndarray], n_voxels: int) -> bytes:
+    """Histogram of parcel sizes (voxels, log axis), one outline per scale."""
+    canvas = Canvas(640, 300)
+    smallest = min(int(s.min()) for s in sizes.values())
+    largest = max(int(s.max()) for s in sizes.values())
+    lo, hi = smallest * 0.8, max(largest, smallest + 1) * 1.25
+    bins = np.geomspace(lo, hi, 36)
+    counts = {s: np.histogram(sizes[s], bins=bins)[0] for s in sizes}
+    top = max(int(c.max()) for c in counts.values())
+    yticks = nice_ticks(0, top * 1.05, 4)
+    ax = Axes(canvas, 60, 15, 555, 230, (lo, hi), (0, max(yticks[-1], top * 1.05)),
+              xlog=True)
+    decades = [10.0 ** k for k in range(math.ceil(math.log10(lo)),
+                                        math.floor(math.log10(hi)) + 1)]
+    for value in decades:
+        canvas.line(float(ax.x(value)), ax.y0, float(ax.x(value)), ax.y0 + ax.h, color=GRID)
+    ax.frame("parcel size (voxels, log scale); dotted: size of equal parcels",
+             "number of parcels", xticks=decades, yticks=yticks,
+             xtick_labels=[f"{v:g}" for v in decades])
+    for k, scale in enumerate(sorted(sizes)):
+        color = SCALE_COLORS[k % len(SCALE_COLORS)]
+        xs = np.repeat(ax.x(bins), 2)[1:-1]
+        ys = np.repeat(ax.y(counts[scale]), 2)
+        canvas.polyline(np.r_[xs[0], xs, xs[-1]], np.r_[ax.y(0), ys, ax.y(0)], color=color,
+                        width=1.6)
+        equal = float(ax.x(n_voxels / scale))
+        canvas.line(equal, ax.y0, equal, ax.y0 + ax.h, color=color, dash="2,3")
+        canvas.line(ax.x0 + ax.w - 110, 24 + 16 * k, ax.x0 + ax.w - 92, 24 + 16 * k,
+                    color=color, width=2)
+        canvas.text(ax.x0 + ax.w - 86, 28 + 16 * k, f"{scale} parcels", size=10)
+    return canvas.svg()
+
+
+def carpet(series: Mapping[int, np.ndarray], orders: Mapping[int, np.ndarray],
+           boundaries: Sequence[int], run_labels: Sequence[str], tr: float | None) -> bytes:
+    """Parcel timeseries as images (parcels x volumes), one panel per scale.
+
+    Parameters
+    ----------
+    series : mapping
+        scale -> (n_volumes_all_runs, n_parcels), standardised, NaN for censored volumes.
+    orders : mapping
+        scale -> order of the parcels (rows), e.g. :func:`cluster_order`.
+    boundaries : sequence of int
+        Volume index where each run after the first starts.
+    run_labels : sequence of str
+    tr : float or None
+        Repetition time for the time axis label (volumes are plotted by index).
+    """
+    scales = sorted(series)
+    heights = [max(60.0, min(180.0, series[s].shape[1] * 0.45)) for s in scales]
+    top = 22 if len(run_labels) > 1 else 8
+    canvas = Canvas(WIDTH, top + sum(heights) + 8 * (len(scales) - 1) + 48)
+    n_volumes = series[scales[0]].shape[0]
+    y = top
+    ax = None
+    for scale, height in zip(scales, heights, strict=True):
+        block = series[scale][:, orders[scale]].T
+        ax = Axes(canvas, 60, y, WIDTH - 150, height, (0, n_volumes), (0, 1))
+        canvas.image(ax.x0, y, ax.w, height, indexed=quantize((block + 2) / 4, "gray"))
+        for start in boundaries:
+            canvas.line(float(ax.x(start)), y, float(ax.x(start)), y + height,
+                        color="#2980b9", width=1.5)
+        canvas.text(ax.x0 - 8, y + height / 2 + 4, f"{scale}", size=10, anchor="end")
+        y += height + 8
+    assert ax is not None
+    canvas.text(14, top + (y - top) / 2, "parcels", size=11, anchor="middle", rotate=True)
+    ticks = [t for t in nice_ticks(0, n_volumes - 1, 8) if t <= n_volumes - 1]
+    ax.h = y - 8 - ax.y0
+    ax.frame("volume (all runs in order; red columns: censored)"
+             + (f"; TR {tr:g} s" if tr else ""),
+             xticks=[t + 0.5 for t in ticks], xtick_labels=[f"{t:g}" for t in ticks])
+    if len(run_labels) > 1:
+        for start, label in zip([0, *boundaries], run_labels, strict=True):
+            canvas.text(float(ax.x(start)) + 2, 15, label, size=9, color=MUTED)
+    canvas.colorbar(WIDTH - 80, top, 12, y - 8 - top, "gray",
+                    [(0.0, "-2"), (0.5, "0"), (1.0, "2")], label="z")
+    return canvas.svg()
+
+
+def cluster_order(corr: np.ndarray) -> np.ndarray:
+    """Parcel order of an average-linkage clustering of a correlation matrix (1 - r)."""
+    from scipy.cluster import hierarchy
+    from scipy.spatial.distance import squareform
+
+    distance = np.clip(1 - np.nan_to_num(corr), 0, 2)
+    np.fill_diagonal(distance, 0)
+    return hierarchy.leaves_list(
+        hierarchy.linkage(squareform(distance, checks=False), method="average"))
+
+
+def correlation(matrices: Mapping[int, np.ndarray],
+                orders: Mapping[int, np.ndarray]) -> bytes:
+    """Parcel correlation matrices, one panel per scale, parcels in clustering order."""
+    scales = sorted(matrices)
+    panel = min(260.0, (WIDTH - 110) / len(scales) - 20)
+    canvas = Canvas(WIDTH, panel + 40)
+    for k, scale in enumerate(scales):
+        x = 10 + k * (panel + 20)
+        order = orders[scale]
+        matrix = np.nan_to_num(matrices[scale])[np.ix_(order, order)]
+        title = f"{scale} parcels"
+        block = math.ceil(len(matrix) / MAX_MATRIX)
+        if block > 1:  # more parcels than pixels: average blocks (bounded size and cost)
+            n = len(matrix) // block * block
+            matrix = matrix[:n, :n].reshape(n // block, block, n // block, block).mean(
+                axis=(1, 3))
+            title += f" ({block}×{block} blocks averaged)"
+        canvas.image(x, 26, panel, panel, indexed=quantize((matrix + 1) / 2, "RdBu_r"))
+        canvas.rect(x, 26, panel, panel, stroke=GRID)
+        canvas.text(x + panel / 2, 18, title, size=11, anchor="middle")
+    canvas.colorbar(10 + len(scales) * (panel + 20), 26, 12, panel, "RdBu_r",
+                    [(0.0, "-1"), (0.25, "-0.5"), (0.5, "0"), (0.75, "0.5"), (1.0, "1")],
+                    label="Pearson r")
+    return canvas.svg()
+
+
+def framewise_displacement(fd: Sequence[np.ndarray | None], censored: Sequence[Sequence[int]],
+                           run_labels: Sequence[str], threshold: float | None) -> bytes:
+    """FD of every run in order, threshold line, censored volumes marked."""
+    lengths = [len(v) if v is not None else 0 for v in fd]
+    total = max(sum(lengths), 1)
+    values = np.concatenate([v for v in fd if v is not None]) if any(lengths) else np.zeros(1)
+    top = max(float(np.nanmax(values)), threshold or 0.0) * 1.08 or 1.0
+    yticks = nice_ticks(0, top, 4)
+    canvas = Canvas(WIDTH, 210)
+    ax = Axes(canvas, 60, 22, WIDTH - 90, 140, (-0.5, total - 0.5),
+              (0, max(yticks[-1], top)))
+    start = 0
+    any_censored = False
+    for k, (series, cens, label) in enumerate(zip(fd, censored, run_labels, strict=True)):
+        n = lengths[k]
+        for index in cens:
+            any_censored = True
+            x = float(ax.x(start + index - 0.5))
+            canvas.rect(x, ax.y0, max(float(ax.x(start + index + 0.5)) - x, 1.0), ax.h,
+                        fill="#e74c3c", opacity=0.3)
+        if series is not None:
+            canvas.polyline(ax.x(np.arange(start, start + n)), ax.y(series), color="#34495e",
+                            width=1.1)
+        if k:
+            canvas.line(float(ax.x(start - 0.5)), ax.y0 - 14, float(ax.x(start - 0.5)),
+                        ax.y0 + ax.h, color="#2980b9", width=1.5)
+        if len(run_labels) > 1:
+            canvas.text(float(ax.x(start)) + 2, 12, label, size=9, color=MUTED)
+        start += n
+    legend = []
+    if threshold is not None:
+        y = float(ax.y(threshold))
+        canvas.line(ax.x0, y, ax.x0 + ax.w, y, color="#e67e22", width=1.2, dash="5,3")
+        legend.append(("#e67e22", f"FD threshold {threshold:g} mm"))
+    if any_censored:
+        legend.append(("#f1a9a0", "censored volume"))
+    for k, (color, text) in enumerate(legend):
+        x = ax.x0 + ax.w - 190
+        canvas.rect(x, ax.y0 + 4 + 15 * k, 14, 8, fill=color)
+        canvas.text(x + 20, ax.y0 + 12 + 15 * k, text, size=10)
+    ticks = [t for t in nice_ticks(0, total - 1, 8) if t <= total - 1]
+    ax.frame("volume", "FD (mm)", xticks=ticks, yticks=yticks)
+    return canvas.svg()
+
+
+def _floats(rows: Sequence[Mapping], column: str) -> np.ndarray:
+    out = []
+    for row in rows:
+        try:
+            out.append(float(row.get(column, "nan")))
+        except ValueError:
+            out.append(np.nan)
+    return np.asarray(out)
+
+
+def quality(rows: Sequence[Mapping]) -> bytes | None:
+    """Accuracy, reproducibility and homogeneity against its null, across scales.
+
+    Parameters
+    ----------
+    rows : sequence of mapping
+        One quality-table row per scale (column -> text value), with ``scale`` and any
+        of ``accuracy``, ``accuracy_heldout``, ``ari``, ``nmi``, ``homogeneity``,
+        ``homogeneity_null_mean``, ``homogeneity_null_sd``.
+
+    Returns
+    -------
+    bytes or None
+        SVG, or None when the rows have none of these measures.
+    """
+    scales = _floats(rows, "scale")
+    panels = [
+        ("accuracy (R²)", [("accuracy", "in-sample"), ("accuracy_heldout", "held-out")]),
+        ("reproducibility", [("ari", "ARI"), ("nmi", "NMI")]),
+        ("homogeneity", [("homogeneity", "parcels"),
+                         ("homogeneity_null_mean", "random parcels")]),
+    ]
+    panels = [(title, [(c, label) for c, label in series
+                       if np.isfinite(_floats(rows, c)).any()]) for title, series in panels]
+    panels = [(title, series) for title, series in panels if series]
+    if not panels or not np.isfinite(scales).all():
+        return None
+    canvas = Canvas(WIDTH, 250)
+    lo, hi = scales.min() / 1.4, scales.max() * 1.4
+    width = (WIDTH - 40) / len(panels)
+    for k, (title, series) in enumerate(panels):
+        values = np.concatenate([_floats(rows, c) for c, _ in series])
+        if title == "homogeneity":
+            mean, sd = _floats(rows, "homogeneity_null_mean"), _floats(rows,
+                                                                       "homogeneity_null_sd")
+            values = np.concatenate([values, mean - 2 * sd, mean + 2 * sd])
+            ylim = (min(0.0, np.nanmin(values)), np.nanmax(values) * 1.1 or 1.0)
+        else:
+            ylim = (0.0, 1.0)
+        ax = Axes(canvas, 55 + k * width, 28, width - 85, 160, (lo, hi), ylim, xlog=True)
+        canvas.text(ax.x0 + ax.w / 2, 16, title, size=11, anchor="middle")
+        if title == "homogeneity" and np.isfinite(sd).all():
+            xs = ax.x(scales)
+            canvas.polygon(np.r_[xs, xs[::-1]], np.r_[ax.y(mean + 2 * sd),
+                                                     ax.y((mean - 2 * sd)[::-1])],
+                           fill="#9aa5b1", opacity=0.35)
+        for j, (column, label) in enumerate(series):
+            color = SCALE_COLORS[j]
+            ys = _floats(rows, column)
+            ok = np.isfinite(ys)
+            canvas.polyline(ax.x(scales[ok]), ax.y(ys[ok]), color=color, width=1.8)
+            for x, y in zip(ax.x(scales[ok]), ax.y(ys[ok]), strict=True):
+                canvas.marker(float(x), float(y), color)
+            legend_y = ax.y0 + ax.h - 12 - 14 * (len(series) - 1 - j)
+            canvas.line(ax.x0 + ax.w - 110, legend_y, ax.x0 + ax.w - 94, legend_y,
+                        color=color, width=2)
+            canvas.text(ax.x0 + ax.w - 90, legend_y + 4, label, size=10)
+        ax.frame("parcels", xticks=list(scales), yticks=nice_ticks(*ylim, 4),
+                 xtick_labels=[f"{s:g}" for s in scales])
+    return canvas.svg()
+
+
+def atlas_maps(labels_imgs: Mapping[int, nib.Nifti1Image],
+               bg_img: nib.Nifti1Image | None) -> bytes:
+    """Group atlas at every scale (rows), axial cuts over ``bg_img`` (on the atlas grid)."""
+    first = labels_imgs[min(labels_imgs)]
+    mask = nib.Nifti1Image((np.asarray(first.dataobj) > 0).astype(np.uint8), first.affine)
+    return label_maps(labels_imgs, bg_img, Slicer(mask))
