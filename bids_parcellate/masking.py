@@ -43,6 +43,8 @@ DATA_STRATEGIES = {"epi": "compute_epi_mask", "background": "compute_background_
 #: Template strategies and nilearn's ``compute_brain_mask`` ``mask_type``.
 TEMPLATE_STRATEGIES = {"whole-brain-template": "whole-brain", "gm-template": "gm",
                        "wm-template": "wm"}
+TEMPLATE_WORDS = {"whole-brain-template": "whole-brain", "gm-template": "grey-matter",
+                  "wm-template": "white-matter"}
 
 
 # --------------------------------------------------------------------------- grid
@@ -109,6 +111,29 @@ def target_grid(config: Config, source: Grid) -> Grid | None:
     if min(grid.shape) < 1 or np.prod(grid.shape) < 8:
         raise UserError(f"--target-affine/--target-shape give an empty grid {grid.shape}")
     return grid
+
+
+def output_res(config: Config, runs: list[Run]) -> str | None:
+    """The ``res-`` label of the outputs: the target grid's (``--target-*``), else the
+    input BOLD's (None when it has none)."""
+    if config.target_resolution is not None:
+        return resolution_label(np.full(3, config.target_resolution))
+    if config.target_affine is not None:
+        axes = np.asarray(config.target_affine, dtype=float)[:3, :3]
+        return resolution_label(np.sqrt((axes ** 2).sum(axis=0)))
+    return runs[0].entities.get("res") if runs else None
+
+
+def resampling_reader(config: Config, shape: tuple[int, ...], affine: np.ndarray
+                      ) -> tuple[Grid, BoldReader | None]:
+    """The grid the data are analysed on, and the reader that resamples a BOLD on the
+    grid ``shape``/``affine`` to it (None when there is no ``--target-*``). For stages
+    that mask with a known mask (the group level's atlas timeseries)."""
+    source = Grid(tuple(int(n) for n in shape[:3]), np.asarray(affine, dtype=float))
+    target = target_grid(config, source)
+    if target is None:
+        return source, None
+    return target, BoldReader(source, target, "fmriprep", None, None)
 
 
 def resample_mask(mask: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
@@ -298,8 +323,9 @@ def build_unit_mask(runs: list[Run], config: Config) -> UnitMask:
         template = template_mask(strategy, grid, config.mask_args)
         before = int(mask.sum())
         mask = mask & template
-        parts = [f"nilearn's MNI152 {TEMPLATE_STRATEGIES[strategy]} template mask "
-                 f"({int(template.sum())} voxels) within the {parts[0]} ({before} voxels)"]
+        parts = [f"MNI152 {TEMPLATE_WORDS[strategy]} template mask of nilearn "
+                 f"(compute_brain_mask, {int(template.sum())} voxels) within the "
+                 f"{parts[0]} ({before} voxels)"]
         if not mask.any():
             raise UserError(f"--mask-strategy {strategy}: no voxel of the template mask is "
                             f"inside the brain mask of {runs[0].mask.name}")
@@ -310,12 +336,13 @@ def build_unit_mask(runs: list[Run], config: Config) -> UnitMask:
                 "at %s mm, see --mask-args '{\"opening\": 0}')", strategy, int(mask.sum()),
                 before, _sizes(grid))
     elif strategy in DATA_STRATEGIES:
-        parts = [f"intersection of nilearn's {DATA_STRATEGIES[strategy]} of each run's mean "
+        parts = [f"intersection of the masks computed by nilearn's "
+                 f"{DATA_STRATEGIES[strategy]} from each run's mean "
                  "BOLD image"]
     user = None
     if config.mask is not None:
         user = load_user_mask(config.mask, grid)
-        parts.append(f"the --mask {config.mask.name} ({int(user.sum())} voxels)")
+        parts.append(f"restricted to --mask {config.mask.name} ({int(user.sum())} voxels)")
         if strategy not in DATA_STRATEGIES:
             before = int(mask.sum())
             mask = mask & user
@@ -342,7 +369,7 @@ def build_unit_mask(runs: list[Run], config: Config) -> UnitMask:
             "affine": target.affine.tolist(),
         }
     return UnitMask(mask=mask, affine=grid.affine, n_voxels_per_run=base.n_voxels_per_run,
-                    description=" ∩ ".join(parts), grid=grid_info, reader=reader)
+                    description=", ".join(parts), grid=grid_info, reader=reader)
 
 
 def finish_unit_mask(unit_mask: UnitMask, cleaned: list[CleanRun]

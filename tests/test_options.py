@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import warnings
+from html import unescape
 from pathlib import Path
 
 import nibabel as nib
@@ -16,7 +17,7 @@ from nilearn.masking import compute_brain_mask, compute_epi_mask
 
 from bids_parcellate import cache as cache_module
 from bids_parcellate import denoise, parcellate
-from bids_parcellate.cli import build_parser, config_from_args
+from bids_parcellate.cli import build_parser, config_from_args, main
 from bids_parcellate.config import Config, ConfigError, UserError
 from bids_parcellate.demo import make_demo_dataset
 
@@ -156,7 +157,8 @@ def test_epi_mask_strategy_matches_nilearn(demo, tmp_path):
     meta = sidecar(dseg(out))
     assert meta["Parameters"]["MaskStrategy"] == "epi"
     assert meta["Parameters"]["MaskArgs"] == {"opening": 1}
-    assert meta["BrainMask"].startswith("intersection of nilearn's compute_epi_mask")
+    assert meta["BrainMask"].startswith("intersection of the masks computed by nilearn's "
+                                        "compute_epi_mask")
     assert meta["BrainMask"].endswith(f"{int(expected.sum())} voxels")
 
 
@@ -176,6 +178,18 @@ def test_grey_matter_template_within_fmriprep_mask(demo, tmp_path):
     assert 0.3 * (np.asarray(brain.dataobj) > 0).sum() < expected.sum() < (
         np.asarray(brain.dataobj) > 0).sum()
     assert sorted(np.unique(labels)) == list(range(21))
+    # the report shows the mask, and the methods text says which one
+    record = json.loads(next((out / "sub-01" / "figures").glob(
+        "*_desc-summary_report.json")).read_text())
+    assert record["grid"]["mask"].startswith("MNI152 grey-matter template mask of nilearn")
+    assert record["grid"]["n_voxels"] == int(expected.sum())
+    assert (out / record["figures"]["mask"]["file"]).stat().st_size > 3000
+    assert "desc-brain_mask.svg" in record["figures"]["mask"]["file"]
+    html = unescape((out / "sub-01.html").read_text())
+    assert "Brain mask of sub-01" in html and record["grid"]["mask"] in html
+    methods = (out / "logs" / "CITATION.md").read_text()
+    assert "Nilearn's MNI152 grey-matter template mask (compute_brain_mask)" in methods
+    assert "(parameters opening=0, threshold=0.3)" in methods
 
 
 def test_template_mask_eroded_by_default_opening_warns(demo, tmp_path, capsys):
@@ -277,6 +291,8 @@ def test_target_resolution_resamples_everything(demo, tmp_path):
     np.testing.assert_allclose(img.header.get_zooms(), (12, 12, 12))
     meta = sidecar(path)
     assert meta["Resolution"].startswith("res-12mm: BOLD and masks resampled from 8 mm")
+    assert ("resampled to 12 mm isotropic voxels with Nilearn's resample_img"
+            in (out / "logs" / "CITATION.md").read_text())
     assert meta["Parameters"]["TargetResolution"] == 12
     ts = list((out / "sub-01" / "func").glob("*_res-12mm_stat-mean_timeseries.tsv"))
     assert len(ts) == 2
@@ -333,6 +349,8 @@ def test_knobs_reach_the_estimators(demo, tmp_path, monkeypatch):
     assert [(c["scaling"], c["n_iter"]) for c in rena.calls] == [(True, 7)]
     meta = sidecar(dseg(out, method="rena"))
     assert meta["Parameters"]["RenaScaling"] is True and meta["Parameters"]["RenaNIter"] == 7
+    assert "ReNA ran 7 iterations with feature scaling." in (
+        out / "logs" / "CITATION.md").read_text()
 
     kmeans = _Spy(sklearn.cluster.MiniBatchKMeans)
     monkeypatch.setattr(sklearn.cluster, "MiniBatchKMeans", kmeans)
@@ -562,3 +580,31 @@ def test_real_run_resampled_epi_mask_and_cache(tmp_path, counters):
     np.testing.assert_allclose(img.header.get_zooms(), (6, 6, 6))
     assert len(np.unique(np.asarray(img.dataobj))) == 201
     assert validate(out)["errors"] == []
+
+
+def test_group_level_follows_mask_and_grid_options(demo8, tmp_path):
+    """Both levels with --target-resolution and a template mask: summaries, atlas and
+    group timeseries on the 12 mm grid; the group level computing the summaries itself
+    (from the BOLD) gives the same atlas as reusing the participant level's."""
+    args = ["--n-parcels", "10", "--target-resolution", "12", "--mask-strategy",
+            "whole-brain-template", "--mask-args", '{"opening": 0}']
+    both = tmp_path / "both"
+    assert main([str(demo8.root), str(both), "participant", "group", *args]) == 0
+    tpl = both / "tpl-MNI152NLin2009cAsym"
+    atlas = tpl / "tpl-MNI152NLin2009cAsym_atlas-bidsWard_scale-10_res-12mm_dseg.nii.gz"
+    img = nib.load(atlas)
+    np.testing.assert_allclose(img.header.get_zooms(), (12, 12, 12))
+    assert json.loads(atlas.with_name(atlas.name.replace(".nii.gz", ".json")).read_text())[
+        "Resolution"].startswith("res-12mm: the input BOLD resampled")
+    participant = nib.load(both / "sub-01" / "anat" / (
+        f"sub-01_{SPACE}_seg-ward_scale-10_res-12mm_dseg.nii.gz"))
+    assert participant.shape == img.shape
+    summaries = sorted(both.glob("sub-*/func/*_res-12mm_desc-summary_features.npz"))
+    assert len(summaries) == 2
+    ts = sorted(both.glob("sub-*/func/*_atlas-bidsWard_scale-10_res-12mm_stat-mean_"
+                          "timeseries.tsv"))
+    assert len(ts) == 4
+    assert validate(both)["errors"] == []
+    alone = tmp_path / "alone"
+    assert main([str(demo8.root), str(alone), "group", *args]) == 0
+    assert (alone / atlas.relative_to(both)).read_bytes() == atlas.read_bytes()
