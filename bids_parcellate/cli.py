@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CPUs to use (BLAS/OpenMP threads); outputs do not depend on it")
     res.add_argument("--mem-gb", type=_positive_float, default=None,
                      help="memory limit in GB: the run stops before computing anything "
-                          "when its estimated peak memory is above it")
+                          "when its estimated peak memory is above it; with --nprocs, "
+                          "fewer participants run at once when they would not fit")
     res.add_argument("--overwrite", action="store_true",
                      help="recompute participants whose outputs are complete, and replace "
                           "outputs made with other parameters (without it, complete "
@@ -261,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--cache-limit-gb", type=_positive_float, default=20.0, metavar="GB",
                      help="size limit of the cache in the work directory (least recently "
                           "used entries are removed)")
+    res.add_argument("--print-slurm", action="store_true",
+                     help="print a SLURM batch script (array over the selected participants, "
+                          "then the group level) with these options and exit; with "
+                          "--bids-database-dir the database is built once here")
     return parser
 
 
@@ -330,6 +335,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         nprocs=args.nprocs,
         mem_gb=args.mem_gb,
         overwrite=args.overwrite,
+        print_slurm=args.print_slurm,
         verbosity=args.verbose,
         reports_only=args.reports_only,
         boilerplate_only=args.boilerplate_only,
@@ -435,6 +441,13 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     LOGGER.info("found %d run(s) in %d unit(s) (%s); %d skipped", len(selection.runs),
                 len(units), ", ".join(f"sub-{s}" + (f"_ses-{x}" if x else "")
                                       for s, x in units), len(selection.skipped))
+    if config.print_slurm:
+        from bids_parcellate.outputs import in_container
+        from bids_parcellate.slurm import batch_script
+
+        labels = sorted({run.entities["subject"] for run in selection.runs})
+        sys.stdout.write(batch_script(config, labels, in_container()))
+        return 0
     if config.boilerplate_only:
         written = report.boilerplate_only(config, selection)
         LOGGER.info("methods text written: %s", ", ".join(str(p) for p in written))
@@ -446,16 +459,18 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
 
         check_grids(units)  # before anything is written
     plans = None
+    unit_gb = None
     if participant_level:
         plans = plan_units(config, selection)
-        check_memory(config, {k: r for k, r in units.items() if plans[k].action != "skip"})
+        unit_gb = check_memory(config, {k: r for k, r in units.items()
+                                        if plans[k].action != "skip"})
     log_path = attach_log_file(memory, config.output_dir, config.analysis_levels)
     LOGGER.debug("log file %s, config hash %s", log_path, config.config_hash())
     code = 0
     failed_units: set = set()
     try:
         if participant_level:
-            results = run_participant_level(config, selection, plans,
+            results = run_participant_level(config, selection, plans, unit_gb,
                                             selection_warnings=selection_log.messages)
             report.finish_participant_level(config, results)
             failed = [r for r in results if r.error]

@@ -59,6 +59,7 @@ _NOT_HASHED = frozenset(
         "verbosity",
         "nprocs",
         "mem_gb",
+        "print_slurm",
         "command_line",
         "participant_label",
         "mask",  # hashed by content (see Config.hashed_parameters)
@@ -190,6 +191,7 @@ class Config:
     nprocs: int = 1
     mem_gb: float | None = None
     overwrite: bool = False
+    print_slurm: bool = False
     verbosity: int = 0
     # what to do: everything, or only the reports / the methods text
     reports_only: bool = False

@@ -19,7 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import cache, outputs, report, resume
+from bids_parcellate import cache, outputs, parallel, report, resume
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.denoise import CleanRun, SkipRun, UnitMask, clean_run, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
@@ -297,7 +297,9 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     their inputs and parameters are unchanged, and stored otherwise.
     """
     subject, session = key
-    store = store if store is not None else cache.Cache(None)
+    # each process (workers included) opens the shared cache folder: entries are written
+    # and removed atomically, so concurrent units need no lock
+    store = store if store is not None else cache.Cache.from_config(config)
     result = UnitResult(subject=subject, session=session)
     tic = time.monotonic()
     # a run missing a required piece (mask, confounds, readable sidecar) is skipped with
@@ -386,7 +388,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
 
 
 def run_participant_level(config: Config, selection: Selection,
-                          plans: dict | None = None, *,
+                          plans: dict | None = None, unit_gb: float | None = None, *,
                           selection_warnings: Sequence[str] = ()) -> list[UnitResult]:
     """Process every unit; a failing unit is reported and does not stop the others.
 
@@ -395,6 +397,11 @@ def run_participant_level(config: Config, selection: Selection,
     A unit's completion marker is written after all of its files.
     ``selection_warnings`` (warnings logged while the inputs were queried) go to the
     reports of the units whose files they name.
+
+    With ``--nprocs`` > 1 and several units to compute, units run in parallel worker
+    processes (:mod:`bids_parcellate.parallel`), as many at once as ``--mem-gb`` holds
+    given ``unit_gb``, the estimated peak memory of the largest unit. Results are in unit
+    order either way.
     """
     units = selection.units()
     plans = plans if plans is not None else resume.plan_units(config, selection)
@@ -404,38 +411,59 @@ def run_participant_level(config: Config, selection: Selection,
     if store.enabled and todo:
         LOGGER.info("cache: %s (limit %.1f GB; --no-cache disables it)", store.root,
                     config.cache_limit_gb)
-    results = []
-    for key, runs in units.items():
-        name = outputs.unit_prefix(*key)
+    results = {}
+    for key in units:
         plan = plans[key]
+        name = outputs.unit_prefix(*key)
         if plan.action == "skip":
             LOGGER.info("%s: complete from an earlier run with the same parameters, skipped "
                         "(--overwrite recomputes it)", name)
-            results.append(UnitResult(subject=key[0], session=key[1], reused=True))
-            continue
-        if plan.reason != "new":
+            results[key] = UnitResult(subject=key[0], session=key[1], reused=True)
+        elif plan.reason != "new":
             LOGGER.info("%s: recomputing (%s)", name, plan.reason)
-        try:
-            unit_log = report.UnitLog(
-                skipped_inputs=report.record.skipped_of_unit(selection.skipped, *key),
-                earlier=report.record.warnings_of_unit(selection_warnings, *key))
-            with unit_log:
-                result = process_unit(config, key, runs, selection.fmriprep_dirs, progress,
-                                      plan.listed, unit_log, store)
-            if not result.missing_inputs:
-                # a unit with skipped incomplete runs is never marked complete: a rerun
-                # recomputes it (and reports the missing file again) until it is fixed
-                resume.write_marker(config, key[0], key[1], result.files,
-                                    resume.unit_sources(runs, selection.fmriprep_dirs))
-            results.append(result)
-        except UserError as exc:
-            LOGGER.error("%s failed: %s", name, exc)
-            LOGGER.debug("traceback", exc_info=True)
-            results.append(UnitResult(subject=key[0], session=key[1], error=str(exc)))
-        except Exception as exc:  # a bug or a system error: the other units still run
-            LOGGER.error("%s failed with an internal error: %s: %s", name,
-                         type(exc).__name__, exc)
-            LOGGER.debug("traceback", exc_info=True)
-            results.append(UnitResult(subject=key[0], session=key[1],
-                                      error=f"internal error: {type(exc).__name__}: {exc}"))
-    return results
+    workers = parallel.plan_workers(config.nprocs, len(todo), unit_gb, config.mem_gb)
+    tasks = [(config, key, runs, selection.fmriprep_dirs, plans[key].listed,
+              report.record.skipped_of_unit(selection.skipped, *key),
+              report.record.warnings_of_unit(selection_warnings, *key))
+             for key, runs in todo.items()]
+    done = parallel.map_units(run_unit, tasks, workers, progress, config.verbosity)
+    for key, result in zip(todo, done, strict=True):
+        if isinstance(result, parallel.WorkerDied):
+            LOGGER.error("%s failed: %s", outputs.unit_prefix(*key), result)
+            result = UnitResult(subject=key[0], session=key[1], error=str(result))
+        results[key] = result
+    return [results[key] for key in units]
+
+
+def run_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
+             source_dirs: list[Path], listed: tuple[str, ...], skipped_inputs: list,
+             earlier_warnings: list[str], progress) -> UnitResult:
+    """:func:`process_unit` and the completion marker; an error becomes a failed result.
+
+    Runs in the main process or in a worker (:func:`bids_parcellate.parallel.map_units`).
+    ``listed``: files of an earlier completion marker; ``skipped_inputs`` and
+    ``earlier_warnings``: the unit's runs skipped and warnings logged at selection (for
+    its report).
+    """
+    name = outputs.unit_prefix(*key)
+    try:
+        unit_log = report.UnitLog(skipped_inputs=skipped_inputs, earlier=earlier_warnings)
+        with unit_log:
+            result = process_unit(config, key, runs, source_dirs, progress, listed,
+                                  unit_log)
+        if not result.missing_inputs:
+            # a unit with skipped incomplete runs is never marked complete: a rerun
+            # recomputes it (and reports the missing file again) until it is fixed
+            resume.write_marker(config, key[0], key[1], result.files,
+                                resume.unit_sources(runs, source_dirs))
+        return result
+    except UserError as exc:
+        LOGGER.error("%s failed: %s", name, exc)
+        LOGGER.debug("traceback", exc_info=True)
+        return UnitResult(subject=key[0], session=key[1], error=str(exc))
+    except Exception as exc:  # a bug or a system error: the other units still run
+        LOGGER.error("%s failed with an internal error: %s: %s", name,
+                     type(exc).__name__, exc)
+        LOGGER.debug("traceback", exc_info=True)
+        return UnitResult(subject=key[0], session=key[1],
+                          error=f"internal error: {type(exc).__name__}: {exc}")

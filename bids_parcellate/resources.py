@@ -125,8 +125,12 @@ def _resampling_ratio(config: Config, affine) -> float | None:
     return source / target if source > 0 and target > 0 else None
 
 
-def check_memory(config: Config, units: dict) -> None:
-    """Log each unit's estimate; raise :class:`UserError` when one is above ``--mem-gb``."""
+def check_memory(config: Config, units: dict) -> float | None:
+    """Log each unit's estimate; raise :class:`UserError` when one is above ``--mem-gb``.
+
+    Returns the largest estimate in GB (``None`` when none could be made), which
+    :func:`bids_parcellate.parallel.plan_workers` uses to run fewer units at once.
+    """
     worst = None
     base = base_bytes()
     for key, runs in units.items():
@@ -138,8 +142,10 @@ def check_memory(config: Config, units: dict) -> None:
                      estimate.gb, estimate.n_voxels, estimate.n_volumes)
         if worst is None or estimate.peak_bytes > worst[1].peak_bytes:
             worst = (name, estimate)
-    if config.mem_gb is None or worst is None or worst[1].gb <= config.mem_gb:
-        return
+    if worst is None:
+        return None
+    if config.mem_gb is None or worst[1].gb <= config.mem_gb:
+        return worst[1].gb
     name, estimate = worst
     raise UserError(
         f"--mem-gb {config.mem_gb:g}: {name} needs about {estimate.gb:.1f} GB "

@@ -608,3 +608,19 @@ def test_group_level_follows_mask_and_grid_options(demo8, tmp_path):
     alone = tmp_path / "alone"
     assert main([str(demo8.root), str(alone), "group", *args]) == 0
     assert (alone / atlas.relative_to(both)).read_bytes() == atlas.read_bytes()
+
+
+def test_cache_shared_by_worker_processes(demo8, tmp_path):
+    """--nprocs 2 runs the two participants in worker processes that share the cache."""
+    work = tmp_path / "work"
+    assert run_cli(demo8.root, tmp_path / "a", "-w", work, "--nprocs", "2",
+                   "--n-parcels", "20") == 0
+    assert len(list((work / "cache" / "denoised").iterdir())) == 2
+    assert len(list((work / "cache" / "tree").iterdir())) == 2
+    out = tmp_path / "b"
+    assert run_cli(demo8.root, out, "-w", work, "--nprocs", "2", "--n-parcels", "20",
+                   "30") == 0
+    log = "\n".join(p.read_text() for p in (out / "logs").glob("*.log"))
+    assert log.count("(cleaned data from the cache)") == 4  # 2 participants x 2 runs
+    assert len(list((work / "cache" / "tree").iterdir())) == 2
+    assert (dseg(tmp_path / "a").read_bytes() == dseg(out).read_bytes())
