@@ -59,7 +59,9 @@ CACHE_FORMAT = 1
 #: Hashed parameters that do not change a stage's result (they act later).
 _AFTER_FEATURES = frozenset({
     "method", "n_parcels", "random_seed", "standardize", "rena_scaling", "rena_n_iter",
-    "kmeans_n_init", "kmeans_batch_size",
+    "kmeans_n_init", "kmeans_batch_size", "split_disconnected", "min_region_size",
+    "n_maps", "dictlearning_alpha", "region_threshold", "region_thresholding",
+    "region_extractor", "connectivity",
 })
 NOT_USED_BY = {
     "denoised": _AFTER_FEATURES | {"smoothing_fwhm", "n_components"},

@@ -26,10 +26,13 @@ from pathlib import Path
 
 from bids_parcellate import __version__
 from bids_parcellate.config import (
+    CONNECTIVITY_MEASURES,
     DENOISE_STRATEGIES,
     KMEANS_DEFAULTS,
     MASK_STRATEGIES,
     METHODS,
+    REGION_EXTRACTORS,
+    REGION_THRESHOLDINGS,
     STANDARDIZE_CHOICES,
     Config,
     UserError,
@@ -109,6 +112,8 @@ def parse_mask_args(text: str | None) -> dict | None:
         raise UserError(f"--mask-args {text!r}: give a JSON object, e.g. "
                         '\'{"lower_cutoff": 0.3}\'')
     return value
+def _auto_or_float(text: str) -> float | None:
+    return None if text == "auto" else _positive_float(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,14 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip runs with fewer volumes left after censoring")
 
     par = parser.add_argument_group("parcellation")
-    par.add_argument("--method", default="ward", help=f"one of {', '.join(METHODS)}")
+    par.add_argument("--method", default="ward",
+                     help=f"one of {', '.join(METHODS)}; dictlearning and canica learn "
+                          "network maps, then split them into regions")
     par.add_argument("--n-parcels", type=int, nargs="+", default=[100, 200, 400],
-                     metavar="N", help="numbers of parcels (scales), learned in one run")
+                     metavar="N", help="numbers of parcels (scales), learned in one run "
+                                       "(clustering methods)")
     par.add_argument("--smoothing-fwhm", type=_positive_float, default=4.0, metavar="MM",
-                     help="spatial smoothing of the clustering features (0 = none)")
+                     help="spatial smoothing within the brain mask of the data the "
+                          "parcellation is learned from (0 = none)")
     par.add_argument("--n-components", type=int, default=200, metavar="K",
-                     help="temporal dimensions kept for clustering (exact SVD when the "
-                          "runs have more volumes)")
+                     help="temporal dimensions kept for clustering and in the summaries "
+                          "the group level reads (exact SVD when the runs have more "
+                          "volumes)")
+    par.add_argument("--split-disconnected", action="store_true",
+                     help="kmeans, hierarchical_kmeans: split every parcel into its "
+                          "connected pieces (pieces up to --min-region-size are dropped)")
     par.add_argument("--random-seed", type=int, default=0, help="seed of every random step")
     par.add_argument("--rena-scaling", action=argparse.BooleanOptionalAction, default=False,
                      help="rena: scale features by the square root of cluster sizes "
@@ -229,6 +242,40 @@ def build_parser() -> argparse.ArgumentParser:
                      help="expert: nilearn's target_shape (3 integers; needs a 4x4 "
                           "--target-affine)")
 
+    reg = parser.add_argument_group(
+        "network maps and regions (--method dictlearning, canica)",
+        "The number of regions is an outcome: --n-maps sets the number of maps (the "
+        "scale- entity of the outputs); every map is thresholded and split into "
+        "connected regions (nilearn RegionExtractor).")
+    reg.add_argument("--n-maps", type=int, nargs="+", default=[20], metavar="K",
+                     help="numbers of network maps (scales), each decomposed separately")
+    reg.add_argument("--dictlearning-alpha", type=_auto_or_float, default=None,
+                     metavar="ALPHA",
+                     help="sparsity of the dictlearning maps (nilearn's alpha); default "
+                          "'auto': 10 x sqrt(kept volumes / 3360), which matches nilearn's "
+                          "alpha=10 on its 20-participant example whatever the number of "
+                          "volumes (see docs/outputs.md)")
+    reg.add_argument("--region-thresholding", choices=REGION_THRESHOLDINGS,
+                     default="ratio_n_voxels",
+                     help="how the maps are thresholded before region extraction")
+    reg.add_argument("--region-threshold", type=_positive_float, default=0.5, metavar="VALUE",
+                     help="ratio_n_voxels: voxels kept across all maps as a ratio of the "
+                          "brain voxels; img_value: map value; percentile: percentile")
+    reg.add_argument("--region-extractor", choices=REGION_EXTRACTORS,
+                     default="local_regions",
+                     help="local_regions: random-walker split around the maps' peaks; "
+                          "connected_components: connected pieces of the thresholded maps")
+    reg.add_argument("--min-region-size", type=_positive_float, default=1350.0,
+                     metavar="MM3", help="regions (and --split-disconnected pieces) must be "
+                                         "larger than this volume")
+
+    con = parser.add_argument_group("connectomes")
+    con.add_argument("--connectivity", nargs="+", default=[], metavar="MEASURE",
+                     type=lambda text: text.replace("_", " "),
+                     help=f"connectivity matrices per run and scale (nilearn "
+                          f"ConnectivityMeasure, censored volumes excluded): "
+                          f"{', '.join(m.replace(' ', '_') for m in CONNECTIVITY_MEASURES)}"
+                          f"; tangent is computed at the group level only")
     grp = parser.add_argument_group("group level")
     grp.add_argument("--atlas-label", default=None, metavar="LABEL",
                      help="atlas- label of the group parcellation (default: the dataset "
@@ -331,6 +378,14 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         kmeans_batch_size=args.kmeans_batch_size,
         use_cache=args.use_cache,
         cache_limit_gb=args.cache_limit_gb,
+        n_maps=tuple(args.n_maps),
+        dictlearning_alpha=args.dictlearning_alpha,
+        region_threshold=args.region_threshold,
+        region_thresholding=args.region_thresholding,
+        region_extractor=args.region_extractor,
+        min_region_size=args.min_region_size,
+        split_disconnected=args.split_disconnected,
+        connectivity=tuple(args.connectivity),
         atlas_label=args.atlas_label.removeprefix("atlas-") if args.atlas_label else None,
         nprocs=args.nprocs,
         mem_gb=args.mem_gb,
@@ -455,9 +510,10 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     participant_level = "participant" in config.analysis_levels
     group_level = "group" in config.analysis_levels
     if group_level:
-        from bids_parcellate.group import check_grids
+        from bids_parcellate.group import check_grids, check_tangent
 
         check_grids(units)  # before anything is written
+        check_tangent(config, units)
     plans = None
     unit_gb = None
     if participant_level:
@@ -635,7 +691,8 @@ def demo_main(argv: list[str]) -> int:
     truth = make_demo_dataset(bids_dir, seed=0)
     n_true = int(truth.labels_img.get_fdata().max())
     extra = argv[1:]
-    if "--n-parcels" not in extra:
+    decomposition = any(m in extra for m in ("dictlearning", "canica"))
+    if "--n-parcels" not in extra and not decomposition:
         extra = ["--n-parcels", str(n_true), "100", "200", *extra]
     code = main([str(bids_dir), str(output_dir), "participant", "group", *extra])
     if code != 0:

@@ -19,7 +19,19 @@ import numpy as np
 
 from bids_parcellate import __version__
 
-METHODS = ("ward", "complete", "average", "kmeans", "hierarchical_kmeans", "rena")
+#: Clustering methods: every voxel gets a parcel; ``--n-parcels`` are the scales.
+CLUSTERING_METHODS = ("ward", "complete", "average", "kmeans", "hierarchical_kmeans", "rena")
+#: Decomposition methods: network maps, then regions (``--n-maps`` are the scales).
+DECOMPOSITION_METHODS = ("dictlearning", "canica")
+METHODS = CLUSTERING_METHODS + DECOMPOSITION_METHODS
+#: Methods whose parcels may be non-contiguous (``--split-disconnected``).
+SPLITTABLE_METHODS = ("kmeans", "hierarchical_kmeans")
+#: nilearn ``RegionExtractor`` choices.
+REGION_THRESHOLDINGS = ("ratio_n_voxels", "img_value", "percentile")
+REGION_EXTRACTORS = ("local_regions", "connected_components")
+#: nilearn ``ConnectivityMeasure`` kinds.
+CONNECTIVITY_MEASURES = ("correlation", "partial correlation", "tangent", "covariance",
+                         "precision")
 DENOISE_STRATEGIES = ("simple", "scrubbing", "compcor", "ica_aroma", "none")
 STANDARDIZE_CHOICES = ("zscore_sample", "zscore", "psc", "none")
 ANALYSIS_LEVELS = ("participant", "group")
@@ -185,6 +197,16 @@ class Config:
     # cache of intermediate results in the work directory, across invocations
     use_cache: bool = True
     cache_limit_gb: float = 20.0
+    # decomposition + region extraction (dictlearning, canica)
+    n_maps: tuple[int, ...] = (20,)
+    dictlearning_alpha: float | None = None
+    region_threshold: float = 0.5
+    region_thresholding: str = "ratio_n_voxels"
+    region_extractor: str = "local_regions"
+    min_region_size: float = 1350.0
+    split_disconnected: bool = False
+    # connectomes
+    connectivity: tuple[str, ...] = ()
     # group level
     atlas_label: str | None = None
     # resources and logging
@@ -213,16 +235,10 @@ class Config:
             raise ConfigError(
                 f"--standardize {self.standardize!r}: choose from {STANDARDIZE_CHOICES}"
             )
-        if not self.n_parcels:
-            raise ConfigError("--n-parcels: give at least one number of parcels")
-        if any(n < 2 for n in self.n_parcels):
-            raise ConfigError(f"--n-parcels {list(self.n_parcels)}: every scale must be >= 2")
-        if len(set(self.n_parcels)) != len(self.n_parcels):
-            raise ConfigError(f"--n-parcels {list(self.n_parcels)}: scales repeat")
         if self.smoothing_fwhm < 0:
             raise ConfigError(f"--smoothing-fwhm {self.smoothing_fwhm}: must be >= 0")
-        if self.n_components < 1:
-            raise ConfigError(f"--n-components {self.n_components}: must be >= 1")
+        self._check_method_options()
+        self._check_connectivity()
         if self.min_volumes < 2:
             raise ConfigError(f"--min-volumes {self.min_volumes}: must be >= 2")
         for name in ("high_pass", "low_pass", "fd_threshold", "std_dvars_threshold"):
@@ -329,12 +345,108 @@ class Config:
             }
         return {}
 
+    def _check_method_options(self) -> None:
+        """Scales and method-specific options; an option that does not apply to the
+        method is an error when set to anything but its default."""
+        decomposition = self.method in DECOMPOSITION_METHODS
+        for name in sorted(self._unused_parameters()):
+            if getattr(self, name) != _DEFAULTS[name]:
+                option = "--" + name.replace("_", "-")
+                if name == "n_parcels":
+                    raise ConfigError(
+                        f"--n-parcels does not apply to --method {self.method}: the number "
+                        "of regions is an outcome of region extraction; give the numbers "
+                        "of network maps with --n-maps")
+                if name == "split_disconnected":
+                    raise ConfigError(
+                        f"--split-disconnected applies to --method "
+                        f"{' or '.join(SPLITTABLE_METHODS)} only (the parcels of "
+                        f"{self.method} are contiguous by construction)")
+                if name == "dictlearning_alpha":
+                    raise ConfigError("--dictlearning-alpha applies to --method "
+                                      "dictlearning only")
+                if name == "min_region_size":
+                    raise ConfigError(
+                        "--min-region-size applies to --method dictlearning or canica, or "
+                        "with --split-disconnected")
+                raise ConfigError(f"{option} applies to --method dictlearning or canica only")
+        scales, option = ((self.n_maps, "--n-maps") if decomposition
+                          else (self.n_parcels, "--n-parcels"))
+        if not scales:
+            raise ConfigError(f"{option}: give at least one number")
+        if any(n < 2 for n in scales):
+            raise ConfigError(f"{option} {list(scales)}: every scale must be >= 2")
+        if len(set(scales)) != len(scales):
+            raise ConfigError(f"{option} {list(scales)}: scales repeat")
+        if self.n_components < 1:
+            raise ConfigError(f"--n-components {self.n_components}: must be >= 1")
+        if self.region_thresholding not in REGION_THRESHOLDINGS:
+            raise ConfigError(f"--region-thresholding {self.region_thresholding!r}: choose "
+                              f"from {', '.join(REGION_THRESHOLDINGS)}")
+        if self.region_extractor not in REGION_EXTRACTORS:
+            raise ConfigError(f"--region-extractor {self.region_extractor!r}: choose from "
+                              f"{', '.join(REGION_EXTRACTORS)}")
+        if self.region_thresholding == "ratio_n_voxels" and decomposition and not (
+                0 < self.region_threshold <= min(self.n_maps)):
+            raise ConfigError(
+                f"--region-threshold {self.region_threshold}: with ratio_n_voxels it is a "
+                f"ratio in (0, {min(self.n_maps)}] (at most the number of maps)")
+        if self.region_thresholding == "percentile" and not (
+                0 <= self.region_threshold < 100):
+            raise ConfigError(f"--region-threshold {self.region_threshold}: a percentile "
+                              "must be in [0, 100)")
+        if self.dictlearning_alpha is not None and self.dictlearning_alpha <= 0:
+            raise ConfigError(f"--dictlearning-alpha {self.dictlearning_alpha}: must be > 0")
+        if self.min_region_size < 0:
+            raise ConfigError(f"--min-region-size {self.min_region_size}: must be >= 0")
+
+    def _check_connectivity(self) -> None:
+        for kind in self.connectivity:
+            if kind not in CONNECTIVITY_MEASURES:
+                raise ConfigError(
+                    f"--connectivity {kind!r}: choose from "
+                    f"{', '.join(m.replace(' ', '_') for m in CONNECTIVITY_MEASURES)}")
+        if len(set(self.connectivity)) != len(self.connectivity):
+            raise ConfigError(f"--connectivity {' '.join(self.connectivity)}: measures repeat")
+        if "tangent" in self.connectivity and "group" not in self.analysis_levels:
+            raise ConfigError(
+                "--connectivity tangent needs several participants: it is computed at the "
+                "group level only (add the 'group' analysis level)")
+
+    def _unused_parameters(self) -> set[str]:
+        """Parameters that do not apply to ``method`` (not validated, not hashed)."""
+        region = {"n_maps", "region_threshold", "region_thresholding", "region_extractor",
+                  "dictlearning_alpha"}
+        if self.method in DECOMPOSITION_METHODS:
+            unused = {"n_parcels", "split_disconnected"}
+            return unused | ({"dictlearning_alpha"} if self.method == "canica" else set())
+        unused = region | ({"split_disconnected"} if self.method not in SPLITTABLE_METHODS
+                           else set())
+        if not self.split_disconnected:
+            unused.add("min_region_size")
+        return unused
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        """The scales learned: ``n_maps`` for decompositions, else ``n_parcels``."""
+        return self.n_maps if self.method in DECOMPOSITION_METHODS else self.n_parcels
+
+    @property
+    def is_decomposition(self) -> bool:
+        """Whether ``method`` learns network maps and extracts regions from them."""
+        return self.method in DECOMPOSITION_METHODS
+
     # ------------------------------------------------------------------ hashing
     def hashed_parameters(self) -> dict:
-        """Parameters that determine output values, JSON-serialisable and sorted."""
+        """Parameters that determine output values, JSON-serialisable and sorted.
+
+        Parameters that do not apply to the method (``--n-maps`` for ward,
+        ``--n-parcels`` for dictlearning...) are left out.
+        """
         params = {}
+        unused = self._unused_parameters()
         for f in fields(self):
-            if f.name in _NOT_HASHED:
+            if f.name in _NOT_HASHED or f.name in unused:
                 continue
             value = getattr(self, f.name)
             if isinstance(value, tuple):
@@ -369,3 +481,7 @@ class Config:
     def standardize_arg(self) -> str | bool:
         """The ``standardize`` argument for nilearn (``False`` for ``none``)."""
         return False if self.standardize == "none" else self.standardize
+
+
+#: Default value of every field (to tell options that were set from those left alone).
+_DEFAULTS = {f.name: f.default for f in fields(Config)}

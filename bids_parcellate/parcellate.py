@@ -92,11 +92,19 @@ def standardize_columns(data: np.ndarray) -> np.ndarray:
     return data
 
 
+def prepare_runs(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
+                 fwhm: float) -> list[np.ndarray]:
+    """Each cleaned run smoothed within the mask and z-scored per voxel (float32)."""
+    return [standardize_columns(smooth_masked(x, mask, affine, fwhm)) for x in runs_data]
+
+
 def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
-                   fwhm: float, n_components: int) -> np.ndarray:
+                   fwhm: float, n_components: int,
+                   prepared: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """Voxel features for clustering from the cleaned runs of one unit.
 
-    Each run is smoothed within the mask and z-scored per voxel; runs are concatenated
+    Each run is smoothed within the mask and z-scored per voxel (:func:`prepare_runs`,
+    or ``prepared`` when the caller has them already); runs are concatenated
     in time. When there are more volumes than ``n_components`` the data are reduced
     with an exact thin SVD computed from the (time x time) Gram matrix, which is exact
     and much cheaper than a randomized SVD when volumes << voxels.
@@ -105,9 +113,8 @@ def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np
     -------
     ndarray, shape (n_voxels, n_features), float32
     """
-    blocks = [
-        standardize_columns(smooth_masked(x, mask, affine, fwhm)) for x in runs_data
-    ]
+    blocks = (list(prepared) if prepared is not None
+              else prepare_runs(runs_data, mask, affine, fwhm))
     data = np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
     del blocks
     n_times = data.shape[0]
@@ -174,12 +181,12 @@ def cut_tree(children: np.ndarray, n_leaves: int, n_clusters: int) -> np.ndarray
     return parent[:n_leaves]
 
 
-def check_scales(scales: Sequence[int], n_voxels: int) -> None:
+def check_scales(scales: Sequence[int], n_voxels: int, option: str = "--n-parcels") -> None:
     """Every scale must be below the number of voxels (raises :class:`UserError`)."""
     too_big = [n for n in scales if n >= n_voxels]
     if too_big:
         raise UserError(
-            f"--n-parcels {' '.join(map(str, too_big))}: must be below the {n_voxels} "
+            f"{option} {' '.join(map(str, too_big))}: must be below the {n_voxels} "
             "voxels in the brain mask"
         )
 

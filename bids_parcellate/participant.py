@@ -21,12 +21,26 @@ import numpy as np
 
 from bids_parcellate import cache, outputs, parallel, report, resume
 from bids_parcellate.config import Config, UserError
+from bids_parcellate.connectome import measure_label, run_connectomes
+from bids_parcellate.connectome import sidecar as relmat_sidecar
 from bids_parcellate.denoise import CleanRun, SkipRun, UnitMask, clean_run, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, Skipped
-from bids_parcellate.masking import DATA_STRATEGIES, build_unit_mask, finish_unit_mask
-from bids_parcellate.parcellate import build_features, check_scales, labels_to_volume, parcellate
-from bids_parcellate.summary import make_summary, write_summary
+from bids_parcellate.masking import (
+    DATA_STRATEGIES,
+    build_unit_mask,
+    finish_unit_mask,
+    output_res,
+)
+from bids_parcellate.parcellate import (
+    build_features,
+    check_scales,
+    labels_to_volume,
+    parcellate,
+    prepare_runs,
+)
+from bids_parcellate.regions import RegionSet, auto_alpha, learn_regions, split_disconnected
+from bids_parcellate.summary import Summary, make_summary, write_summary
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -108,7 +122,10 @@ def parcel_names(n: int) -> list[str]:
     return [f"parcel{i:0{width}d}" for i in range(1, n + 1)]
 
 
-def _dseg_table(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> list[list]:
+def _dseg_table(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray,
+                origin: np.ndarray | None = None) -> list[list]:
+    """Rows of the dseg table; ``origin`` (map or original parcel of each region) is
+    inserted as the third column when given."""
     n = int(labels.max())
     coords = np.argwhere(mask).astype(np.float64)
     counts = np.bincount(labels, minlength=n + 1)[1:]
@@ -118,7 +135,8 @@ def _dseg_table(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> lis
     centroid_mm = nib.affines.apply_affine(affine, centroid_vox)
     names = parcel_names(n)
     return [
-        [i + 1, names[i], int(counts[i]), *(round(float(c), 2) for c in centroid_mm[i])]
+        [i + 1, names[i], *([int(origin[i])] if origin is not None else []),
+         int(counts[i]), *(round(float(c), 2) for c in centroid_mm[i])]
         for i in range(n)
     ]
 
@@ -133,19 +151,61 @@ DSEG_COLUMNS = {
 }
 
 
-def _parameters(config: Config) -> dict:
-    params = {
-        "Method": config.method,
-        "SmoothingFWHM": config.smoothing_fwhm,
-        "NumberOfComponents": config.n_components,
-        "RandomSeed": config.random_seed,
-        "DenoiseStrategy": config.denoise_strategy,
-        "Standardize": config.standardize,
-        "Detrend": config.detrend,
-        "HighPass": config.high_pass,
-        "LowPass": config.low_pass,
-        "MaskStrategy": config.mask_strategy,
-    }
+#: Extra dseg column of region-based parcellations: what each region came from.
+ORIGIN_COLUMNS = {
+    "component": "Network map the region was extracted from (1-based volume of the "
+                 "_probseg image of the same scale).",
+    "original_parcel": "Parcel (1..scale) of the unsplit parcellation this connected "
+                       "piece came from (--split-disconnected).",
+}
+
+
+def _kept_volumes(result: UnitResult) -> int:
+    return sum(int(r.sample_mask.size) for r in result.runs)
+
+
+def _origin_column(config: Config) -> str | None:
+    if config.is_decomposition:
+        return "component"
+    return "original_parcel" if config.split_disconnected else None
+
+
+def _parameters(config: Config, n_volumes: int = 0) -> dict:
+    if config.is_decomposition:
+        alpha = ({"DictLearningAlpha": config.dictlearning_alpha or auto_alpha(n_volumes)}
+                 if config.method == "dictlearning" else {})
+        params = {
+            "Method": config.method,
+            **alpha,
+            "SmoothingFWHM": config.smoothing_fwhm,
+            "RandomSeed": config.random_seed,
+            "RegionThresholding": config.region_thresholding,
+            "RegionThreshold": config.region_threshold,
+            "RegionExtractor": config.region_extractor,
+            "MinRegionSize": config.min_region_size,
+            "DenoiseStrategy": config.denoise_strategy,
+            "Standardize": config.standardize,
+            "Detrend": config.detrend,
+            "HighPass": config.high_pass,
+            "LowPass": config.low_pass,
+        }
+    else:
+        split = ({"SplitDisconnected": True, "MinRegionSize": config.min_region_size}
+                 if config.split_disconnected else {})
+        params = {
+            "Method": config.method,
+            "SmoothingFWHM": config.smoothing_fwhm,
+            "NumberOfComponents": config.n_components,
+            **split,
+            "RandomSeed": config.random_seed,
+            "DenoiseStrategy": config.denoise_strategy,
+            "Standardize": config.standardize,
+            "Detrend": config.detrend,
+            "HighPass": config.high_pass,
+            "LowPass": config.low_pass,
+        }
+    # brain mask and grid (--mask-strategy, --mask, --target-*), method knobs
+    params["MaskStrategy"] = config.mask_strategy
     if config.mask_args:
         params["MaskArgs"] = config.mask_args
     if config.mask is not None:
@@ -164,16 +224,14 @@ def _parameters(config: Config) -> dict:
 
 
 def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
-                series: dict, source_dirs: list[Path]) -> list[Path]:
+                series: dict, source_dirs: list[Path],
+                regions: dict[int, RegionSet] | None = None) -> list[Path]:
     """Write the dseg files of every scale and the timeseries of every run."""
     out = config.output_dir
     first = result.runs[0].run
     space = first.entities.get("space", config.space)
-    res = first.entities.get("res")
-    resolution = f"res-{res}: the resolution of the input BOLD grid"
-    if unit_mask.grid is not None:  # resampled: the label names the new grid
-        res = unit_mask.grid["label"]
-        resolution = f"res-{res}: {unit_mask.grid['description']}"
+    res = _unit_entities(config, result)["res"]
+    resolution = _resolution(unit_mask, res)
     seg = outputs.seg_label(config.method)
     inputs = [p for c in result.runs for p in (c.run.bold, c.run.mask)]
     if config.mask is not None:
@@ -189,22 +247,31 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
         img.header.set_intent("label")
         written.append(outputs.write_nifti(
             out / outputs.build_name("dseg", {**ents, "extension": ".nii.gz"}), img))
-        table = _dseg_table(labels[scale], unit_mask.mask, unit_mask.affine)
+        origin_column = _origin_column(config)
+        columns = dict(DSEG_COLUMNS)
+        if origin_column:
+            columns = {"index": columns.pop("index"), "name": columns.pop("name"),
+                       origin_column: ORIGIN_COLUMNS[origin_column], **columns}
+        table = _dseg_table(labels[scale], unit_mask.mask, unit_mask.affine,
+                            regions[scale].origin if origin_column else None)
         written.append(outputs.write_tsv(
             out / outputs.build_name("dseg", {**ents, "extension": ".tsv"}),
-            list(DSEG_COLUMNS), table))
+            list(columns), table))
         sidecar = {
-            "Description": f"{config.method} parcellation with {scale} parcels learned from "
-                           f"{len(result.runs)} run(s) of {result.name}",
+            "Description": _dseg_description(config, scale, int(labels[scale].max()),
+                                             result),
             "Method": config.method,
             "NumberOfParcels": int(labels[scale].max()),
-            "Parameters": _parameters(config),
+            "Parameters": _parameters(config, _kept_volumes(result)),
             "Sources": sources,
             "SpatialReference": space,
             "BrainMask": f"{unit_mask.description}: {unit_mask.n_voxels} voxels",
             "ConfigHash": config.config_hash(),
-            **DSEG_COLUMNS_JSON,
+            **{name: {"Description": text} for name, text in columns.items()
+               if name not in ("index", "name")},
         }
+        if config.is_decomposition:
+            sidecar["NumberOfMaps"] = scale
         if res is not None:
             sidecar["Resolution"] = resolution
         written.append(outputs.write_json(
@@ -261,7 +328,8 @@ def denoise_unit(config: Config, runs: list[Run], progress: Progress
     once and cleaned; runs with too few volumes are skipped."""
     unit_mask = build_unit_mask(runs, config)
     if config.mask_strategy not in DATA_STRATEGIES:  # else the mask is known after reading
-        check_scales(config.n_parcels, unit_mask.n_voxels)
+        check_scales(config.scales, unit_mask.n_voxels,
+                     "--n-maps" if config.is_decomposition else "--n-parcels")
     cleaned: list[CleanRun] = []
     skipped: list[Skipped] = []
     for run in runs:
@@ -280,6 +348,172 @@ def denoise_unit(config: Config, runs: list[Run], progress: Progress
             f"{len(clean.confounds)} regressors ({time.monotonic() - start:.1f} s)")
     unit_mask, cleaned = finish_unit_mask(unit_mask, cleaned)
     return unit_mask, cleaned, skipped
+
+
+def _dseg_description(config: Config, scale: int, n_regions: int,
+                      result: UnitResult) -> str:
+    learned = f"learned from {len(result.runs)} run(s) of {result.name}"
+    if config.is_decomposition:
+        return (f"{n_regions} regions extracted from {scale} {config.method} network maps "
+                f"{learned}; voxels in no region are 0")
+    if config.split_disconnected:
+        return (f"{config.method} parcellation with {scale} parcels {learned}, split into "
+                f"{n_regions} connected pieces")
+    return f"{config.method} parcellation with {scale} parcels {learned}"
+
+
+def _unit_entities(config: Config, result: UnitResult) -> dict:
+    """Entities shared by the unit's outputs (space from the BOLD; res from the BOLD, or
+    naming the resampled grid with ``--target-*``)."""
+    first = result.runs[0].run
+    return {"subject": result.subject, "session": result.session,
+            "space": first.entities.get("space", config.space),
+            "res": output_res(config, [r.run for r in result.runs]),
+            "seg": outputs.seg_label(config.method)}
+
+
+def _resolution(unit_mask, res: str) -> str:
+    """The ``Resolution`` sidecar value that BIDS requires with ``res-``."""
+    if unit_mask.grid is not None:  # resampled: the label names the new grid
+        return f"res-{res}: {unit_mask.grid['description']}"
+    return f"res-{res}: the resolution of the input BOLD grid"
+
+
+def _write_maps(config: Config, result: UnitResult, unit_mask,
+                regions: dict[int, RegionSet], source_dirs: list[Path]) -> list[Path]:
+    """Write the network maps of every scale as a 4D ``_probseg`` image."""
+    out = config.output_dir
+    base = _unit_entities(config, result)
+    written = []
+    for scale in sorted(regions):
+        maps = regions[scale].maps
+        if maps is None:
+            continue
+        ents = {**base, "scale": scale, "suffix": "probseg"}
+        volume = np.zeros(unit_mask.mask.shape + (maps.shape[0],), dtype=np.float32)
+        volume[unit_mask.mask] = maps.T
+        img = nib.Nifti1Image(volume, unit_mask.affine)
+        img.header.set_xyzt_units("mm")
+        written.append(outputs.write_nifti(
+            out / outputs.build_name("probseg", {**ents, "extension": ".nii.gz"}), img))
+        counts = np.bincount(regions[scale].origin, minlength=maps.shape[0] + 1)[1:]
+        sidecar = {
+            "Description": f"{maps.shape[0]} {config.method} network maps learned from "
+                           f"{len(result.runs)} run(s) of {result.name}: volume k is map "
+                           "k (the component column of the dseg table). Values are map "
+                           "loadings, not probabilities.",
+            "Method": config.method,
+            "NumberOfMaps": int(maps.shape[0]),
+            "RegionsPerMap": counts.tolist(),
+            "Parameters": _parameters(config, _kept_volumes(result)),
+            "Sources": sorted({outputs.bids_uri(p, source_dirs)
+                               for c in result.runs for p in (c.run.bold, c.run.mask)}),
+            "SpatialReference": base["space"],
+            "ConfigHash": config.config_hash(),
+        }
+        if base["res"] is not None:
+            sidecar["Resolution"] = _resolution(unit_mask, base["res"])
+        written.append(outputs.write_json(
+            out / outputs.build_name("probseg", {**ents, "extension": ".json"}), sidecar))
+    return written
+
+
+def write_relmats(config: Config, entities: dict, names: list[str],
+                  by_kind: dict[str, np.ndarray], extra: dict,
+                  kind: str = "relmat") -> list[Path]:
+    """Write one ``_relmat`` TSV + JSON per measure (``kind``: the path pattern)."""
+    out = config.output_dir
+    written = []
+    for measure, matrix in by_kind.items():
+        ents = {**entities, "meas": measure_label(measure), "suffix": "relmat"}
+        written.append(outputs.write_matrix_tsv(
+            out / outputs.build_name(kind, {**ents, "extension": ".tsv"}),
+            names, matrix, row_names=("node", names)))
+        written.append(outputs.write_json(
+            out / outputs.build_name(kind, {**ents, "extension": ".json"}),
+            {**relmat_sidecar(measure),
+             "NodeNames": "the node column and header: parcel names of the dseg table",
+             **extra, "ConfigHash": config.config_hash()}))
+    return written
+
+
+def _write_connectomes(config: Config, result: UnitResult, series: dict,
+                       matrices: dict) -> list[Path]:
+    """Write one ``_relmat`` (TSV + JSON) per run, scale and measure."""
+    base = _unit_entities(config, result)
+    written = []
+    for summary in result.runs:
+        run = summary.run
+        for scale, by_kind in sorted(matrices[run.bold].items()):
+            ents = {**run.entities, "space": base["space"], "res": base["res"],
+                    "seg": base["seg"], "scale": scale}
+            timeseries = outputs.build_name(
+                "timeseries", {**ents, "stat": "mean", "suffix": "timeseries",
+                               "extension": ".tsv"})
+            dseg = outputs.build_name("dseg", {**base, "scale": scale, "suffix": "dseg",
+                                               "extension": ".nii.gz"})
+            written += write_relmats(
+                config, ents, parcel_names(series[run.bold][scale].shape[1]), by_kind,
+                {"Parcellation": dseg, "Timeseries": timeseries,
+                 "NumberOfVolumes": int(summary.sample_mask.size)})
+    return written
+
+
+def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
+           result: UnitResult, store: cache.Cache, denoised_key: str
+           ) -> tuple[dict[int, np.ndarray], dict[int, RegionSet], Summary]:
+    """Labels at every scale, the region sets of region-based methods, and the unit's
+    summary for the group level (built from the features, whatever the method).
+
+    The features and the hierarchical trees come from ``store`` when an earlier
+    invocation stored them (:mod:`bids_parcellate.cache`); the smoothed runs are only
+    prepared when something needs them.
+    """
+    tic = time.monotonic()
+    n_volumes = sum(c.data.shape[0] for c in cleaned)
+    held: dict = {}
+
+    def prepared():
+        if "runs" not in held:
+            held["runs"] = prepare_runs([c.data for c in cleaned], unit_mask.mask,
+                                        unit_mask.affine, config.smoothing_fwhm)
+        return held["runs"]
+
+    features_key = cache.features_key(config, denoised_key) if store.enabled else ""
+    features = store.array(
+        "features", features_key,
+        lambda: build_features([], unit_mask.mask, unit_mask.affine, config.smoothing_fwhm,
+                               config.n_components, prepared=prepared()))
+    result.timings["features"] = time.monotonic() - tic
+    # the group level's input (map step), from the features already in memory
+    summary = make_summary(config, runs, [c.run for c in cleaned], unit_mask.mask,
+                           unit_mask.affine, features, n_volumes)
+    tic = time.monotonic()
+    regions: dict[int, RegionSet] = {}
+    if config.is_decomposition:
+        del features
+        regions = learn_regions(prepared(), unit_mask.mask, unit_mask.affine, config)
+        labels = {k: r.labels for k, r in regions.items()}
+    else:
+        held.clear()
+
+        def memo(name: str, compute):
+            return store.array("tree", cache.make_key(features_key, name), compute)
+
+        labels = parcellate(features, unit_mask.mask, config.method, config.n_parcels,
+                            config.random_seed, memo=memo if store.enabled else None,
+                            **config.method_options())
+        del features
+        if config.split_disconnected:
+            regions = {k: split_disconnected(lab, unit_mask.mask, unit_mask.affine,
+                                             config.min_region_size)
+                       for k, lab in labels.items()}
+            labels = {k: r.labels for k, r in regions.items()}
+            for k, r in regions.items():
+                LOGGER.info("%s scale %d: %d connected pieces", config.method, k,
+                            r.n_regions)
+    result.timings["parcellate"] = time.monotonic() - tic
+    return labels, regions, summary
 
 
 def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
@@ -334,37 +568,27 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in result.skipped)
         raise UserError(f"{result.name}: no usable runs ({reasons})")
 
-    tic = time.monotonic()
-    features_key = cache.features_key(config, denoised_key) if store.enabled else ""
-    features = store.array(
-        "features", features_key,
-        lambda: build_features([c.data for c in cleaned], unit_mask.mask, unit_mask.affine,
-                               config.smoothing_fwhm, config.n_components))
-    result.timings["features"] = time.monotonic() - tic
-    # the group level's input (map step), from the features already in memory
-    summary = make_summary(config, runs, [c.run for c in cleaned], unit_mask.mask,
-                           unit_mask.affine, features, sum(c.data.shape[0] for c in cleaned))
-    tic = time.monotonic()
-
-    def memo(name: str, compute):
-        return store.array("tree", cache.make_key(features_key, name), compute)
-
-    labels = parcellate(features, unit_mask.mask, config.method, config.n_parcels,
-                        config.random_seed, memo=memo if store.enabled else None,
-                        **config.method_options())
-    del features
-    result.timings["parcellate"] = time.monotonic() - tic
+    labels, regions, summary = _learn(config, runs, cleaned, unit_mask, result, store,
+                                      denoised_key)
     tic = time.monotonic()
     series = {c.run.bold: parcel_timeseries(c.data, labels, config.standardize_arg)
               for c in cleaned}
     result.timings["extract"] = time.monotonic() - tic
+    tic = time.monotonic()
+    matrices = {bold: run_connectomes(by_scale, config.connectivity)
+                for bold, by_scale in series.items()} if config.connectivity else {}
+    result.timings["connectome"] = time.monotonic() - tic
     tic = time.monotonic()
     outputs.prepare_output_dir(config.output_dir, source_dirs)
     # stale outputs of this unit (an interrupted run, or --overwrite) go first, the
     # completion marker before anything else; a failure while writing leaves nothing
     outputs.remove_unit_outputs(config.output_dir, subject, session, plan_listed)
     try:
-        result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+        result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs,
+                                   regions)
+        result.files += _write_maps(config, result, unit_mask, regions, source_dirs)
+        if matrices:
+            result.files += _write_connectomes(config, result, series, matrices)
         # not in result.files: the summary is a cache validated by its own hash (the group
         # level may rewrite it for other parameters without touching this unit's marker)
         write_summary(config, summary, source_dirs, runs)

@@ -42,7 +42,10 @@ LOGGER = logging.getLogger("bids_parcellate")
 _NOT_IN_SUMMARY = frozenset(
     {"method", "n_parcels", "random_seed", "standardize", "session_label", "task", "run",
      "bids_filters", "space", "res", "rena_scaling", "rena_n_iter", "kmeans_n_init",
-     "kmeans_batch_size"}
+     "kmeans_batch_size",
+     # region extraction and connectomes: applied to the features, not part of them
+     "n_maps", "dictlearning_alpha", "region_threshold", "region_thresholding",
+     "region_extractor", "min_region_size", "split_disconnected", "connectivity"}
 )
 FORMAT_VERSION = 1
 

@@ -34,7 +34,7 @@ VALUE_CHOICES = {
 #: created by the tool ("String").
 EXISTING_PATHS = {"bids_dir", "bids_filter_file", "derivatives", "mask"}
 #: Lower bounds of integer options (the same checks as Config.__post_init__).
-MINIMUM = {"nprocs": 1, "min_volumes": 2, "n_components": 1, "n_parcels": 2,
+MINIMUM = {"nprocs": 1, "min_volumes": 2, "n_components": 1, "n_parcels": 2, "n_maps": 2,
            "random_seed": 0, "rena_n_iter": 1, "kmeans_n_init": 1, "kmeans_batch_size": 1}
 #: Human-readable names where the id does not make one.
 NAMES = {"bids_dir": "BIDS dataset", "output_dir": "Output folder",

@@ -624,3 +624,19 @@ def test_cache_shared_by_worker_processes(demo8, tmp_path):
     assert log.count("(cleaned data from the cache)") == 4  # 2 participants x 2 runs
     assert len(list((work / "cache" / "tree").iterdir())) == 2
     assert (dseg(tmp_path / "a").read_bytes() == dseg(out).read_bytes())
+
+
+def test_cache_with_network_maps(tmp_path, counters):
+    """dictlearning reuses the cleaned data of an earlier invocation (no BOLD read) and
+    gives the same outputs as without the cache."""
+    demo = make_demo_dataset(tmp_path / "bids", participants=("01",), runs=(1,),
+                             resolution=8, n_volumes=60, seed=4)
+    work = tmp_path / "work"
+    args = ["--method", "canica", "--n-maps", "5"]
+    assert run_cli(demo.root, tmp_path / "a", "-w", work, *args) == 0
+    assert counters()["bold"] == 1
+    assert run_cli(demo.root, tmp_path / "b", "-w", work, *args, "6") == 0
+    assert counters()["bold"] == 0
+    assert run_cli(demo.root, tmp_path / "c", *args, "6") == 0
+    cached, fresh = sha256_tree(tmp_path / "b"), sha256_tree(tmp_path / "c")
+    assert cached and cached == fresh

@@ -197,7 +197,12 @@ def methods_context(records: Sequence[dict], quality: bool = False) -> dict:
     complete = all(run.get("n_kept") is not None for run in runs)
     n_kept = sum(run["n_kept"] for run in runs) if complete else None
     n_volumes = sum(run["n_volumes"] for run in runs) if complete else None
-    scales = sorted(params["n_parcels"])
+    decomposition = params["method"] in ("dictlearning", "canica")
+    scales = sorted((params.get("n_maps") or []) if decomposition else params["n_parcels"])
+    # the DictLearning sparsity actually used (auto: from the kept volumes of the unit)
+    alphas = sorted({r["dictlearning_alpha"] for r in records
+                     if r.get("dictlearning_alpha") is not None})
+    per_run = [k for k in params.get("connectivity") or [] if k != "tangent"]
     dvars = params.get("std_dvars_threshold")
     if strategy == "scrubbing" and dvars is None:
         import importlib
@@ -241,7 +246,19 @@ def methods_context(records: Sequence[dict], quality: bool = False) -> dict:
         "smoothing_fwhm": params["smoothing_fwhm"],
         "n_components": params["n_components"],
         "method": params["method"],
-        "scales_text": _join([str(s) for s in scales]) + " parcels",
+        "scales_text": _join([str(s) for s in scales])
+        + (" network maps" if decomposition else " parcels"),
+        "decomposition": decomposition,
+        "n_maps_text": _join([str(s) for s in scales]),
+        "dictlearning_alpha": params.get("dictlearning_alpha"),
+        "alphas_text": _join([f"{a:g}" for a in alphas]) if alphas else "",
+        "region_thresholding": params.get("region_thresholding"),
+        "region_threshold": params.get("region_threshold"),
+        "region_extractor": params.get("region_extractor"),
+        "min_region_size": params.get("min_region_size"),
+        "split_disconnected": params.get("split_disconnected", False),
+        "connectivity": per_run,
+        "connectivity_text": _join(per_run) if per_run else "",
         "random_seed": params["random_seed"],
         "standardize": params["standardize"],
         "standardize_text": STANDARDIZE_TEXT.get(params["standardize"], ""),
