@@ -28,6 +28,8 @@ from bids_parcellate import __version__
 from bids_parcellate.config import (
     CONNECTIVITY_MEASURES,
     DENOISE_STRATEGIES,
+    KMEANS_DEFAULTS,
+    MASK_STRATEGIES,
     METHODS,
     REGION_EXTRACTORS,
     REGION_THRESHOLDINGS,
@@ -52,6 +54,64 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _numbers(text: str, option: str) -> list:
+    """A JSON array (possibly nested) or a comma/space separated list of numbers."""
+    import json
+
+    text = text.strip()
+    try:
+        value = json.loads(text) if text.startswith("[") else [
+            float(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(f"{option} {text!r}: give a JSON array or comma-separated "
+                        "numbers") from None
+    return value
+
+
+def parse_target_affine(text: str | None) -> tuple | None:
+    """``--target-affine``: 9 or 16 numbers (row-major), or a nested JSON array."""
+    if text is None:
+        return None
+    import numpy as np
+
+    try:
+        values = np.asarray(_numbers(text, "--target-affine"), dtype=float)
+    except ValueError:
+        raise UserError(f"--target-affine {text!r}: not an array of numbers") from None
+    if values.ndim == 1 and values.size in (9, 16):
+        side = 3 if values.size == 9 else 4
+        values = values.reshape(side, side)
+    if values.shape not in ((3, 3), (4, 4)):
+        raise UserError(f"--target-affine {text!r}: give 9 (3x3) or 16 (4x4) numbers")
+    return tuple(tuple(float(v) for v in row) for row in values)
+
+
+def parse_target_shape(text: str | None) -> tuple | None:
+    """``--target-shape``: three positive integers."""
+    if text is None:
+        return None
+    values = _numbers(text, "--target-shape")
+    if (not isinstance(values, list) or len(values) != 3
+            or not all(isinstance(v, int | float) and float(v).is_integer() and v > 0
+                       for v in values)):
+        raise UserError(f"--target-shape {text!r}: give 3 positive integers")
+    return tuple(int(v) for v in values)
+
+
+def parse_mask_args(text: str | None) -> dict | None:
+    """``--mask-args``: a JSON object passed to nilearn's mask function."""
+    if text is None:
+        return None
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--mask-args {text!r}: not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"--mask-args {text!r}: give a JSON object, e.g. "
+                        '\'{"lower_cutoff": 0.3}\'')
+    return value
 def _auto_or_float(text: str) -> float | None:
     return None if text == "auto" else _positive_float(text)
 
@@ -158,6 +218,44 @@ def build_parser() -> argparse.ArgumentParser:
                       help="learn the parcellation again on two halves of the data for "
                            "held-out accuracy, ARI and NMI (~90%% of the cost of the "
                            "figures); with --no-split-half these columns are n/a")
+    par.add_argument("--rena-scaling", action=argparse.BooleanOptionalAction, default=False,
+                     help="rena: scale features by the square root of cluster sizes "
+                          "(nilearn ReNA scaling)")
+    par.add_argument("--rena-n-iter", type=int, default=10, metavar="N",
+                     help="rena: iterations of nearest-neighbour agglomeration (nilearn "
+                          "ReNA n_iter)")
+    par.add_argument("--kmeans-n-init", type=int, default=None, metavar="N",
+                     help="kmeans / hierarchical_kmeans: k-means++ initialisations "
+                          "(default as nilearn's Parcellations: "
+                          + ", ".join(f"{m} {d['n_init']}" for m, d in KMEANS_DEFAULTS.items())
+                          + ")")
+    par.add_argument("--kmeans-batch-size", type=int, default=None, metavar="N",
+                     help="kmeans / hierarchical_kmeans: MiniBatchKMeans batch size "
+                          "(default as nilearn's Parcellations: "
+                          + ", ".join(f"{m} {d['batch_size']}"
+                                      for m, d in KMEANS_DEFAULTS.items()) + ")")
+
+    msk = parser.add_argument_group("brain mask and voxel grid")
+    msk.add_argument("--mask-strategy", choices=MASK_STRATEGIES, default="fmriprep",
+                     help="brain mask: fMRIPrep's (intersection of the runs' desc-brain "
+                          "masks), nilearn's compute_epi_mask / compute_background_mask of "
+                          "each run's mean image, or nilearn's MNI152 template masks "
+                          "(whole brain, grey or white matter; intersected with fMRIPrep's)")
+    msk.add_argument("--mask-args", default=None, metavar="JSON",
+                     help="JSON object of options for the nilearn mask function, e.g. "
+                          '\'{"threshold": 0.3}\' for gm-template')
+    msk.add_argument("--mask", type=Path, default=None, metavar="PATH",
+                     help="a mask image in the BOLD space, resampled to the BOLD grid "
+                          "(nearest neighbour) and intersected with the brain mask")
+    msk.add_argument("--target-resolution", type=_positive_float, default=None,
+                     metavar="MM", help="resample BOLD and masks to isotropic voxels of MM "
+                                        "before anything else (e.g. 4 for 2 mm data)")
+    msk.add_argument("--target-affine", default=None, metavar="NUMBERS",
+                     help="expert: nilearn's target_affine, 9 or 16 numbers (row-major, "
+                          "comma-separated or a JSON array)")
+    msk.add_argument("--target-shape", default=None, metavar="NUMBERS",
+                     help="expert: nilearn's target_shape (3 integers; needs a 4x4 "
+                          "--target-affine)")
 
     reg = parser.add_argument_group(
         "network maps and regions (--method dictlearning, canica)",
@@ -218,6 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recompute participants whose outputs are complete, and replace "
                           "outputs made with other parameters (without it, complete "
                           "outputs are skipped and a parameter change is refused)")
+    res.add_argument("--no-cache", dest="use_cache", action="store_false",
+                     help="do not reuse or store intermediate results (cleaned data, "
+                          "features, trees) in the work directory; by default, with "
+                          "-w/--work-dir kept between runs, a rerun that changes only "
+                          "--n-parcels reuses them")
+    res.add_argument("--cache-limit-gb", type=_positive_float, default=20.0, metavar="GB",
+                     help="size limit of the cache in the work directory (least recently "
+                          "used entries are removed)")
     res.add_argument("--print-slurm", action="store_true",
                      help="print a SLURM batch script (array over the selected participants, "
                           "then the group level) with these options and exit; with "
@@ -278,6 +384,18 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         bootstrap=args.bootstrap,
         quality=args.quality,
         split_half=args.split_half,
+        mask_strategy=args.mask_strategy,
+        mask_args=parse_mask_args(args.mask_args),
+        mask=_user_mask(args.mask),
+        target_resolution=args.target_resolution,
+        target_affine=parse_target_affine(args.target_affine),
+        target_shape=parse_target_shape(args.target_shape),
+        rena_scaling=args.rena_scaling,
+        rena_n_iter=args.rena_n_iter,
+        kmeans_n_init=args.kmeans_n_init,
+        kmeans_batch_size=args.kmeans_batch_size,
+        use_cache=args.use_cache,
+        cache_limit_gb=args.cache_limit_gb,
         n_maps=tuple(args.n_maps),
         dictlearning_alpha=args.dictlearning_alpha,
         region_threshold=args.region_threshold,
@@ -296,6 +414,14 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         boilerplate_only=args.boilerplate_only,
         command_line=tuple(argv),
     )
+
+
+def _user_mask(path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise UserError(f"--mask {path}: file not found")
+    return path.absolute()
 
 
 def _is_within(path: Path, parent: Path) -> bool:
@@ -477,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args, [PROG, *argv])
         if config.work_dir is None:
             temp_work = Path(tempfile.mkdtemp(prefix="bids_parcellate_work_"))
-            config = _replace_work_dir(config, temp_work)
+            # a cache in a folder removed at exit would only cost time
+            config = _replace_work_dir(config, temp_work, use_cache=False)
         with limit_threads(config.nprocs):
             return run(config, memory)
     except UserError as exc:
@@ -553,10 +680,10 @@ def limit_threads(nprocs: int) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _replace_work_dir(config: Config, work_dir: Path) -> Config:
+def _replace_work_dir(config: Config, work_dir: Path, use_cache: bool) -> Config:
     from dataclasses import replace
 
-    return replace(config, work_dir=work_dir)
+    return replace(config, work_dir=work_dir, use_cache=use_cache and config.use_cache)
 
 
 def demo_main(argv: list[str]) -> int:

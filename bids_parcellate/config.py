@@ -12,7 +12,10 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 from bids_parcellate import __version__
 
@@ -32,6 +35,25 @@ CONNECTIVITY_MEASURES = ("correlation", "partial correlation", "tangent", "covar
 DENOISE_STRATEGIES = ("simple", "scrubbing", "compcor", "ica_aroma", "none")
 STANDARDIZE_CHOICES = ("zscore_sample", "zscore", "psc", "none")
 ANALYSIS_LEVELS = ("participant", "group")
+#: Brain-mask strategies: fMRIPrep's masks, or nilearn's (``compute_epi_mask``,
+#: ``compute_background_mask``, ``compute_brain_mask`` with its MNI152 templates).
+MASK_STRATEGIES = ("fmriprep", "epi", "background", "whole-brain-template", "gm-template",
+                   "wm-template")
+#: ``--mask-args`` keys accepted by each strategy (the nilearn function's parameters).
+MASK_ARGS = {
+    "fmriprep": (),
+    "epi": ("lower_cutoff", "upper_cutoff", "connected", "opening", "exclude_zeros",
+            "ensure_finite"),
+    "background": ("border_size", "connected", "opening"),
+    "whole-brain-template": ("threshold", "connected", "opening"),
+    "gm-template": ("threshold", "connected", "opening"),
+    "wm-template": ("threshold", "connected", "opening"),
+}
+#: nilearn's ``Parcellations`` defaults for the k-means knobs, by method.
+KMEANS_DEFAULTS = {
+    "kmeans": {"n_init": 3, "batch_size": 1024},
+    "hierarchical_kmeans": {"n_init": 10, "batch_size": 1000},
+}
 #: BIDS label: alphanumeric only (BIDS specification, "label" rule).
 LABEL_PATTERN = re.compile(r"^[a-zA-Z0-9]+$")
 #: BIDS index (run numbers): non-negative integers.
@@ -52,6 +74,9 @@ _NOT_HASHED = frozenset(
         "print_slurm",
         "command_line",
         "participant_label",
+        "mask",  # hashed by content (see Config.hashed_parameters)
+        "use_cache",
+        "cache_limit_gb",
         "atlas_label",
         "overwrite",
         "reports_only",
@@ -104,6 +129,24 @@ def check_label(value: str, option: str, prefix: str | None = None) -> str:
     return label
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's content (``"missing"`` when it cannot be read)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return "missing"
+    return _content_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _content_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # keyed by size and mtime: read once per version of the file, not per output file
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
+
+
 @dataclass(frozen=True)
 class Config:
     """Validated parameters of one invocation (see ``bids_parcellate --help``)."""
@@ -143,6 +186,21 @@ class Config:
     # quality figures (extra outputs; they do not change the parcellation)
     quality: bool = True
     split_half: bool = True
+    # brain mask and grid
+    mask_strategy: str = "fmriprep"
+    mask_args: dict | None = None
+    mask: Path | None = None
+    target_resolution: float | None = None
+    target_affine: tuple[tuple[float, ...], ...] | None = None
+    target_shape: tuple[int, int, int] | None = None
+    # method knobs (None: nilearn's default for the method)
+    rena_scaling: bool = False
+    rena_n_iter: int = 10
+    kmeans_n_init: int | None = None
+    kmeans_batch_size: int | None = None
+    # cache of intermediate results in the work directory, across invocations
+    use_cache: bool = True
+    cache_limit_gb: float = 20.0
     # decomposition + region extraction (dictlearning, canica)
     n_maps: tuple[int, ...] = (20,)
     dictlearning_alpha: float | None = None
@@ -216,6 +274,86 @@ class Config:
             raise ConfigError(f"--res {self.res!r}: not a BIDS label")
         if self.reports_only and self.boilerplate_only:
             raise ConfigError("--reports-only and --boilerplate-only exclude each other")
+        self._check_mask_options()
+        self._check_grid_options()
+        self._check_method_knobs()
+        if not self.cache_limit_gb > 0:
+            raise ConfigError(f"--cache-limit-gb {self.cache_limit_gb}: must be > 0")
+
+    def _check_mask_options(self) -> None:
+        if self.mask_strategy not in MASK_STRATEGIES:
+            raise ConfigError(f"--mask-strategy {self.mask_strategy!r}: choose from "
+                              f"{', '.join(MASK_STRATEGIES)}")
+        if self.mask_args is not None:
+            if not isinstance(self.mask_args, dict):
+                raise ConfigError("--mask-args: give a JSON object, e.g. "
+                                  '\'{"lower_cutoff": 0.3}\'')
+            allowed = MASK_ARGS[self.mask_strategy]
+            unknown = sorted(set(self.mask_args) - set(allowed))
+            if unknown:
+                raise ConfigError(
+                    f"--mask-args {', '.join(unknown)}: not an option of --mask-strategy "
+                    f"{self.mask_strategy} ("
+                    + (f"accepted: {', '.join(allowed)}" if allowed else "it takes none")
+                    + ")")
+        if self.mask_strategy.endswith("-template") and not self.space.startswith("MNI152"):
+            raise ConfigError(
+                f"--mask-strategy {self.mask_strategy}: the template masks are in MNI152 "
+                f"space, the BOLD in --space {self.space}")
+
+    def _check_grid_options(self) -> None:
+        if self.target_resolution is not None:
+            if not self.target_resolution > 0:
+                raise ConfigError(f"--target-resolution {self.target_resolution}: must be "
+                                  "> 0 mm")
+            if self.target_affine is not None or self.target_shape is not None:
+                raise ConfigError("--target-resolution excludes --target-affine and "
+                                  "--target-shape")
+        if self.target_affine is not None:
+            shape = np.shape(np.asarray(self.target_affine, dtype=float))
+            if shape not in ((3, 3), (4, 4)):
+                raise ConfigError(f"--target-affine: give 9 (3x3) or 16 (4x4) numbers, got "
+                                  f"shape {shape}")
+            if abs(np.linalg.det(np.asarray(self.target_affine, dtype=float)[:3, :3])) < 1e-6:
+                raise ConfigError("--target-affine: its 3x3 part is singular")
+        if self.target_shape is not None:
+            if len(self.target_shape) != 3 or any(int(n) < 1 for n in self.target_shape):
+                raise ConfigError(f"--target-shape {list(self.target_shape)}: give 3 "
+                                  "positive integers")
+            if self.target_affine is None or np.shape(self.target_affine) != (4, 4):
+                raise ConfigError("--target-shape needs a 4x4 --target-affine (as nilearn's "
+                                  "target_shape)")
+
+    def _check_method_knobs(self) -> None:
+        if self.rena_n_iter < 1:
+            raise ConfigError(f"--rena-n-iter {self.rena_n_iter}: must be >= 1")
+        if self.method != "rena" and (self.rena_scaling or self.rena_n_iter != 10):
+            raise ConfigError(f"--rena-scaling/--rena-n-iter apply to --method rena, not "
+                              f"{self.method}")
+        for name in ("kmeans_n_init", "kmeans_batch_size"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            option = f"--{name.replace('_', '-')}"
+            if value < 1:
+                raise ConfigError(f"{option} {value}: must be >= 1")
+            if self.method not in KMEANS_DEFAULTS:
+                raise ConfigError(f"{option} applies to --method kmeans or "
+                                  f"hierarchical_kmeans, not {self.method}")
+
+    def method_options(self) -> dict:
+        """Keyword options of the method function (:data:`parcellate.METHODS`)."""
+        if self.method == "rena":
+            return {"scaling": self.rena_scaling, "n_iter": self.rena_n_iter}
+        if self.method in KMEANS_DEFAULTS:
+            defaults = KMEANS_DEFAULTS[self.method]
+            return {
+                "n_init": defaults["n_init"] if self.kmeans_n_init is None
+                else self.kmeans_n_init,
+                "batch_size": defaults["batch_size"] if self.kmeans_batch_size is None
+                else self.kmeans_batch_size,
+            }
+        return {}
 
     def _check_method_options(self) -> None:
         """Scales and method-specific options; an option that does not apply to the
@@ -324,6 +462,10 @@ class Config:
             if isinstance(value, tuple):
                 value = list(value)
             params[f.name] = value
+        if self.mask is not None:
+            # the user mask enters by content, so that the hash does not depend on where
+            # the file lives
+            params["mask"] = file_sha256(self.mask)
         return dict(sorted(params.items()))
 
     def config_hash(self) -> str:

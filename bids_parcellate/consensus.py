@@ -112,7 +112,8 @@ def consensus_parcellation(runs_data: Sequence[np.ndarray], mask: np.ndarray,
                            affine: np.ndarray, *, method: str, scales: Sequence[int],
                            n_resamples: int, fwhm: float, n_components: int,
                            random_state: int,
-                           features: np.ndarray | None = None) -> LabelsByScale:
+                           features: np.ndarray | None = None,
+                           options: dict | None = None) -> LabelsByScale:
     """Consensus of ``method`` over ``n_resamples`` block-bootstrap resamples.
 
     Parameters
@@ -132,6 +133,8 @@ def consensus_parcellation(runs_data: Sequence[np.ndarray], mask: np.ndarray,
     features : ndarray, optional
         ``build_features(runs_data, mask, affine, fwhm, n_components)`` when the caller
         already has it.
+    options : dict, optional
+        Keyword knobs of ``method`` (see :func:`~bids_parcellate.parcellate.parcellate`).
 
     Returns
     -------
@@ -150,7 +153,7 @@ def consensus_parcellation(runs_data: Sequence[np.ndarray], mask: np.ndarray,
         # fancy indexing copies, so build_features may standardise the resample in place
         resample = [x[block_bootstrap(x.shape[0], rng)] for x in smoothed]
         fit = parcellate(build_features(resample, mask, affine, 0.0, n_components), mask,
-                         method, scales, int(rng.integers(0, 2**31 - 1)))
+                         method, scales, int(rng.integers(0, 2**31 - 1)), **(options or {}))
         for k in scales:
             labels[k][b] = fit[k]
         LOGGER.debug("bootstrap resample %d/%d (%.1f s)", b + 1, n_resamples,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
@@ -65,11 +66,20 @@ def check_strategy_options(config: Config) -> None:
 
 @dataclass
 class UnitMask:
-    """The brain mask shared by all runs of a processing unit (their intersection)."""
+    """The brain mask shared by all runs of a processing unit (their intersection).
+
+    ``reader``, when set, reads a run's BOLD instead of :func:`load_bold`'s plain
+    masking: resampling to a target grid, or a mask computed from the BOLD itself (see
+    :mod:`bids_parcellate.masking`, which also fills ``description`` and ``grid``).
+    """
 
     mask: np.ndarray  # 3D bool
     affine: np.ndarray
     n_voxels_per_run: dict[str, int]
+    description: str = "intersection of the runs' fMRIPrep brain masks"
+    #: ``{"label": res label, "description": ...}`` when the grid was resampled
+    grid: dict | None = None
+    reader: Callable | None = field(default=None, repr=False)
 
     @property
     def n_voxels(self) -> int:
@@ -158,6 +168,8 @@ class CleanRun:
 
 def load_bold(run: Run, unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
     """Read a run's BOLD once; return (time x voxels float32 in the mask, mean image)."""
+    if unit_mask.reader is not None:  # resampling / mask from the BOLD (masking.py)
+        return unit_mask.reader(run, unit_mask)
     try:
         img = nib.load(run.bold)
     except Exception as exc:

@@ -34,6 +34,7 @@ from bids_parcellate.config import Config, UserError
 from bids_parcellate.denoise import SkipRun, UnitMask, clean_run, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, read_dataset_description
+from bids_parcellate.masking import output_res, resampling_reader
 from bids_parcellate.parcellate import labels_to_volume, parcellate
 from bids_parcellate.participant import (
     DSEG_COLUMNS,
@@ -319,7 +320,8 @@ def _summaries(config: Config, units: dict[UnitKey, list[Run]], grid, source_dir
         name = outputs.unit_prefix(*key)
         first = runs[0].entities
         path = summary_path(config, key[0], key[1],
-                            {"space": first.get("space", config.space), "res": first.get("res")})
+                            {"space": first.get("space", config.space),
+                             "res": output_res(config, runs)})
         header = read_header(path) if path.is_file() else None
         if (header is not None and header.hash == summary_hash(config, runs)
                 and header.shape == shape and np.allclose(header.affine, affine, atol=1e-3)):
@@ -382,7 +384,10 @@ def run_group_level(config: Config, selection: Selection,
     if not units:
         raise UserError("group level: no participant left to combine")
     check_tangent(config, units)
-    grid = check_grids(units)
+    native = check_grids(units)
+    # --target-*: the participant level's summaries are on the resampled grid
+    target, reader = resampling_reader(config, *native)
+    grid = (target.shape, target.affine)
     source_dirs = selection.fmriprep_dirs
 
     tic = time.monotonic()
@@ -424,7 +429,8 @@ def run_group_level(config: Config, selection: Selection,
     tic = time.monotonic()
     kept = {k: v for k, v in units.items() if outputs.unit_prefix(*k) in paths}
     collected: list | None = [] if config.connectivity else None
-    apply_atlas(config, result, kept, gmask, labels, space, res, source_dirs, collected)
+    apply_atlas(config, result, kept, gmask, labels, space, res, source_dirs, collected,
+                reader)
     result.timings["apply"] = time.monotonic() - tic
     if collected:
         tic = time.monotonic()
@@ -454,7 +460,7 @@ def _group_labels(config: Config, features: np.ndarray, gmask: GroupMask, n_volu
                                 n_volumes=n_volumes)
         return {k: r.labels for k, r in regions.items()}, regions
     labels = parcellate(features, gmask.mask, config.method, config.n_parcels,
-                        config.random_seed)
+                        config.random_seed, **config.method_options())
     if config.split_disconnected:
         regions = {k: split_disconnected(lab, gmask.mask, gmask.affine,
                                          config.min_region_size)
@@ -464,7 +470,10 @@ def _group_labels(config: Config, features: np.ndarray, gmask: GroupMask, n_volu
 
 
 def _space_res(units: dict[UnitKey, list[Run]], config: Config) -> tuple[str, str | None]:
-    first = next(iter(units.values()))[0].entities
+    first_runs = next(iter(units.values()))
+    first = first_runs[0].entities
+    if config.target_resolution is not None or config.target_affine is not None:
+        return first.get("space", config.space), output_res(config, first_runs)
     resolutions = {run.entities.get("res") for runs in units.values() for run in runs}
     res = first.get("res") if len(resolutions) == 1 else None
     return first.get("space", config.space), res
@@ -574,7 +583,12 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
         if config.is_decomposition:
             sidecar["NumberOfMaps"] = scale
         if res is not None:
-            sidecar["Resolution"] = f"res-{res}: the resolution of the input BOLD grid"
+            sidecar["Resolution"] = (
+                f"res-{res}: the input BOLD resampled to {res} voxels (nilearn "
+                "resample_img: continuous interpolation for the BOLD, nearest neighbour "
+                "for masks)" if config.target_resolution is not None
+                or config.target_affine is not None
+                else f"res-{res}: the resolution of the input BOLD grid")
         written.append(outputs.write_json(
             out / outputs.build_name("atlas_dseg", {**ents, "extension": ".json"}), sidecar))
         maps = regions[scale].maps if scale in regions else None
@@ -641,15 +655,19 @@ def _timeseries_sidecar(config: Config, run: Run, clean, parcellation: str,
 
 def apply_atlas(config: Config, result: GroupResult, units: dict[UnitKey, list[Run]],
                 gmask: GroupMask, labels: dict, space: str, res: str | None,
-                source_dirs: list[Path], collect: list | None = None) -> None:
+                source_dirs: list[Path], collect: list | None = None,
+                reader=None) -> None:
     """Parcel timeseries of every run on the group atlas, one unit in memory at a time.
 
     Each run's BOLD is read once and cleaned exactly as at the participant level, on the
     group mask (cleaning is voxel-wise, so values equal those on the unit's own mask).
     ``collect``: when given, ``(unit, run, kept volumes, scale -> timeseries)`` of every
     run is appended to it (parcel timeseries only: small) for the connectomes.
+    ``reader``: resamples each BOLD to the atlas grid (``--target-*``, see
+    :func:`bids_parcellate.masking.resampling_reader`).
     """
-    unit_mask = UnitMask(mask=gmask.mask, affine=gmask.affine, n_voxels_per_run={})
+    unit_mask = UnitMask(mask=gmask.mask, affine=gmask.affine, n_voxels_per_run={},
+                         reader=reader)
     progress = Progress(sum(len(r) for r in units.values()))
     for key, runs in units.items():
         name = outputs.unit_prefix(*key)

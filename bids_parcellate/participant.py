@@ -12,21 +12,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import outputs, parallel, quality, report, resume
+from bids_parcellate import cache, outputs, parallel, quality, report, resume
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.connectome import measure_label, run_connectomes
 from bids_parcellate.connectome import sidecar as relmat_sidecar
 from bids_parcellate.consensus import consensus_parcellation
-from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask, strategies
+from bids_parcellate.denoise import CleanRun, SkipRun, UnitMask, clean_run, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, Skipped
+from bids_parcellate.masking import (
+    DATA_STRATEGIES,
+    build_unit_mask,
+    finish_unit_mask,
+    output_res,
+)
 from bids_parcellate.parcellate import (
     LabelsByScale,
     build_features,
@@ -171,7 +177,7 @@ def _parameters(config: Config, n_volumes: int = 0) -> dict:
     if config.is_decomposition:
         alpha = ({"DictLearningAlpha": config.dictlearning_alpha or auto_alpha(n_volumes)}
                  if config.method == "dictlearning" else {})
-        return {
+        params = {
             "Method": config.method,
             **alpha,
             "SmoothingFWHM": config.smoothing_fwhm,
@@ -186,21 +192,39 @@ def _parameters(config: Config, n_volumes: int = 0) -> dict:
             "HighPass": config.high_pass,
             "LowPass": config.low_pass,
         }
-    split = ({"SplitDisconnected": True, "MinRegionSize": config.min_region_size}
-             if config.split_disconnected else {})
-    return {
-        "Method": config.method,
-        "SmoothingFWHM": config.smoothing_fwhm,
-        "NumberOfComponents": config.n_components,
-        **split,
-        "RandomSeed": config.random_seed,
-        "Bootstrap": config.bootstrap,
-        "DenoiseStrategy": config.denoise_strategy,
-        "Standardize": config.standardize,
-        "Detrend": config.detrend,
-        "HighPass": config.high_pass,
-        "LowPass": config.low_pass,
-    }
+    else:
+        split = ({"SplitDisconnected": True, "MinRegionSize": config.min_region_size}
+                 if config.split_disconnected else {})
+        params = {
+            "Method": config.method,
+            "SmoothingFWHM": config.smoothing_fwhm,
+            "NumberOfComponents": config.n_components,
+            **split,
+            "RandomSeed": config.random_seed,
+            "Bootstrap": config.bootstrap,
+            "DenoiseStrategy": config.denoise_strategy,
+            "Standardize": config.standardize,
+            "Detrend": config.detrend,
+            "HighPass": config.high_pass,
+            "LowPass": config.low_pass,
+        }
+    # brain mask and grid (--mask-strategy, --mask, --target-*), method knobs
+    params["MaskStrategy"] = config.mask_strategy
+    if config.mask_args:
+        params["MaskArgs"] = config.mask_args
+    if config.mask is not None:
+        params["Mask"] = config.mask.name
+    if config.target_resolution is not None:
+        params["TargetResolution"] = config.target_resolution
+    if config.target_affine is not None:
+        params["TargetAffine"] = [list(row) for row in config.target_affine]
+    if config.target_shape is not None:
+        params["TargetShape"] = list(config.target_shape)
+    knobs = {"scaling": "RenaScaling", "n_iter": "RenaNIter", "n_init": "KMeansNInit",
+             "batch_size": "KMeansBatchSize"}
+    for name, value in config.method_options().items():
+        params[knobs[name]] = value
+    return params
 
 
 def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
@@ -210,10 +234,13 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
     out = config.output_dir
     first = result.runs[0].run
     space = first.entities.get("space", config.space)
-    res = first.entities.get("res")
+    res = _unit_entities(config, result)["res"]
+    resolution = _resolution(unit_mask, res)
     seg = outputs.seg_label(config.method)
-    sources = sorted({outputs.bids_uri(p, source_dirs)
-                      for c in result.runs for p in (c.run.bold, c.run.mask)})
+    inputs = [p for c in result.runs for p in (c.run.bold, c.run.mask)]
+    if config.mask is not None:
+        inputs.append(config.mask)
+    sources = sorted({outputs.bids_uri(p, source_dirs) for p in inputs})
     written: list[Path] = []
     for scale in sorted(labels):
         ents = {"subject": result.subject, "session": result.session, "space": space,
@@ -242,6 +269,7 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
             "Parameters": _parameters(config, _kept_volumes(result)),
             "Sources": sources,
             "SpatialReference": space,
+            "BrainMask": f"{unit_mask.description}: {unit_mask.n_voxels} voxels",
             "ConfigHash": config.config_hash(),
             **{name: {"Description": text} for name, text in columns.items()
                if name not in ("index", "name")},
@@ -249,7 +277,7 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
         if config.is_decomposition:
             sidecar["NumberOfMaps"] = scale
         if res is not None:
-            sidecar["Resolution"] = f"res-{res}: the resolution of the input BOLD grid"
+            sidecar["Resolution"] = resolution
         written.append(outputs.write_json(
             out / outputs.build_name("dseg", {**ents, "extension": ".json"}), sidecar))
 
@@ -298,6 +326,34 @@ DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.
                      if name not in ("index", "name")}
 
 
+def denoise_unit(config: Config, runs: list[Run], progress: Progress
+                 ) -> tuple[UnitMask, list[CleanRun], list[Skipped]]:
+    """The unit's mask and grid (:mod:`bids_parcellate.masking`), then every run read
+    once and cleaned; runs with too few volumes are skipped."""
+    unit_mask = build_unit_mask(runs, config)
+    if config.mask_strategy not in DATA_STRATEGIES:  # else the mask is known after reading
+        check_scales(config.scales, unit_mask.n_voxels,
+                     "--n-maps" if config.is_decomposition else "--n-parcels")
+    cleaned: list[CleanRun] = []
+    skipped: list[Skipped] = []
+    for run in runs:
+        start = time.monotonic()
+        label = outputs.source_prefix(run.entities)
+        try:
+            clean = clean_run(run, unit_mask, config)
+        except SkipRun as exc:
+            LOGGER.warning("skipping %s: %s", run.bold.name, exc)
+            skipped.append(Skipped(run.bold, str(exc)))
+            progress.run_done(f"{label}: skipped ({exc})")
+            continue
+        cleaned.append(clean)
+        progress.run_done(
+            f"{label}: {clean.sample_mask.size}/{clean.n_volumes} volumes kept, "
+            f"{len(clean.confounds)} regressors ({time.monotonic() - start:.1f} s)")
+    unit_mask, cleaned = finish_unit_mask(unit_mask, cleaned)
+    return unit_mask, cleaned, skipped
+
+
 def _dseg_description(config: Config, scale: int, n_regions: int,
                       result: UnitResult) -> str:
     learned = f"learned from {len(result.runs)} run(s) of {result.name}"
@@ -311,11 +367,20 @@ def _dseg_description(config: Config, scale: int, n_regions: int,
 
 
 def _unit_entities(config: Config, result: UnitResult) -> dict:
-    """Entities shared by the unit's outputs (space and res come from the BOLD)."""
+    """Entities shared by the unit's outputs (space from the BOLD; res from the BOLD, or
+    naming the resampled grid with ``--target-*``)."""
     first = result.runs[0].run
     return {"subject": result.subject, "session": result.session,
             "space": first.entities.get("space", config.space),
-            "res": first.entities.get("res"), "seg": outputs.seg_label(config.method)}
+            "res": output_res(config, [r.run for r in result.runs]),
+            "seg": outputs.seg_label(config.method)}
+
+
+def _resolution(unit_mask, res: str) -> str:
+    """The ``Resolution`` sidecar value that BIDS requires with ``res-``."""
+    if unit_mask.grid is not None:  # resampled: the label names the new grid
+        return f"res-{res}: {unit_mask.grid['description']}"
+    return f"res-{res}: the resolution of the input BOLD grid"
 
 
 def _write_maps(config: Config, result: UnitResult, unit_mask,
@@ -351,7 +416,7 @@ def _write_maps(config: Config, result: UnitResult, unit_mask,
             "ConfigHash": config.config_hash(),
         }
         if base["res"] is not None:
-            sidecar["Resolution"] = f"res-{base['res']}: the resolution of the input BOLD grid"
+            sidecar["Resolution"] = _resolution(unit_mask, base["res"])
         written.append(outputs.write_json(
             out / outputs.build_name("probseg", {**ents, "extension": ".json"}), sidecar))
     return written
@@ -399,36 +464,39 @@ def _write_connectomes(config: Config, result: UnitResult, series: dict,
 
 
 def learn_parcellation(config: Config, runs_data: Sequence[np.ndarray], mask: np.ndarray,
-                       affine: np.ndarray, *, prepared: Sequence[np.ndarray] | None = None,
-                       features: np.ndarray | None = None
+                       affine: np.ndarray, *, prepared: Callable | None = None,
+                       features: np.ndarray | None = None, memo: Callable | None = None
                        ) -> tuple[LabelsByScale, dict[int, RegionSet]]:
     """Labels at every scale from cleaned runs, and the region sets of region-based
-    methods: the unit's own procedure (one fit of ``--method``, its ``--bootstrap``
-    consensus, region extraction, ``--split-disconnected``). Also learns the halves of
-    the quality figures.
+    methods: the unit's own procedure (one fit of ``--method`` with its knobs, its
+    ``--bootstrap`` consensus, region extraction, ``--split-disconnected``). Also learns
+    the halves of the quality figures.
 
-    ``prepared`` (:func:`prepare_runs` of ``runs_data``) and ``features``
-    (:func:`build_features`) are used when the caller has them.
+    ``prepared()`` (returning :func:`prepare_runs` of ``runs_data``), ``features``
+    (:func:`build_features`) and ``memo`` (tree cache, see :func:`parcellate`) are used
+    when the caller has them.
     """
+    def smoothed() -> list[np.ndarray]:
+        if prepared is not None:
+            return prepared()
+        return prepare_runs(runs_data, mask, affine, config.smoothing_fwhm)
+
     if config.is_decomposition:
-        if prepared is None:
-            prepared = prepare_runs(runs_data, mask, affine, config.smoothing_fwhm)
-        regions = learn_regions(prepared, mask, affine, config)
+        regions = learn_regions(smoothed(), mask, affine, config)
         return {k: r.labels for k, r in regions.items()}, regions
     if config.bootstrap:
-        # the prepared runs are smoothed already: resample them as they are
+        # the prepared runs are smoothed and standardised: resample them as they are
         labels = consensus_parcellation(
-            prepared if prepared is not None else runs_data, mask, affine,
-            method=config.method, scales=config.n_parcels, n_resamples=config.bootstrap,
-            fwhm=0.0 if prepared is not None else config.smoothing_fwhm,
-            n_components=config.n_components, random_state=config.random_seed,
-            features=features)
+            smoothed(), mask, affine, method=config.method, scales=config.n_parcels,
+            n_resamples=config.bootstrap, fwhm=0.0, n_components=config.n_components,
+            random_state=config.random_seed, features=features,
+            options=config.method_options())
     else:
         if features is None:
-            features = build_features(runs_data, mask, affine, config.smoothing_fwhm,
-                                      config.n_components, prepared=prepared)
+            features = build_features([], mask, affine, config.smoothing_fwhm,
+                                      config.n_components, prepared=smoothed())
         labels = parcellate(features, mask, config.method, config.n_parcels,
-                            config.random_seed)
+                            config.random_seed, memo=memo, **config.method_options())
     regions: dict[int, RegionSet] = {}
     if config.split_disconnected:
         regions = {k: split_disconnected(lab, mask, affine, config.min_region_size)
@@ -438,15 +506,30 @@ def learn_parcellation(config: Config, runs_data: Sequence[np.ndarray], mask: np
 
 
 def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
-           result: UnitResult) -> tuple[dict[int, np.ndarray], dict[int, RegionSet], Summary]:
+           result: UnitResult, store: cache.Cache, denoised_key: str
+           ) -> tuple[dict[int, np.ndarray], dict[int, RegionSet], Summary]:
     """Labels at every scale, the region sets of region-based methods, and the unit's
-    summary for the group level (built from the features, whatever the method)."""
+    summary for the group level (built from the features, whatever the method).
+
+    The features and the hierarchical trees come from ``store`` when an earlier
+    invocation stored them (:mod:`bids_parcellate.cache`); the smoothed runs are only
+    prepared when something needs them.
+    """
     tic = time.monotonic()
     n_volumes = sum(c.data.shape[0] for c in cleaned)
-    prepared = prepare_runs([c.data for c in cleaned], unit_mask.mask, unit_mask.affine,
-                            config.smoothing_fwhm)
-    features = build_features([], unit_mask.mask, unit_mask.affine, config.smoothing_fwhm,
-                              config.n_components, prepared=prepared)
+    held: dict = {}
+
+    def prepared():
+        if "runs" not in held:
+            held["runs"] = prepare_runs([c.data for c in cleaned], unit_mask.mask,
+                                        unit_mask.affine, config.smoothing_fwhm)
+        return held["runs"]
+
+    features_key = cache.features_key(config, denoised_key) if store.enabled else ""
+    features = store.array(
+        "features", features_key,
+        lambda: build_features([], unit_mask.mask, unit_mask.affine, config.smoothing_fwhm,
+                               config.n_components, prepared=prepared()))
     result.timings["features"] = time.monotonic() - tic
     # the group level's input (map step), from the features already in memory
     summary = make_summary(config, runs, [c.run for c in cleaned], unit_mask.mask,
@@ -454,13 +537,19 @@ def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
     tic = time.monotonic()
     # keep in memory only what the method needs
     if config.is_decomposition:
+        del features
         features = None
     elif not config.bootstrap:
-        prepared = None
-    labels, regions = learn_parcellation(config, [c.data for c in cleaned], unit_mask.mask,
-                                         unit_mask.affine, prepared=prepared,
-                                         features=features)
-    del prepared, features
+        held.clear()  # the features are all a plain fit needs
+
+    def memo(name: str, compute):
+        return store.array("tree", cache.make_key(features_key, name), compute)
+
+    labels, regions = learn_parcellation(
+        config, [c.data for c in cleaned], unit_mask.mask, unit_mask.affine,
+        prepared=prepared, features=features, memo=memo if store.enabled else None)
+    del features
+    held.clear()
     if config.split_disconnected:
         for k, r in regions.items():
             LOGGER.info("%s scale %d: %d connected pieces", config.method, k, r.n_regions)
@@ -505,14 +594,21 @@ def _write_quality(config: Config, result: UnitResult, figures: dict[int, dict]
 def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
                  source_dirs: list[Path], progress: Progress,
                  plan_listed: tuple[str, ...] = (),
-                 unit_log: report.UnitLog | None = None) -> UnitResult:
+                 unit_log: report.UnitLog | None = None,
+                 store: cache.Cache | None = None) -> UnitResult:
     """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure.
 
     ``plan_listed``: files of an earlier completion marker, removed before writing.
     With ``unit_log`` (warnings and skipped inputs of the unit), the report figures and
     record are written too (they are not among the unit's files: see ``report_files``).
+    With a ``store`` (:class:`bids_parcellate.cache.Cache`), the denoised runs, the
+    features and the hierarchical trees are reused from an earlier invocation when
+    their inputs and parameters are unchanged, and stored otherwise.
     """
     subject, session = key
+    # each process (workers included) opens the shared cache folder: entries are written
+    # and removed atomically, so concurrent units need no lock
+    store = store if store is not None else cache.Cache.from_config(config)
     result = UnitResult(subject=subject, session=session)
     tic = time.monotonic()
     # a run missing a required piece (mask, confounds, readable sidecar) is skipped with
@@ -525,32 +621,30 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     runs = [run for run in runs if not run.error]
     if not runs:
         raise UserError("; ".join(s.reason for s in result.skipped))
-    unit_mask = load_unit_mask(runs)
+    denoised_key = cache.denoised_key(config, runs) if store.enabled else ""
+    found = cache.load_denoised(store, denoised_key, runs)
+    if found is not None:
+        unit_mask, cleaned, skipped = found
+        for clean in cleaned:
+            progress.run_done(f"{outputs.source_prefix(clean.run.entities)}: "
+                              f"{clean.sample_mask.size}/{clean.n_volumes} volumes kept "
+                              "(cleaned data from the cache)")
+        for skip in skipped:
+            progress.run_done(f"{skip.bold.name}: skipped ({skip.reason}) (from the cache)")
+    else:
+        unit_mask, cleaned, skipped = denoise_unit(config, runs, progress)
+        if cleaned:
+            cache.store_denoised(store, denoised_key, unit_mask, cleaned, skipped)
     result.n_voxels = unit_mask.n_voxels
-    check_scales(config.scales, unit_mask.n_voxels,
-                 "--n-maps" if config.is_decomposition else "--n-parcels")
-    cleaned: list[CleanRun] = []
-    for run in runs:
-        start = time.monotonic()
-        label = outputs.source_prefix(run.entities)
-        try:
-            clean = clean_run(run, unit_mask, config)
-        except SkipRun as exc:
-            LOGGER.warning("skipping %s: %s", run.bold.name, exc)
-            result.skipped.append(Skipped(run.bold, str(exc)))
-            progress.run_done(f"{label}: skipped ({exc})")
-            continue
-        cleaned.append(clean)
-        result.runs.append(RunSummary.of(clean))
-        progress.run_done(
-            f"{label}: {clean.sample_mask.size}/{clean.n_volumes} volumes kept, "
-            f"{len(clean.confounds)} regressors ({time.monotonic() - start:.1f} s)")
+    result.skipped.extend(skipped)
+    result.runs.extend(RunSummary.of(c) for c in cleaned)
     result.timings["denoise"] = time.monotonic() - tic
     if not result.runs:
         reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in result.skipped)
         raise UserError(f"{result.name}: no usable runs ({reasons})")
 
-    labels, regions, summary = _learn(config, runs, cleaned, unit_mask, result)
+    labels, regions, summary = _learn(config, runs, cleaned, unit_mask, result, store,
+                                      denoised_key)
     tic = time.monotonic()
     series = {c.run.bold: parcel_timeseries(c.data, labels, config.standardize_arg)
               for c in cleaned}
@@ -623,6 +717,10 @@ def run_participant_level(config: Config, selection: Selection,
     plans = plans if plans is not None else resume.plan_units(config, selection)
     todo = {k: r for k, r in units.items() if plans[k].action != "skip"}
     progress = Progress(sum(len(r) for r in todo.values()))
+    store = cache.Cache.from_config(config)
+    if store.enabled and todo:
+        LOGGER.info("cache: %s (limit %.1f GB; --no-cache disables it)", store.root,
+                    config.cache_limit_gb)
     results = {}
     for key in units:
         plan = plans[key]

@@ -51,8 +51,8 @@ def processing_options(args: argparse.Namespace, parser: argparse.ArgumentParser
             words.append(flag if value else "--no-" + flag.removeprefix("--"))
         elif isinstance(action, argparse._CountAction):
             words.append("-" + "v" * value if action.dest == "verbose" else flag)
-        elif isinstance(action, argparse._StoreTrueAction):
-            words.append(flag)
+        elif isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+            words.append(flag)  # --overwrite, --no-cache
         elif isinstance(action, argparse._AppendAction):
             for item in value:
                 words += [flag, _word(item)]

@@ -247,7 +247,10 @@ def test_processing_options_round_trip():
     parser = build_parser()
     argv = ["/d", "/o", "participant", "--n-parcels", "20", "50", "--no-detrend",
             "--derivatives", "/a", "--derivatives", "/b", "-vv", "--fd-threshold", "0.3",
-            "--participant-label", "01", "--nprocs", "4", "--method", "kmeans"]
+            "--participant-label", "01", "--nprocs", "4", "--method", "kmeans",
+            "--kmeans-n-init", "2", "--no-cache", "--cache-limit-gb", "5",
+            "--mask-strategy", "epi", "--mask-args", '{"opening": 1}', "--mask", "/m.nii.gz",
+            "--target-affine", "4,0,0,0,4,0,0,0,4"]
     args = parser.parse_args(argv)
     words = processing_options(args, parser)
     assert "--participant-label" not in words and "--nprocs" not in words

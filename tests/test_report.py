@@ -31,7 +31,7 @@ from bids_parcellate.report.record import UnitLog
 from .conftest import SHARED_DATA, run_cli
 
 SPACE = "space-MNI152NLin2009cAsym"
-FIGURES = ("labels", "compressed", "sizes", "carpet", "correlation", "fd")
+FIGURES = ("mask", "labels", "compressed", "sizes", "carpet", "correlation", "fd")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage")

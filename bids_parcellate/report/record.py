@@ -225,6 +225,9 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
     labels_imgs = {s: nib.Nifti1Image(labels_to_volume(labels[s], mask), affine)
                    for s in scales}
     out: dict[str, tuple[bytes, dict]] = {}
+    out["mask"] = (figures.brain_mask(bg_img, slicer, f"brain mask: {int(mask.sum())} "
+                                                      "voxels"),
+                   {"description": _mask_description(unit_mask)})
     out["labels"] = (figures.label_maps(labels_imgs, bg_img, slicer),
                      {"cut_coords": slicer.cut_coords})
 
@@ -279,6 +282,13 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
     return out
 
 
+def _mask_description(unit_mask) -> str:
+    """How the unit's mask was made (``--mask-strategy``, ``--mask``; see
+    :mod:`bids_parcellate.masking`)."""
+    return getattr(unit_mask, "description",
+                   "intersection of the runs' fMRIPrep brain masks")
+
+
 def _connectome_figure(kind: str, labels: dict, mask: np.ndarray, affine: np.ndarray,
                        series: list, scales: list) -> tuple[bytes, dict]:
     """The first requested per-run measure, averaged over the unit's runs (nilearn's
@@ -302,6 +312,7 @@ def _connectome_figure(kind: str, labels: dict, mask: np.ndarray, affine: np.nda
 
 #: Figure name -> BIDS ``desc`` and suffix of its file.
 FIGURE_FILES = {
+    "mask": ("brain", "mask"),
     "labels": ("labels", "dseg"),
     "compressed": ("compressed", "bold"),
     "sizes": ("sizes", "dseg"),
@@ -419,7 +430,8 @@ def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, lab
         "dictlearning_alpha": _dictlearning_alpha(config, result),
         "grid": {"shape": [int(n) for n in unit_mask.mask.shape],
                  "voxel_size_mm": [round(float(z), 3) for z in zooms],
-                 "n_voxels": unit_mask.n_voxels},
+                 "n_voxels": unit_mask.n_voxels,
+                 "mask": _mask_description(unit_mask)},
         "runs": runs,
         "skipped": skipped,
         "strategy": _strategy(config),
