@@ -344,7 +344,7 @@ def test_knobs_reach_the_estimators(demo, tmp_path, monkeypatch):
     rena = _Spy(nilearn.regions.ReNA)
     monkeypatch.setattr(nilearn.regions, "ReNA", rena)
     out = tmp_path / "out"
-    assert run_cli(demo.root, out, "--n-parcels", "20", "--method", "rena",
+    assert run_cli(demo.root, out, "--no-quality", "--n-parcels", "20", "--method", "rena",
                    "--rena-scaling", "--rena-n-iter", "7") == 0
     assert [(c["scaling"], c["n_iter"]) for c in rena.calls] == [(True, 7)]
     meta = sidecar(dseg(out, method="rena"))
@@ -354,12 +354,13 @@ def test_knobs_reach_the_estimators(demo, tmp_path, monkeypatch):
 
     kmeans = _Spy(sklearn.cluster.MiniBatchKMeans)
     monkeypatch.setattr(sklearn.cluster, "MiniBatchKMeans", kmeans)
-    assert run_cli(demo.root, tmp_path / "k", "--n-parcels", "20", "--method", "kmeans",
+    assert run_cli(demo.root, tmp_path / "k", "--no-quality", "--n-parcels", "20",
+                   "--method", "kmeans",
                    "--kmeans-n-init", "2", "--kmeans-batch-size", "256") == 0
     assert [(c["n_init"], c["batch_size"]) for c in kmeans.calls] == [(2, 256)]
     hkmeans = _Spy(nilearn.regions.HierarchicalKMeans)
     monkeypatch.setattr(nilearn.regions, "HierarchicalKMeans", hkmeans)
-    assert run_cli(demo.root, tmp_path / "h", "--n-parcels", "20", "--method",
+    assert run_cli(demo.root, tmp_path / "h", "--no-quality", "--n-parcels", "20", "--method",
                    "hierarchical_kmeans") == 0
     assert [(c["n_init"], c["batch_size"]) for c in hkmeans.calls] == [(10, 1000)]
 
@@ -395,40 +396,42 @@ def test_cache_reused_for_new_scales_and_invalidated(tmp_path, counters):
     demo = make_demo_dataset(tmp_path / "bids", participants=("01",), runs=(1, 2),
                              resolution=8, n_volumes=40, seed=2)
     work, out = tmp_path / "work", tmp_path / "out"
-    assert run_cli(demo.root, out, "-w", work, "--n-parcels", "20") == 0
+    assert run_cli(demo.root, out, "-w", work, "--no-quality", "--n-parcels", "20") == 0
     assert counters() == {"bold": 2, "tree": 1}
     first = dseg(out).read_bytes()
 
     # new scale: cleaned data, features and tree come from the cache, no BOLD is read
     # (the same OUTPUT_DIR with other parameters needs --overwrite)
-    assert run_cli(demo.root, out, "-w", work, "--n-parcels", "20", "30", "--overwrite") == 0
+    assert run_cli(demo.root, out, "-w", work, "--no-quality", "--n-parcels", "20", "30",
+                   "--overwrite") == 0
     assert counters() == {"bold": 0, "tree": 0}
     assert dseg(out).read_bytes() == first
     assert dseg(out, 30).is_file()
     # ... and gives the same bytes as a run without the cache
     fresh = tmp_path / "fresh"
-    assert run_cli(demo.root, fresh, "--no-cache", "--n-parcels", "20", "30") == 0
+    assert run_cli(demo.root, fresh, "--no-cache", "--no-quality", "--n-parcels", "20", "30") == 0
     assert counters() == {"bold": 2, "tree": 1}
     assert sha256_tree(fresh) == sha256_tree(out)
 
     # another confound strategy: everything is recomputed
-    assert run_cli(demo.root, tmp_path / "o2", "-w", work, "--n-parcels", "30",
+    assert run_cli(demo.root, tmp_path / "o2", "-w", work, "--no-quality", "--n-parcels", "30",
                    "--denoise-strategy", "scrubbing") == 0
     assert counters() == {"bold": 2, "tree": 1}
     # smoothing changes the features and the tree, not the cleaned data
-    assert run_cli(demo.root, tmp_path / "o3", "-w", work, "--n-parcels", "30",
+    assert run_cli(demo.root, tmp_path / "o3", "-w", work, "--no-quality", "--n-parcels", "30",
                    "--smoothing-fwhm", "6") == 0
     assert counters() == {"bold": 0, "tree": 1}
     # a modified input file (new modification time) invalidates the unit
     confounds = func_dir(demo) / "sub-01_task-rest_run-2_desc-confounds_timeseries.tsv"
     stat = confounds.stat()
     os.utime(confounds, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert run_cli(demo.root, tmp_path / "o4", "-w", work, "--n-parcels", "30") == 0
+    assert run_cli(demo.root, tmp_path / "o4", "-w", work, "--no-quality",
+                   "--n-parcels", "30") == 0
     assert counters() == {"bold": 2, "tree": 1}
     # --no-cache neither reads nor writes the cache
     entries = sorted(p.name for p in (work / "cache").glob("*/*"))
     assert run_cli(demo.root, tmp_path / "o5", "-w", work, "--no-cache",
-                   "--n-parcels", "30") == 0
+                   "--no-quality", "--n-parcels", "30") == 0
     assert counters() == {"bold": 2, "tree": 1}
     assert sorted(p.name for p in (work / "cache").glob("*/*")) == entries
 
@@ -446,7 +449,7 @@ def test_cache_with_resampling_and_data_mask(tmp_path, counters, capsys):
     work, out = tmp_path / "work", tmp_path / "out"
     args = ["-w", work, "--mask-strategy", "epi", "--target-resolution", "10",
             "--mask", user_path]
-    assert run_cli(demo.root, out, *args, "--n-parcels", "10") == 0
+    assert run_cli(demo.root, out, *args, "--no-quality", "--n-parcels", "10") == 0
     assert counters() == {"bold": 2, "tree": 1}
     epi = np.logical_and(*[
         np.asarray(compute_epi_mask(nib.load(bold_path(demo, r))).dataobj) > 0
@@ -461,7 +464,7 @@ def test_cache_with_resampling_and_data_mask(tmp_path, counters, capsys):
                                   np.asarray(expected.dataobj) > 0)
     assert "--mask keeps" in capsys.readouterr().err
     out = tmp_path / "again"
-    assert run_cli(demo.root, out, *args, "--n-parcels", "10", "15") == 0
+    assert run_cli(demo.root, out, *args, "--no-quality", "--n-parcels", "10", "15") == 0
     assert counters() == {"bold": 0, "tree": 0}
     meta10, meta15 = sidecar(dseg(out, 10, res="10mm")), sidecar(dseg(out, 15, res="10mm"))
     assert meta10["BrainMask"] == meta15["BrainMask"]
