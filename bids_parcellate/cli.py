@@ -26,8 +26,13 @@ from pathlib import Path
 
 from bids_parcellate import __version__
 from bids_parcellate.config import (
+    CONNECTIVITY_MEASURES,
     DENOISE_STRATEGIES,
+    KMEANS_DEFAULTS,
+    MASK_STRATEGIES,
     METHODS,
+    REGION_EXTRACTORS,
+    REGION_THRESHOLDINGS,
     STANDARDIZE_CHOICES,
     Config,
     UserError,
@@ -47,6 +52,68 @@ def _positive_float(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     return value
+
+
+def _numbers(text: str, option: str) -> list:
+    """A JSON array (possibly nested) or a comma/space separated list of numbers."""
+    import json
+
+    text = text.strip()
+    try:
+        value = json.loads(text) if text.startswith("[") else [
+            float(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(f"{option} {text!r}: give a JSON array or comma-separated "
+                        "numbers") from None
+    return value
+
+
+def parse_target_affine(text: str | None) -> tuple | None:
+    """``--target-affine``: 9 or 16 numbers (row-major), or a nested JSON array."""
+    if text is None:
+        return None
+    import numpy as np
+
+    try:
+        values = np.asarray(_numbers(text, "--target-affine"), dtype=float)
+    except ValueError:
+        raise UserError(f"--target-affine {text!r}: not an array of numbers") from None
+    if values.ndim == 1 and values.size in (9, 16):
+        side = 3 if values.size == 9 else 4
+        values = values.reshape(side, side)
+    if values.shape not in ((3, 3), (4, 4)):
+        raise UserError(f"--target-affine {text!r}: give 9 (3x3) or 16 (4x4) numbers")
+    return tuple(tuple(float(v) for v in row) for row in values)
+
+
+def parse_target_shape(text: str | None) -> tuple | None:
+    """``--target-shape``: three positive integers."""
+    if text is None:
+        return None
+    values = _numbers(text, "--target-shape")
+    if (not isinstance(values, list) or len(values) != 3
+            or not all(isinstance(v, int | float) and float(v).is_integer() and v > 0
+                       for v in values)):
+        raise UserError(f"--target-shape {text!r}: give 3 positive integers")
+    return tuple(int(v) for v in values)
+
+
+def parse_mask_args(text: str | None) -> dict | None:
+    """``--mask-args``: a JSON object passed to nilearn's mask function."""
+    if text is None:
+        return None
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--mask-args {text!r}: not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"--mask-args {text!r}: give a JSON object, e.g. "
+                        '\'{"lower_cutoff": 0.3}\'')
+    return value
+def _auto_or_float(text: str) -> float | None:
+    return None if text == "auto" else _positive_float(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,16 +186,111 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip runs with fewer volumes left after censoring")
 
     par = parser.add_argument_group("parcellation")
-    par.add_argument("--method", default="ward", help=f"one of {', '.join(METHODS)}")
+    par.add_argument("--method", default="ward",
+                     help=f"one of {', '.join(METHODS)}; dictlearning and canica learn "
+                          "network maps, then split them into regions")
     par.add_argument("--n-parcels", type=int, nargs="+", default=[100, 200, 400],
-                     metavar="N", help="numbers of parcels (scales), learned in one run")
+                     metavar="N", help="numbers of parcels (scales), learned in one run "
+                                       "(clustering methods)")
     par.add_argument("--smoothing-fwhm", type=_positive_float, default=4.0, metavar="MM",
-                     help="spatial smoothing of the clustering features (0 = none)")
+                     help="spatial smoothing within the brain mask of the data the "
+                          "parcellation is learned from (0 = none)")
     par.add_argument("--n-components", type=int, default=200, metavar="K",
-                     help="temporal dimensions kept for clustering (exact SVD when the "
-                          "runs have more volumes)")
+                     help="temporal dimensions kept for clustering and in the summaries "
+                          "the group level reads (exact SVD when the runs have more "
+                          "volumes)")
+    par.add_argument("--split-disconnected", action="store_true",
+                     help="kmeans, hierarchical_kmeans: split every parcel into its "
+                          "connected pieces (pieces up to --min-region-size are dropped)")
     par.add_argument("--random-seed", type=int, default=0, help="seed of every random step")
+    par.add_argument("--bootstrap", type=int, default=0, metavar="B",
+                     help="consensus parcellation over B block-bootstrap resamples of the "
+                          "volumes (0 = off; about B+1 times the cost of one fit, and the "
+                          "quality figures repeat it on each half)")
 
+    qual = parser.add_argument_group("quality figures")
+    qual.add_argument("--quality", action=argparse.BooleanOptionalAction, default=True,
+                      help="compute the quality figures (accuracy, split-half "
+                           "reproducibility, homogeneity against a null, shape) and write "
+                           "their tables; --no-quality skips them")
+    qual.add_argument("--split-half",
+                      action=argparse.BooleanOptionalAction, default=True,
+                      help="learn the parcellation again on two halves of the data for "
+                           "held-out accuracy, ARI and NMI (~90%% of the cost of the "
+                           "figures); with --no-split-half these columns are n/a")
+    par.add_argument("--rena-scaling", action=argparse.BooleanOptionalAction, default=False,
+                     help="rena: scale features by the square root of cluster sizes "
+                          "(nilearn ReNA scaling)")
+    par.add_argument("--rena-n-iter", type=int, default=10, metavar="N",
+                     help="rena: iterations of nearest-neighbour agglomeration (nilearn "
+                          "ReNA n_iter)")
+    par.add_argument("--kmeans-n-init", type=int, default=None, metavar="N",
+                     help="kmeans / hierarchical_kmeans: k-means++ initialisations "
+                          "(default as nilearn's Parcellations: "
+                          + ", ".join(f"{m} {d['n_init']}" for m, d in KMEANS_DEFAULTS.items())
+                          + ")")
+    par.add_argument("--kmeans-batch-size", type=int, default=None, metavar="N",
+                     help="kmeans / hierarchical_kmeans: MiniBatchKMeans batch size "
+                          "(default as nilearn's Parcellations: "
+                          + ", ".join(f"{m} {d['batch_size']}"
+                                      for m, d in KMEANS_DEFAULTS.items()) + ")")
+
+    msk = parser.add_argument_group("brain mask and voxel grid")
+    msk.add_argument("--mask-strategy", choices=MASK_STRATEGIES, default="fmriprep",
+                     help="brain mask: fMRIPrep's (intersection of the runs' desc-brain "
+                          "masks), nilearn's compute_epi_mask / compute_background_mask of "
+                          "each run's mean image, or nilearn's MNI152 template masks "
+                          "(whole brain, grey or white matter; intersected with fMRIPrep's)")
+    msk.add_argument("--mask-args", default=None, metavar="JSON",
+                     help="JSON object of options for the nilearn mask function, e.g. "
+                          '\'{"threshold": 0.3}\' for gm-template')
+    msk.add_argument("--mask", type=Path, default=None, metavar="PATH",
+                     help="a mask image in the BOLD space, resampled to the BOLD grid "
+                          "(nearest neighbour) and intersected with the brain mask")
+    msk.add_argument("--target-resolution", type=_positive_float, default=None,
+                     metavar="MM", help="resample BOLD and masks to isotropic voxels of MM "
+                                        "before anything else (e.g. 4 for 2 mm data)")
+    msk.add_argument("--target-affine", default=None, metavar="NUMBERS",
+                     help="expert: nilearn's target_affine, 9 or 16 numbers (row-major, "
+                          "comma-separated or a JSON array)")
+    msk.add_argument("--target-shape", default=None, metavar="NUMBERS",
+                     help="expert: nilearn's target_shape (3 integers; needs a 4x4 "
+                          "--target-affine)")
+
+    reg = parser.add_argument_group(
+        "network maps and regions (--method dictlearning, canica)",
+        "The number of regions is an outcome: --n-maps sets the number of maps (the "
+        "scale- entity of the outputs); every map is thresholded and split into "
+        "connected regions (nilearn RegionExtractor).")
+    reg.add_argument("--n-maps", type=int, nargs="+", default=[20], metavar="K",
+                     help="numbers of network maps (scales), each decomposed separately")
+    reg.add_argument("--dictlearning-alpha", type=_auto_or_float, default=None,
+                     metavar="ALPHA",
+                     help="sparsity of the dictlearning maps (nilearn's alpha); default "
+                          "'auto': 10 x sqrt(kept volumes / 3360), which matches nilearn's "
+                          "alpha=10 on its 20-participant example whatever the number of "
+                          "volumes (see docs/outputs.md)")
+    reg.add_argument("--region-thresholding", choices=REGION_THRESHOLDINGS,
+                     default="ratio_n_voxels",
+                     help="how the maps are thresholded before region extraction")
+    reg.add_argument("--region-threshold", type=_positive_float, default=0.5, metavar="VALUE",
+                     help="ratio_n_voxels: voxels kept across all maps as a ratio of the "
+                          "brain voxels; img_value: map value; percentile: percentile")
+    reg.add_argument("--region-extractor", choices=REGION_EXTRACTORS,
+                     default="local_regions",
+                     help="local_regions: random-walker split around the maps' peaks; "
+                          "connected_components: connected pieces of the thresholded maps")
+    reg.add_argument("--min-region-size", type=_positive_float, default=1350.0,
+                     metavar="MM3", help="regions (and --split-disconnected pieces) must be "
+                                         "larger than this volume")
+
+    con = parser.add_argument_group("connectomes")
+    con.add_argument("--connectivity", nargs="+", default=[], metavar="MEASURE",
+                     type=lambda text: text.replace("_", " "),
+                     help=f"connectivity matrices per run and scale (nilearn "
+                          f"ConnectivityMeasure, censored volumes excluded): "
+                          f"{', '.join(m.replace(' ', '_') for m in CONNECTIVITY_MEASURES)}"
+                          f"; tangent is computed at the group level only")
     grp = parser.add_argument_group("group level")
     grp.add_argument("--atlas-label", default=None, metavar="LABEL",
                      help="atlas- label of the group parcellation (default: the dataset "
@@ -148,11 +310,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CPUs to use (BLAS/OpenMP threads); outputs do not depend on it")
     res.add_argument("--mem-gb", type=_positive_float, default=None,
                      help="memory limit in GB: the run stops before computing anything "
-                          "when its estimated peak memory is above it")
+                          "when its estimated peak memory is above it; with --nprocs, "
+                          "fewer participants run at once when they would not fit")
     res.add_argument("--overwrite", action="store_true",
                      help="recompute participants whose outputs are complete, and replace "
                           "outputs made with other parameters (without it, complete "
                           "outputs are skipped and a parameter change is refused)")
+    res.add_argument("--no-cache", dest="use_cache", action="store_false",
+                     help="do not reuse or store intermediate results (cleaned data, "
+                          "features, trees) in the work directory; by default, with "
+                          "-w/--work-dir kept between runs, a rerun that changes only "
+                          "--n-parcels reuses them")
+    res.add_argument("--cache-limit-gb", type=_positive_float, default=20.0, metavar="GB",
+                     help="size limit of the cache in the work directory (least recently "
+                          "used entries are removed)")
+    res.add_argument("--print-slurm", action="store_true",
+                     help="print a SLURM batch script (array over the selected participants, "
+                          "then the group level) with these options and exit; with "
+                          "--bids-database-dir the database is built once here")
     return parser
 
 
@@ -206,15 +381,47 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         smoothing_fwhm=args.smoothing_fwhm,
         n_components=args.n_components,
         random_seed=args.random_seed,
+        bootstrap=args.bootstrap,
+        quality=args.quality,
+        split_half=args.split_half,
+        mask_strategy=args.mask_strategy,
+        mask_args=parse_mask_args(args.mask_args),
+        mask=_user_mask(args.mask),
+        target_resolution=args.target_resolution,
+        target_affine=parse_target_affine(args.target_affine),
+        target_shape=parse_target_shape(args.target_shape),
+        rena_scaling=args.rena_scaling,
+        rena_n_iter=args.rena_n_iter,
+        kmeans_n_init=args.kmeans_n_init,
+        kmeans_batch_size=args.kmeans_batch_size,
+        use_cache=args.use_cache,
+        cache_limit_gb=args.cache_limit_gb,
+        n_maps=tuple(args.n_maps),
+        dictlearning_alpha=args.dictlearning_alpha,
+        region_threshold=args.region_threshold,
+        region_thresholding=args.region_thresholding,
+        region_extractor=args.region_extractor,
+        min_region_size=args.min_region_size,
+        split_disconnected=args.split_disconnected,
+        connectivity=tuple(args.connectivity),
         atlas_label=args.atlas_label.removeprefix("atlas-") if args.atlas_label else None,
         nprocs=args.nprocs,
         mem_gb=args.mem_gb,
         overwrite=args.overwrite,
+        print_slurm=args.print_slurm,
         verbosity=args.verbose,
         reports_only=args.reports_only,
         boilerplate_only=args.boilerplate_only,
         command_line=tuple(argv),
     )
+
+
+def _user_mask(path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise UserError(f"--mask {path}: file not found")
+    return path.absolute()
 
 
 def _is_within(path: Path, parent: Path) -> bool:
@@ -307,6 +514,13 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     LOGGER.info("found %d run(s) in %d unit(s) (%s); %d skipped", len(selection.runs),
                 len(units), ", ".join(f"sub-{s}" + (f"_ses-{x}" if x else "")
                                       for s, x in units), len(selection.skipped))
+    if config.print_slurm:
+        from bids_parcellate.outputs import in_container
+        from bids_parcellate.slurm import batch_script
+
+        labels = sorted({run.entities["subject"] for run in selection.runs})
+        sys.stdout.write(batch_script(config, labels, in_container()))
+        return 0
     if config.boilerplate_only:
         written = report.boilerplate_only(config, selection)
         LOGGER.info("methods text written: %s", ", ".join(str(p) for p in written))
@@ -314,20 +528,23 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     participant_level = "participant" in config.analysis_levels
     group_level = "group" in config.analysis_levels
     if group_level:
-        from bids_parcellate.group import check_grids
+        from bids_parcellate.group import check_grids, check_tangent
 
         check_grids(units)  # before anything is written
+        check_tangent(config, units)
     plans = None
+    unit_gb = None
     if participant_level:
         plans = plan_units(config, selection)
-        check_memory(config, {k: r for k, r in units.items() if plans[k].action != "skip"})
+        unit_gb = check_memory(config, {k: r for k, r in units.items()
+                                        if plans[k].action != "skip"})
     log_path = attach_log_file(memory, config.output_dir, config.analysis_levels)
     LOGGER.debug("log file %s, config hash %s", log_path, config.config_hash())
     code = 0
     failed_units: set = set()
     try:
         if participant_level:
-            results = run_participant_level(config, selection, plans,
+            results = run_participant_level(config, selection, plans, unit_gb,
                                             selection_warnings=selection_log.messages)
             report.finish_participant_level(config, results)
             failed = [r for r in results if r.error]
@@ -386,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args, [PROG, *argv])
         if config.work_dir is None:
             temp_work = Path(tempfile.mkdtemp(prefix="bids_parcellate_work_"))
-            config = _replace_work_dir(config, temp_work)
+            # a cache in a folder removed at exit would only cost time
+            config = _replace_work_dir(config, temp_work, use_cache=False)
         with limit_threads(config.nprocs):
             return run(config, memory)
     except UserError as exc:
@@ -484,10 +702,10 @@ def _default_threads(user_api: str, environ: dict[str, str | None]) -> int:
     return os.cpu_count() or 1
 
 
-def _replace_work_dir(config: Config, work_dir: Path) -> Config:
+def _replace_work_dir(config: Config, work_dir: Path, use_cache: bool) -> Config:
     from dataclasses import replace
 
-    return replace(config, work_dir=work_dir)
+    return replace(config, work_dir=work_dir, use_cache=use_cache and config.use_cache)
 
 
 def demo_main(argv: list[str]) -> int:
@@ -513,7 +731,8 @@ def demo_main(argv: list[str]) -> int:
     truth = make_demo_dataset(bids_dir, seed=0)
     n_true = int(truth.labels_img.get_fdata().max())
     extra = argv[1:]
-    if "--n-parcels" not in extra:
+    decomposition = any(m in extra for m in ("dictlearning", "canica"))
+    if "--n-parcels" not in extra and not decomposition:
         extra = ["--n-parcels", str(n_true), "100", "200", *extra]
     code = main([str(bids_dir), str(output_dir), "participant", "group", *extra])
     if code != 0:

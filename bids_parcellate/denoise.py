@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
@@ -65,11 +66,20 @@ def check_strategy_options(config: Config) -> None:
 
 @dataclass
 class UnitMask:
-    """The brain mask shared by all runs of a processing unit (their intersection)."""
+    """The brain mask shared by all runs of a processing unit (their intersection).
+
+    ``reader``, when set, reads a run's BOLD instead of :func:`load_bold`'s plain
+    masking: resampling to a target grid, or a mask computed from the BOLD itself (see
+    :mod:`bids_parcellate.masking`, which also fills ``description`` and ``grid``).
+    """
 
     mask: np.ndarray  # 3D bool
     affine: np.ndarray
     n_voxels_per_run: dict[str, int]
+    description: str = "intersection of the runs' fMRIPrep brain masks"
+    #: ``{"label": res label, "description": ...}`` when the grid was resampled
+    grid: dict | None = None
+    reader: Callable | None = field(default=None, repr=False)
 
     @property
     def n_voxels(self) -> int:
@@ -197,6 +207,8 @@ def load_bold(run: Run, unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
     thread keeps the in-mask voxels of the previous block, so the full 4D array
     (880 MB as float32 at 2 mm) is never built.
     """
+    if unit_mask.reader is not None:  # resampling / mask from the BOLD (masking.py)
+        return unit_mask.reader(run, unit_mask)
     img, stream = open_bold(run, unit_mask)
     return read_bold(img, stream, run, unit_mask)
 
@@ -348,15 +360,19 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
         )
     from concurrent.futures import ThreadPoolExecutor
 
-    img, stream = open_bold(run, unit_mask)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # the BOLD is decompressed (GIL released) while this thread reads the confounds
-        # and imports nilearn (about 1 s of CPU, hidden behind the read)
-        bold = pool.submit(read_bold, img, stream, run, unit_mask)
-        try:
-            early = _confounds_while_reading(run, config, img.shape[3])
-        finally:
-            series, mean_img = bold.result()  # BOLD errors come first
+    if unit_mask.reader is not None:  # resampling / mask from the BOLD (masking.py)
+        series, mean_img = load_bold(run, unit_mask)
+        early = None
+    else:
+        img, stream = open_bold(run, unit_mask)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # the BOLD is decompressed (GIL released) while this thread reads the
+            # confounds and imports nilearn (about 1 s of CPU, hidden behind the read)
+            bold = pool.submit(read_bold, img, stream, run, unit_mask)
+            try:
+                early = _confounds_while_reading(run, config, img.shape[3])
+            finally:
+                series, mean_img = bold.result()  # BOLD errors come first
     n_volumes = series.shape[0]
     if early is None:
         early = load_confounds(run, n_volumes, config)

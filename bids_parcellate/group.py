@@ -34,14 +34,20 @@ from bids_parcellate.config import Config, UserError
 from bids_parcellate.denoise import SkipRun, UnitMask, clean_run, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, read_dataset_description
+from bids_parcellate.masking import output_res, resampling_reader
 from bids_parcellate.parcellate import labels_to_volume, parcellate
 from bids_parcellate.participant import (
     DSEG_COLUMNS,
     DSEG_COLUMNS_JSON,
+    ORIGIN_COLUMNS,
     Progress,
     _dseg_table,
+    _origin_column,
+    _parameters,
     parcel_names,
+    write_relmats,
 )
+from bids_parcellate.regions import RegionSet, learn_regions, split_disconnected
 from bids_parcellate.summary import (
     SummaryHeader,
     compute_summary,
@@ -129,6 +135,14 @@ def check_grids(units: dict[UnitKey, list[Run]]) -> tuple[tuple[int, ...], np.nd
         f"group level needs every participant on one voxel grid: {shown} differ from the "
         f"{len(members[reference])} other unit(s) ({_grid_text(*grids[reference])}); "
         "select them out with --participant-label or resample them")
+
+
+def check_tangent(config: Config, units: dict[UnitKey, list[Run]]) -> None:
+    """``--connectivity tangent`` needs at least two participants (raises UserError)."""
+    n = len({key[0] for key in units})
+    if "tangent" in config.connectivity and n < 2:
+        raise UserError("--connectivity tangent needs several participants: the group level "
+                        f"has {n}")
 
 
 # --------------------------------------------------------------------------- label
@@ -306,7 +320,8 @@ def _summaries(config: Config, units: dict[UnitKey, list[Run]], grid, source_dir
         name = outputs.unit_prefix(*key)
         first = runs[0].entities
         path = summary_path(config, key[0], key[1],
-                            {"space": first.get("space", config.space), "res": first.get("res")})
+                            {"space": first.get("space", config.space),
+                             "res": output_res(config, runs)})
         header = read_header(path) if path.is_file() else None
         if (header is not None and header.hash == summary_hash(config, runs)
                 and header.shape == shape and np.allclose(header.affine, affine, atol=1e-3)):
@@ -368,7 +383,11 @@ def run_group_level(config: Config, selection: Selection,
             result.errors[outputs.unit_prefix(*key)] = "no run with all its files"
     if not units:
         raise UserError("group level: no participant left to combine")
-    grid = check_grids(units)
+    check_tangent(config, units)
+    native = check_grids(units)
+    # --target-*: the participant level's summaries are on the resampled grid
+    target, reader = resampling_reader(config, *native)
+    grid = (target.shape, target.affine)
     source_dirs = selection.fmriprep_dirs
 
     tic = time.monotonic()
@@ -394,28 +413,67 @@ def run_group_level(config: Config, selection: Selection,
                 features.shape[0], features.shape[1], len(paths), result.timings["reduce"])
 
     tic = time.monotonic()
-    labels = parcellate(features, gmask.mask, config.method, config.n_parcels,
-                        config.random_seed)
+    n_volumes = sum(h.n_volumes for h in paths.values())
+    labels, regions = _group_labels(config, features, gmask, n_volumes, len(paths))
     del features
     result.timings["parcellate"] = time.monotonic() - tic
 
     outputs.prepare_output_dir(config.output_dir, source_dirs)
     space, res = _space_res(units, config)
-    result.files += write_atlas(config, result, gmask, labels, space, res)
+    result.files += write_atlas(config, result, gmask, labels, space, res, regions,
+                                n_volumes)
     LOGGER.info("group atlas atlas-%s: scales %s from %d unit(s) written (%.1f s)",
                 result.label, ", ".join(map(str, sorted(labels))), len(paths),
                 result.timings["parcellate"])
 
     tic = time.monotonic()
     kept = {k: v for k, v in units.items() if outputs.unit_prefix(*k) in paths}
-    apply_atlas(config, result, kept, gmask, labels, space, res, source_dirs)
+    collected: list | None = [] if config.connectivity else None
+    apply_atlas(config, result, kept, gmask, labels, space, res, source_dirs, collected,
+                reader)
     result.timings["apply"] = time.monotonic() - tic
+    if collected:
+        tic = time.monotonic()
+        result.files += write_group_connectomes(config, result, collected, labels, space,
+                                                res)
+        result.timings["connectome"] = time.monotonic() - tic
     result.files += write_agreement(config, result, kept, gmask, labels, space, res)
     return result
 
 
+def _group_labels(config: Config, features: np.ndarray, gmask: GroupMask, n_volumes: int,
+                  n_units: int) -> tuple[dict, dict[int, RegionSet]]:
+    """Labels at every scale from the group features, and the region sets of
+    region-based methods.
+
+    dictlearning / canica decompose the group components as one pseudo-run: the
+    (voxels x K) merged components, scaled so that their norm is that of
+    ``n_volumes`` z-scored volumes (each unit enters the merge divided by the square
+    root of its volumes), which keeps the automatic DictLearning sparsity (computed
+    from ``n_volumes``) on the scale it was calibrated for.
+    """
+    regions: dict[int, RegionSet] = {}
+    if config.is_decomposition:
+        pseudo_run = np.ascontiguousarray(features.T) * np.float32(
+            np.sqrt(n_volumes / max(n_units, 1)))
+        regions = learn_regions([pseudo_run], gmask.mask, gmask.affine, config,
+                                n_volumes=n_volumes)
+        return {k: r.labels for k, r in regions.items()}, regions
+    labels = parcellate(features, gmask.mask, config.method, config.n_parcels,
+                        config.random_seed, **config.method_options())
+    if config.split_disconnected:
+        regions = {k: split_disconnected(lab, gmask.mask, gmask.affine,
+                                         config.min_region_size)
+                   for k, lab in labels.items()}
+        labels = {k: r.labels for k, r in regions.items()}
+    return labels, regions
+
+
 def _space_res(units: dict[UnitKey, list[Run]], config: Config) -> tuple[str, str | None]:
-    first = next(iter(units.values()))[0].entities
+    first_runs = next(iter(units.values()))
+    first = first_runs[0].entities
+    if config.target_resolution is not None or config.target_affine is not None:
+        return first.get("space", config.space), output_res(config, first_runs)
     resolutions = {run.entities.get("res") for runs in units.values() for run in runs}
     res = first.get("res") if len(resolutions) == 1 else None
     return first.get("space", config.space), res
@@ -434,21 +492,33 @@ def atlas_dseg_name(label: str, space: str, res: str | None, scale: int,
 
 
 def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: dict,
-                space: str, res: str | None) -> list[Path]:
-    """Write ``atlas-<label>_description.json`` and the dseg files of every scale."""
+                space: str, res: str | None, regions: dict[int, RegionSet] | None = None,
+                n_volumes: int = 0) -> list[Path]:
+    """Write ``atlas-<label>_description.json`` and the dseg files of every scale (and
+    the network maps, ``_probseg``, of dictlearning / canica)."""
     out = config.output_dir
     written = []
+    regions = regions or {}
     sources = [f"bids::{path.relative_to(out).as_posix()}" for path in result.summaries]
-    parameters = {
-        "Method": config.method,
-        "SmoothingFWHM": config.smoothing_fwhm,
-        "NumberOfComponents": config.n_components,
-        "RandomSeed": config.random_seed,
-        "DenoiseStrategy": config.denoise_strategy,
-        "Detrend": config.detrend,
-        "HighPass": config.high_pass,
-        "LowPass": config.low_pass,
-    }
+    if config.is_decomposition or config.split_disconnected:
+        parameters = {**_parameters(config, n_volumes),
+                      "NumberOfComponents": config.n_components}
+    else:
+        parameters = {
+            "Method": config.method,
+            "SmoothingFWHM": config.smoothing_fwhm,
+            "NumberOfComponents": config.n_components,
+            "RandomSeed": config.random_seed,
+            "DenoiseStrategy": config.denoise_strategy,
+            "Detrend": config.detrend,
+            "HighPass": config.high_pass,
+            "LowPass": config.low_pass,
+        }
+    origin_column = _origin_column(config)
+    columns = dict(DSEG_COLUMNS)
+    if origin_column:
+        columns = {"index": columns.pop("index"), "name": columns.pop("name"),
+                   origin_column: ORIGIN_COLUMNS[origin_column], **columns}
     dataset = _dataset_name(config)
     written.append(outputs.write_json(
         out / outputs.build_name("atlas_description", {"atlas": result.label,
@@ -482,12 +552,19 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
             out / outputs.build_name("atlas_dseg", {**ents, "extension": ".nii.gz"}), img))
         written.append(outputs.write_tsv(
             out / outputs.build_name("atlas_dseg", {**ents, "extension": ".tsv"}),
-            list(DSEG_COLUMNS), _dseg_table(labels[scale], gmask.mask, gmask.affine)))
+            list(columns), _dseg_table(labels[scale], gmask.mask, gmask.affine,
+                                       regions[scale].origin if origin_column else None)))
+        n_parcels = int(labels[scale].max())
+        what = (f"{n_parcels} regions extracted from {scale} {config.method} network maps"
+                if config.is_decomposition else
+                f"{config.method} group parcellation with {scale} parcels"
+                + (f" split into {n_parcels} connected pieces"
+                   if config.split_disconnected else ""))
         sidecar = {
-            "Name": f"{result.label}, {scale} parcels",
-            "Description": f"{config.method} group parcellation with {scale} parcels "
-                           f"learned from {len(result.units)} unit(s) on the intersection "
-                           "of their brain masks.",
+            "Name": f"{result.label}, " + (f"{scale} maps" if config.is_decomposition
+                                           else f"{scale} parcels"),
+            "Description": f"{what}, learned from {len(result.units)} unit(s) on the "
+                           "intersection of their brain masks.",
             "Method": config.method,
             "NumberOfParcels": int(labels[scale].max()),
             "SpatialReference": space,
@@ -500,12 +577,55 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
             "Sources": sources,
             "ConfigHash": config.config_hash(),
             **DSEG_COLUMNS_JSON,
+            **{name: {"Description": text} for name, text in columns.items()
+               if name not in DSEG_COLUMNS},
         }
+        if config.is_decomposition:
+            sidecar["NumberOfMaps"] = scale
         if res is not None:
-            sidecar["Resolution"] = f"res-{res}: the resolution of the input BOLD grid"
+            sidecar["Resolution"] = (
+                f"res-{res}: the input BOLD resampled to {res} voxels (nilearn "
+                "resample_img: continuous interpolation for the BOLD, nearest neighbour "
+                "for masks)" if config.target_resolution is not None
+                or config.target_affine is not None
+                else f"res-{res}: the resolution of the input BOLD grid")
         written.append(outputs.write_json(
             out / outputs.build_name("atlas_dseg", {**ents, "extension": ".json"}), sidecar))
+        maps = regions[scale].maps if scale in regions else None
+        if maps is not None:
+            written += _write_atlas_maps(config, result, gmask, ents, maps,
+                                         regions[scale].origin, sidecar)
     return written
+
+
+def _write_atlas_maps(config: Config, result: GroupResult, gmask: GroupMask, ents: dict,
+                      maps: np.ndarray, origin: np.ndarray, dseg_sidecar: dict) -> list[Path]:
+    """The group network maps as a 4D ``_probseg`` image next to the atlas dseg."""
+    out = config.output_dir
+    ents = {**ents, "suffix": "probseg"}
+    volume = np.zeros(gmask.mask.shape + (maps.shape[0],), dtype=np.float32)
+    volume[gmask.mask] = maps.T
+    img = nib.Nifti1Image(volume, gmask.affine)
+    img.header.set_xyzt_units("mm")
+    counts = np.bincount(origin, minlength=maps.shape[0] + 1)[1:]
+    keep = ("SpatialReference", "LevelType", "Participants", "GroupMask", "Parameters",
+            "Sources", "ConfigHash", "Resolution")
+    sidecar = {
+        "Name": f"{result.label}, {maps.shape[0]} network maps",
+        "Description": f"{maps.shape[0]} {config.method} network maps of the group: volume "
+                       "k is map k (the component column of the atlas dseg table). Values "
+                       "are map loadings, not probabilities.",
+        "Method": config.method,
+        "NumberOfMaps": int(maps.shape[0]),
+        "RegionsPerMap": counts.tolist(),
+        **{k: dseg_sidecar[k] for k in keep if k in dseg_sidecar},
+    }
+    return [outputs.write_nifti(
+                out / outputs.build_name("atlas_probseg", {**ents, "extension": ".nii.gz"}),
+                img),
+            outputs.write_json(
+                out / outputs.build_name("atlas_probseg", {**ents, "extension": ".json"}),
+                sidecar)]
 
 
 def _timeseries_sidecar(config: Config, run: Run, clean, parcellation: str,
@@ -535,13 +655,19 @@ def _timeseries_sidecar(config: Config, run: Run, clean, parcellation: str,
 
 def apply_atlas(config: Config, result: GroupResult, units: dict[UnitKey, list[Run]],
                 gmask: GroupMask, labels: dict, space: str, res: str | None,
-                source_dirs: list[Path]) -> None:
+                source_dirs: list[Path], collect: list | None = None,
+                reader=None) -> None:
     """Parcel timeseries of every run on the group atlas, one unit in memory at a time.
 
     Each run's BOLD is read once and cleaned exactly as at the participant level, on the
     group mask (cleaning is voxel-wise, so values equal those on the unit's own mask).
+    ``collect``: when given, ``(unit, run, kept volumes, scale -> timeseries)`` of every
+    run is appended to it (parcel timeseries only: small) for the connectomes.
+    ``reader``: resamples each BOLD to the atlas grid (``--target-*``, see
+    :func:`bids_parcellate.masking.resampling_reader`).
     """
-    unit_mask = UnitMask(mask=gmask.mask, affine=gmask.affine, n_voxels_per_run={})
+    unit_mask = UnitMask(mask=gmask.mask, affine=gmask.affine, n_voxels_per_run={},
+                         reader=reader)
     progress = Progress(sum(len(r) for r in units.values()))
     for key, runs in units.items():
         name = outputs.unit_prefix(*key)
@@ -565,6 +691,8 @@ def apply_atlas(config: Config, result: GroupResult, units: dict[UnitKey, list[R
             result.errors[name] = str(exc)
             continue
         for run, clean, series in blocks:
+            if collect is not None:
+                collect.append((key, run, int(clean.sample_mask.size), series))
             for scale in sorted(labels):
                 ents = {**run.entities, "space": space, "res": res, "atlas": result.label,
                         "scale": scale, "stat": "mean", "suffix": "timeseries"}
@@ -579,6 +707,53 @@ def apply_atlas(config: Config, result: GroupResult, units: dict[UnitKey, list[R
                     _timeseries_sidecar(config, run, clean,
                                         atlas_dseg_name(result.label, space, res, scale),
                                         result.label, source_dirs)))
+
+
+def write_group_connectomes(config: Config, result: GroupResult, collected: list,
+                            labels: dict, space: str, res: str | None) -> list[Path]:
+    """Connectomes on the group atlas: per run (``--connectivity`` measures, tangent
+    included) and the group mean (nilearn ``ConnectivityMeasure.mean_``: the mean of the
+    runs' matrices; for tangent the geometric mean of their covariances, the reference
+    point of the tangent space). Every run counts once."""
+    from bids_parcellate.connectome import connectivity, group_connectomes
+
+    written = []
+    participants = sorted({outputs.unit_prefix(*key) for key, *_ in collected})
+    for scale in sorted(labels):
+        series = [by_scale[scale] for *_, by_scale in collected]
+        names = parcel_names(series[0].shape[1])
+        dseg = atlas_dseg_name(result.label, space, res, scale)
+        group = group_connectomes(series, config.connectivity)
+        for index, (_, run, n_kept, by_scale) in enumerate(collected):
+            ents = {**run.entities, "space": space, "res": res, "atlas": result.label,
+                    "scale": scale}
+            per_run = {}
+            for kind in config.connectivity:
+                tangent_runs = group[kind][0]
+                per_run[kind] = (tangent_runs[index] if tangent_runs is not None else
+                                 connectivity([by_scale[scale]], kind)[0])
+            written += write_relmats(
+                config, ents, names, per_run,
+                {"Parcellation": dseg, "Atlas": result.label,
+                 "Timeseries": outputs.build_name("timeseries", {
+                     **ents, "stat": "mean", "suffix": "timeseries", "extension": ".tsv"}),
+                 "NumberOfVolumes": n_kept})
+        common = {"Parcellation": dseg, "Atlas": result.label, "NumberOfRuns": len(series),
+                  "Participants": participants}
+        for kind in config.connectivity:
+            about = ({"Measure": "Geometric mean covariance",
+                      "MeasureDescription": "Geometric (Riemannian) mean of the runs' "
+                                            "Ledoit-Wolf covariances: the reference point "
+                                            "of the tangent space of the per-run "
+                                            "meas-tangent matrices (nilearn "
+                                            "ConnectivityMeasure.mean_, kind 'tangent')."}
+                     if kind == "tangent" else
+                     {"Description": "Group mean: the mean of every run's matrix "
+                                     "(nilearn ConnectivityMeasure.mean_)."})
+            written += write_relmats(
+                config, {"atlas": result.label, "scale": scale, "res": res}, names,
+                {kind: group[kind][1]}, {**about, **common}, kind="group_relmat")
+    return written
 
 
 def write_agreement(config: Config, result: GroupResult, units: dict[UnitKey, list[Run]],

@@ -31,10 +31,15 @@ from bids_parcellate.config import UserError
 
 CODE_URL = "https://github.com/bids-parcellate/bids_parcellate"
 BIDS_VERSION = "1.11.0"
-#: Files the BIDS schema does not know yet (BEP012 timeseries, our summaries, reports).
+#: Files the BIDS schema does not know yet (BEP012 timeseries, BEP017 connectivity
+#: matrices, our summaries, reports).
 BIDSIGNORE = (
     "*_timeseries.tsv",
     "*_timeseries.json",
+    "*_quality.tsv",
+    "*_quality.json",
+    "*_relmat.tsv",
+    "*_relmat.json",
     "*_completed.json",
     "logs/",
     "*.html",
@@ -231,15 +236,24 @@ def write_tsv(path: Path, columns: list[str], rows) -> Path:
 
 
 def write_matrix_tsv(path: Path, columns: list[str], matrix: np.ndarray,
-                     float_format: str = "%.8g") -> Path:
-    """Write a float matrix as TSV (vectorised formatting, NaN as ``n/a``)."""
+                     float_format: str = "%.8g",
+                     row_names: tuple[str, list[str]] | None = None) -> Path:
+    """Write a float matrix as TSV (vectorised formatting, NaN as ``n/a``).
+
+    ``row_names``: optional ``(column name, names)`` written as a first column.
+    """
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write("\t".join(columns) + "\n")
+            header = ([row_names[0]] if row_names else []) + list(columns)
+            fh.write("\t".join(header) + "\n")
             # Python's % on lists: 2.6x faster than np.char.mod, the same text
             fmt = float_format.__mod__
-            fh.write("\n".join("\t".join([fmt(v) if v == v else "n/a" for v in row])
-                                for row in np.asarray(matrix, dtype=float).tolist()))
+            rows = ["\t".join([fmt(v) if v == v else "n/a" for v in row])
+                    for row in np.asarray(matrix, dtype=float).tolist()]
+            if row_names:
+                rows = [f"{name}\t{row}" for name, row in zip(row_names[1], rows,
+                                                               strict=True)]
+            fh.write("\n".join(rows))
             fh.write("\n")
     return _atomic_write(path, write)
 
@@ -376,6 +390,13 @@ Data-driven brain parcellations learned from fMRIPrep outputs by bids_parcellate
   parcellation per participant (and session) and scale; labels 1..n, 0 is background.
 - `sub-<label>/func/*_stat-mean_timeseries.tsv` (+ `.json`): parcel mean timeseries per
   run and scale; one row per BOLD volume, censored volumes are `n/a`.
+- `sub-<label>/anat/*_seg-<method>_scale-<n>_quality.tsv` (+ `.json`): quality figures of
+  each parcellation (accuracy, split-half reproducibility, homogeneity against a null,
+  parcel shape); `group_quality.tsv` (+ `.json`) gathers them for all participants.
+- `sub-<label>/anat/*_seg-<dictlearning|canica>_scale-<K>_probseg.nii.gz` (+ `.json`):
+  the K network maps the regions of the dseg of the same scale were extracted from.
+- `sub-<label>/func/*_meas-<measure>_relmat.tsv` (+ `.json`): connectivity matrices
+  between parcels per run and scale (`--connectivity`).
 - `sub-<label>/func/*_desc-summary_features.npz` (+ `.json`): the unit's compact
   summary read by the group level (BIDS-ignored).
 - `atlas-<label>_description.json` and `tpl-<space>/*_atlas-<label>_scale-<n>_dseg.*`:
@@ -383,6 +404,9 @@ Data-driven brain parcellations learned from fMRIPrep outputs by bids_parcellate
   run on it are `sub-<label>/func/*_atlas-<label>_scale-<n>_stat-mean_timeseries.tsv`.
 - `group_atlas-<label>_agreement.tsv` (+ `.json`): agreement (ARI, NMI) of each
   participant's own parcellation with the group one.
+- `tpl-<space>/*_atlas-<label>_scale-<K>_probseg.nii.gz`: the group network maps
+  (dictlearning, canica); `group_atlas-<label>_scale-<n>_meas-<measure>_relmat.tsv`: group
+  mean connectomes (`--connectivity`).
 - `sub-<label>.html`, `group.html`: HTML reports; `sub-<label>/figures/`: their figures
   and data.
 - `logs/`: log files of every invocation; `logs/CITATION.md` (`.html`, `.bib`): methods

@@ -1,13 +1,22 @@
 """Learn parcellations: features from cleaned runs, then a method for every scale.
 
-Methods registry: ``METHODS[name](features, mask, scales, random_state, n_jobs=1)
--> {scale: labels}``
-with ``features`` of shape (n_voxels, n_features) and ``labels`` int32 arrays 1..n
-over the in-mask voxels (C order of the 3D mask).
+Methods registry: ``METHODS[name](features, mask, scales, random_state, **options)
+-> {scale: labels}`` with ``features`` of shape (n_voxels, n_features) and ``labels``
+int32 arrays 1..n over the in-mask voxels (C order of the 3D mask). ``options`` are
+keyword-only knobs of the method (ReNA's ``scaling`` and ``n_iter``, k-means'
+``n_init`` and ``batch_size``; hierarchical methods take ``memo``).
 
 Hierarchical methods (ward, complete, average) build one tree and cut it at every
-requested scale: the tree does not depend on the number of clusters. Ward runs on
+requested scale: the tree does not depend on the number of clusters, so it can be kept
+across invocations (``memo``, see :mod:`bids_parcellate.cache`). Ward runs on
 supervoxels first when the grid is large (:mod:`bids_parcellate.ward`).
+
+Spatially constrained methods on a mask made of several disconnected pieces: the
+connectivity graph has one component per piece. scikit-learn completes it by linking
+every pair of pieces through their closest voxels *in feature space*, so ward, complete
+and average can put voxels of different pieces in one parcel (nilearn issue #1750); ReNA
+never merges across pieces, so it cannot give fewer parcels than pieces.
+:func:`parcellate` detects this and warns once per mask.
 """
 
 from __future__ import annotations
@@ -114,11 +123,26 @@ def standardize_columns(data: np.ndarray) -> np.ndarray:
     return data
 
 
+def prepare_runs(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
+                 fwhm: float, *, n_jobs: int = 1) -> list[np.ndarray]:
+    """Each cleaned run smoothed within the mask and z-scored per voxel (float32).
+
+    ``runs_data`` is not modified (without smoothing the runs are copied first:
+    :func:`standardize_columns` works in place, and the cleaned runs are still needed for
+    the timeseries and the quality figures).
+    """
+    return [standardize_columns(smooth_masked(x, mask, affine, fwhm, n_jobs=n_jobs) if fwhm
+                                else np.array(x, dtype=np.float32)) for x in runs_data]
+
+
 def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
-                   fwhm: float, n_components: int, *, n_jobs: int = 1) -> np.ndarray:
+                   fwhm: float, n_components: int,
+                   prepared: Sequence[np.ndarray] | None = None, *,
+                   n_jobs: int = 1) -> np.ndarray:
     """Voxel features for clustering from the cleaned runs of one unit.
 
-    Each run is smoothed within the mask and z-scored per voxel; runs are concatenated
+    Each run is smoothed within the mask and z-scored per voxel (:func:`prepare_runs`,
+    or ``prepared`` when the caller has them already); runs are concatenated
     in time. When there are more volumes than ``n_components`` the data are reduced
     with an exact thin SVD computed from the (time x time) Gram matrix, which is exact
     and much cheaper than a randomized SVD when volumes << voxels.
@@ -127,14 +151,12 @@ def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np
     -------
     ndarray, shape (n_voxels, n_features), float32
     """
-    # (n_voxels, n_times) blocks: smoothing already returns that layout; without
-    # smoothing, copy (standardisation is in place and the cleaned runs are still needed
-    # for the timeseries)
-    columns = [
-        standardize_columns(smooth_masked(x, mask, affine, fwhm, n_jobs=n_jobs) if fwhm
-                            else np.array(x, dtype=np.float32)).T
-        for x in runs_data
-    ]
+    blocks = (list(prepared) if prepared is not None
+              else prepare_runs(runs_data, mask, affine, fwhm, n_jobs=n_jobs))
+    # (n_voxels, n_times): smoothed runs are transposed views of that C-ordered layout,
+    # so the concatenation is the only copy
+    columns = [b.T for b in blocks]
+    del blocks
     data = np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
     del columns
     n_times = data.shape[1]
@@ -205,40 +227,74 @@ def order_labels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return rank[inverse]
 
 
-def check_scales(scales: Sequence[int], n_voxels: int) -> None:
+def check_scales(scales: Sequence[int], n_voxels: int, option: str = "--n-parcels") -> None:
     """Every scale must be below the number of voxels (raises :class:`UserError`)."""
     too_big = [n for n in scales if n >= n_voxels]
     if too_big:
         raise UserError(
-            f"--n-parcels {' '.join(map(str, too_big))}: must be below the {n_voxels} "
+            f"{option} {' '.join(map(str, too_big))}: must be below the {n_voxels} "
             "voxels in the brain mask"
         )
+
+
+def mask_pieces(mask: np.ndarray) -> np.ndarray:
+    """Sizes (voxels, largest first) of the 6-connected pieces of a mask: the
+    components of :func:`grid_connectivity`."""
+    labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 1))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    return np.sort(sizes)[::-1]
+
+
+#: Methods whose parcels follow the voxel grid's connectivity.
+SPATIAL_METHODS = ("ward", "complete", "average", "rena")
+
+
+def warn_disconnected(mask: np.ndarray, method: str) -> int:
+    """Warn (once) when a spatially constrained method runs on a disconnected mask;
+    return the number of pieces."""
+    sizes = mask_pieces(mask)
+    if len(sizes) > 1 and method in SPATIAL_METHODS:
+        shown = ", ".join(map(str, sizes[:5])) + (", ..." if len(sizes) > 5 else "")
+        consequence = (
+            "ReNA never merges across pieces, so there are at least as many parcels as "
+            "pieces" if method == "rena" else
+            "scikit-learn links the pieces through their most similar voxels, so a parcel "
+            "may span several pieces (non-contiguous; nilearn issue #1750)")
+        LOGGER.warning("the brain mask has %d disconnected pieces (6-connectivity; sizes %s "
+                       "voxels): %s", len(sizes), shown, consequence)
+    return len(sizes)
 
 
 def _tree(features: np.ndarray, mask: np.ndarray, linkage: str) -> np.ndarray:
     from sklearn.cluster import linkage_tree
 
     connectivity = grid_connectivity(mask)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        # "the number of connected components ... > 1": reported once, precisely, by
+        # warn_disconnected
+        warnings.filterwarnings("ignore", message=".*connected components.*")
         children = linkage_tree(features, connectivity=connectivity, linkage=linkage)[0]
-    for w in caught:
-        if "connected components" in str(w.message):
-            LOGGER.warning("the brain mask has several disconnected pieces: scikit-learn "
-                           "joins them, so parcels may straddle pieces")
     return children
 
 
-def fit_ward(features, mask, scales, random_state, n_jobs=1) -> LabelsByScale:
+def fit_ward(features, mask, scales, random_state, *, n_jobs: int = 1,
+             memo: Callable | None = None) -> LabelsByScale:
     """Ward agglomeration on the voxel grid: supervoxels, then one exact size-weighted
-    Ward tree cut at every scale (:mod:`bids_parcellate.ward`)."""
-    labels = ward_labels(features, grid_connectivity(mask), scales, n_jobs=n_jobs)
+    Ward tree cut at every scale (:mod:`bids_parcellate.ward`); ``memo`` as for
+    :func:`_hierarchical`."""
+    labels = ward_labels(features, grid_connectivity(mask), scales, n_jobs=n_jobs,
+                         memo=memo)
     return {k: order_labels(lab, mask) for k, lab in labels.items()}
 
 
 def _hierarchical(linkage: str) -> Callable:
-    def fit(features, mask, scales, random_state, n_jobs=1) -> LabelsByScale:
-        children = _tree(features, mask, linkage)
+    def fit(features, mask, scales, random_state, *, n_jobs: int = 1,
+            memo: Callable | None = None) -> LabelsByScale:
+        """``memo(name, compute)``: returns ``compute()``'s tree or a stored copy."""
+        def build() -> np.ndarray:
+            return _tree(features, mask, linkage)
+
+        children = memo(f"tree-{linkage}", build) if memo is not None else build()
         n = features.shape[0]
         return {k: order_labels(cut_tree(children, n, k), mask) for k in scales}
 
@@ -248,39 +304,46 @@ def _hierarchical(linkage: str) -> Callable:
     return fit
 
 
-def fit_kmeans(features, mask, scales, random_state, n_jobs=1) -> LabelsByScale:
+def fit_kmeans(features, mask, scales, random_state, *, n_init: int = 3,
+               batch_size: int = 1024, n_jobs: int = 1) -> LabelsByScale:
     """MiniBatchKMeans on voxel features (as nilearn's Parcellations; not spatially
-    constrained)."""
+    constrained). Defaults as nilearn's ``Parcellations``."""
     from sklearn.cluster import MiniBatchKMeans
 
     out = {}
     for k in scales:
-        est = MiniBatchKMeans(n_clusters=k, init="k-means++", n_init=3,
-                              random_state=random_state)
+        est = MiniBatchKMeans(n_clusters=k, init="k-means++", n_init=n_init,
+                              batch_size=batch_size, random_state=random_state)
         out[k] = order_labels(est.fit(features).labels_, mask)
     return out
 
 
-def fit_hierarchical_kmeans(features, mask, scales, random_state, n_jobs=1) -> LabelsByScale:
-    """nilearn's HierarchicalKMeans (balanced parcel sizes)."""
+def fit_hierarchical_kmeans(features, mask, scales, random_state, *, n_init: int = 10,
+                            batch_size: int = 1000,
+                            n_jobs: int = 1) -> LabelsByScale:
+    """nilearn's HierarchicalKMeans (balanced parcel sizes); defaults as nilearn's
+    ``Parcellations``."""
     from nilearn.regions import HierarchicalKMeans
 
     out = {}
     for k in scales:
-        est = HierarchicalKMeans(n_clusters=k, random_state=random_state)
+        est = HierarchicalKMeans(n_clusters=k, init="k-means++", n_init=n_init,
+                                 batch_size=batch_size, random_state=random_state)
         out[k] = order_labels(est.fit(features.T).labels_, mask)
     return out
 
 
-def fit_rena(features, mask, scales, random_state, n_jobs=1) -> LabelsByScale:
-    """nilearn's ReNA (recursive nearest agglomeration, spatially constrained)."""
+def fit_rena(features, mask, scales, random_state, *, scaling: bool = False,
+             n_iter: int = 10, n_jobs: int = 1) -> LabelsByScale:
+    """nilearn's ReNA (recursive nearest agglomeration, spatially constrained);
+    ``scaling`` and ``n_iter`` as nilearn's (defaults as nilearn's ``Parcellations``)."""
     import nibabel as nib
     from nilearn.regions import ReNA
 
     mask_img = nib.Nifti1Image(mask.astype(np.uint8), np.eye(4))
     out = {}
     for k in scales:
-        est = ReNA(mask_img=mask_img, n_clusters=k, scaling=False, n_iter=10)
+        est = ReNA(mask_img=mask_img, n_clusters=k, scaling=scaling, n_iter=n_iter)
         out[k] = order_labels(est.fit(features.T).labels_, mask)
     return out
 
@@ -295,12 +358,31 @@ METHODS: dict[str, Callable[..., LabelsByScale]] = {
 }
 
 
+#: Methods that build one tree for every scale (and accept ``memo``).
+HIERARCHICAL_METHODS = ("ward", "complete", "average")
+
+
 def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
-               scales: Sequence[int], random_state: int, *, n_jobs: int = 1) -> LabelsByScale:
+               scales: Sequence[int], random_state: int, *, memo: Callable | None = None,
+               n_jobs: int = 1, **options) -> LabelsByScale:
     """Run ``method`` on ``features`` for every scale.
 
-    ``n_jobs`` threads are used where a method splits its own work (the labels do not
-    depend on it).
+    Parameters
+    ----------
+    features : ndarray, shape (n_voxels, n_features)
+    mask : ndarray of bool, 3D
+    method : str
+        A key of :data:`METHODS`.
+    scales : sequence of int
+    random_state : int
+    memo : callable, optional
+        ``memo(name, compute) -> array``: returns a stored result or ``compute()``
+        (hierarchical methods keep their tree with it; see :mod:`bids_parcellate.cache`).
+    n_jobs : int
+        Threads, where a method splits its own work (the labels do not depend on it).
+    **options
+        Keyword knobs of the method (``scaling``, ``n_iter`` for rena; ``n_init``,
+        ``batch_size`` for kmeans and hierarchical_kmeans).
 
     Returns
     -------
@@ -308,7 +390,11 @@ def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
         scale -> int32 labels (1..n) over the in-mask voxels.
     """
     check_scales(scales, features.shape[0])
-    labels = METHODS[method](features, mask, sorted(scales), random_state, n_jobs=n_jobs)
+    warn_disconnected(mask, method)
+    if memo is not None and method in HIERARCHICAL_METHODS:
+        options["memo"] = memo
+    labels = METHODS[method](features, mask, sorted(scales), random_state, n_jobs=n_jobs,
+                              **options)
     for k, lab in labels.items():
         found = int(lab.max())
         if found != k:

@@ -12,20 +12,38 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import outputs, report, resume
+from bids_parcellate import cache, outputs, parallel, quality, report, resume
 from bids_parcellate.config import Config, UserError
-from bids_parcellate.denoise import CleanRun, SkipRun, clean_run, load_unit_mask, strategies
+from bids_parcellate.connectome import measure_label, run_connectomes
+from bids_parcellate.connectome import sidecar as relmat_sidecar
+from bids_parcellate.consensus import consensus_parcellation
+from bids_parcellate.denoise import CleanRun, SkipRun, UnitMask, clean_run, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, Skipped
-from bids_parcellate.parcellate import build_features, check_scales, labels_to_volume, parcellate
-from bids_parcellate.summary import make_summary, write_summary
+from bids_parcellate.masking import (
+    DATA_STRATEGIES,
+    build_unit_mask,
+    finish_unit_mask,
+    output_res,
+)
+from bids_parcellate.parcellate import (
+    LabelsByScale,
+    build_features,
+    check_scales,
+    grid_connectivity,
+    labels_to_volume,
+    parcellate,
+    prepare_runs,
+)
+from bids_parcellate.regions import RegionSet, auto_alpha, learn_regions, split_disconnected
+from bids_parcellate.summary import Summary, make_summary, write_summary
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -107,7 +125,10 @@ def parcel_names(n: int) -> list[str]:
     return [f"parcel{i:0{width}d}" for i in range(1, n + 1)]
 
 
-def _dseg_table(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> list[list]:
+def _dseg_table(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray,
+                origin: np.ndarray | None = None) -> list[list]:
+    """Rows of the dseg table; ``origin`` (map or original parcel of each region) is
+    inserted as the third column when given."""
     n = int(labels.max())
     coords = np.argwhere(mask).astype(np.float64)
     counts = np.bincount(labels, minlength=n + 1)[1:]
@@ -117,7 +138,8 @@ def _dseg_table(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> lis
     centroid_mm = nib.affines.apply_affine(affine, centroid_vox)
     names = parcel_names(n)
     return [
-        [i + 1, names[i], int(counts[i]), *(round(float(c), 2) for c in centroid_mm[i])]
+        [i + 1, names[i], *([int(origin[i])] if origin is not None else []),
+         int(counts[i]), *(round(float(c), 2) for c in centroid_mm[i])]
         for i in range(n)
     ]
 
@@ -132,30 +154,93 @@ DSEG_COLUMNS = {
 }
 
 
-def _parameters(config: Config) -> dict:
-    return {
-        "Method": config.method,
-        "SmoothingFWHM": config.smoothing_fwhm,
-        "NumberOfComponents": config.n_components,
-        "RandomSeed": config.random_seed,
-        "DenoiseStrategy": config.denoise_strategy,
-        "Standardize": config.standardize,
-        "Detrend": config.detrend,
-        "HighPass": config.high_pass,
-        "LowPass": config.low_pass,
-    }
+#: Extra dseg column of region-based parcellations: what each region came from.
+ORIGIN_COLUMNS = {
+    "component": "Network map the region was extracted from (1-based volume of the "
+                 "_probseg image of the same scale).",
+    "original_parcel": "Parcel (1..scale) of the unsplit parcellation this connected "
+                       "piece came from (--split-disconnected).",
+}
+
+
+def _kept_volumes(result: UnitResult) -> int:
+    return sum(int(r.sample_mask.size) for r in result.runs)
+
+
+def _origin_column(config: Config) -> str | None:
+    if config.is_decomposition:
+        return "component"
+    return "original_parcel" if config.split_disconnected else None
+
+
+def _parameters(config: Config, n_volumes: int = 0) -> dict:
+    if config.is_decomposition:
+        alpha = ({"DictLearningAlpha": config.dictlearning_alpha or auto_alpha(n_volumes)}
+                 if config.method == "dictlearning" else {})
+        params = {
+            "Method": config.method,
+            **alpha,
+            "SmoothingFWHM": config.smoothing_fwhm,
+            "RandomSeed": config.random_seed,
+            "RegionThresholding": config.region_thresholding,
+            "RegionThreshold": config.region_threshold,
+            "RegionExtractor": config.region_extractor,
+            "MinRegionSize": config.min_region_size,
+            "DenoiseStrategy": config.denoise_strategy,
+            "Standardize": config.standardize,
+            "Detrend": config.detrend,
+            "HighPass": config.high_pass,
+            "LowPass": config.low_pass,
+        }
+    else:
+        split = ({"SplitDisconnected": True, "MinRegionSize": config.min_region_size}
+                 if config.split_disconnected else {})
+        params = {
+            "Method": config.method,
+            "SmoothingFWHM": config.smoothing_fwhm,
+            "NumberOfComponents": config.n_components,
+            **split,
+            "RandomSeed": config.random_seed,
+            "Bootstrap": config.bootstrap,
+            "DenoiseStrategy": config.denoise_strategy,
+            "Standardize": config.standardize,
+            "Detrend": config.detrend,
+            "HighPass": config.high_pass,
+            "LowPass": config.low_pass,
+        }
+    # brain mask and grid (--mask-strategy, --mask, --target-*), method knobs
+    params["MaskStrategy"] = config.mask_strategy
+    if config.mask_args:
+        params["MaskArgs"] = config.mask_args
+    if config.mask is not None:
+        params["Mask"] = config.mask.name
+    if config.target_resolution is not None:
+        params["TargetResolution"] = config.target_resolution
+    if config.target_affine is not None:
+        params["TargetAffine"] = [list(row) for row in config.target_affine]
+    if config.target_shape is not None:
+        params["TargetShape"] = list(config.target_shape)
+    knobs = {"scaling": "RenaScaling", "n_iter": "RenaNIter", "n_init": "KMeansNInit",
+             "batch_size": "KMeansBatchSize"}
+    for name, value in config.method_options().items():
+        params[knobs[name]] = value
+    return params
 
 
 def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
-                series: dict, source_dirs: list[Path]) -> list[Path]:
+                series: dict, source_dirs: list[Path],
+                regions: dict[int, RegionSet] | None = None) -> list[Path]:
     """Write the dseg files of every scale and the timeseries of every run."""
     out = config.output_dir
     first = result.runs[0].run
     space = first.entities.get("space", config.space)
-    res = first.entities.get("res")
+    res = _unit_entities(config, result)["res"]
+    resolution = _resolution(unit_mask, res)
     seg = outputs.seg_label(config.method)
-    sources = sorted({outputs.bids_uri(p, source_dirs)
-                      for c in result.runs for p in (c.run.bold, c.run.mask)})
+    inputs = [p for c in result.runs for p in (c.run.bold, c.run.mask)]
+    if config.mask is not None:
+        inputs.append(config.mask)
+    sources = sorted({outputs.bids_uri(p, source_dirs) for p in inputs})
     written: list[Path] = []
     for scale in sorted(labels):
         ents = {"subject": result.subject, "session": result.session, "space": space,
@@ -166,23 +251,33 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
         img.header.set_intent("label")
         written.append(outputs.write_nifti(
             out / outputs.build_name("dseg", {**ents, "extension": ".nii.gz"}), img))
-        table = _dseg_table(labels[scale], unit_mask.mask, unit_mask.affine)
+        origin_column = _origin_column(config)
+        columns = dict(DSEG_COLUMNS)
+        if origin_column:
+            columns = {"index": columns.pop("index"), "name": columns.pop("name"),
+                       origin_column: ORIGIN_COLUMNS[origin_column], **columns}
+        table = _dseg_table(labels[scale], unit_mask.mask, unit_mask.affine,
+                            regions[scale].origin if origin_column else None)
         written.append(outputs.write_tsv(
             out / outputs.build_name("dseg", {**ents, "extension": ".tsv"}),
-            list(DSEG_COLUMNS), table))
+            list(columns), table))
         sidecar = {
-            "Description": f"{config.method} parcellation with {scale} parcels learned from "
-                           f"{len(result.runs)} run(s) of {result.name}",
+            "Description": _dseg_description(config, scale, int(labels[scale].max()),
+                                             result),
             "Method": config.method,
             "NumberOfParcels": int(labels[scale].max()),
-            "Parameters": _parameters(config),
+            "Parameters": _parameters(config, _kept_volumes(result)),
             "Sources": sources,
             "SpatialReference": space,
+            "BrainMask": f"{unit_mask.description}: {unit_mask.n_voxels} voxels",
             "ConfigHash": config.config_hash(),
-            **DSEG_COLUMNS_JSON,
+            **{name: {"Description": text} for name, text in columns.items()
+               if name not in ("index", "name")},
         }
+        if config.is_decomposition:
+            sidecar["NumberOfMaps"] = scale
         if res is not None:
-            sidecar["Resolution"] = f"res-{res}: the resolution of the input BOLD grid"
+            sidecar["Resolution"] = resolution
         written.append(outputs.write_json(
             out / outputs.build_name("dseg", {**ents, "extension": ".json"}), sidecar))
 
@@ -231,17 +326,292 @@ DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.
                      if name not in ("index", "name")}
 
 
+def denoise_unit(config: Config, runs: list[Run], progress: Progress
+                 ) -> tuple[UnitMask, list[CleanRun], list[Skipped]]:
+    """The unit's mask and grid (:mod:`bids_parcellate.masking`), then every run read
+    once and cleaned; runs with too few volumes are skipped."""
+    unit_mask = build_unit_mask(runs, config)
+    if config.mask_strategy not in DATA_STRATEGIES:  # else the mask is known after reading
+        check_scales(config.scales, unit_mask.n_voxels,
+                     "--n-maps" if config.is_decomposition else "--n-parcels")
+    cleaned: list[CleanRun] = []
+    skipped: list[Skipped] = []
+    for run in runs:
+        start = time.monotonic()
+        label = outputs.source_prefix(run.entities)
+        try:
+            clean = clean_run(run, unit_mask, config)
+        except SkipRun as exc:
+            LOGGER.warning("skipping %s: %s", run.bold.name, exc)
+            skipped.append(Skipped(run.bold, str(exc)))
+            progress.run_done(f"{label}: skipped ({exc})")
+            continue
+        cleaned.append(clean)
+        progress.run_done(
+            f"{label}: {clean.sample_mask.size}/{clean.n_volumes} volumes kept, "
+            f"{len(clean.confounds)} regressors ({time.monotonic() - start:.1f} s)")
+    unit_mask, cleaned = finish_unit_mask(unit_mask, cleaned)
+    return unit_mask, cleaned, skipped
+
+
+def _dseg_description(config: Config, scale: int, n_regions: int,
+                      result: UnitResult) -> str:
+    learned = f"learned from {len(result.runs)} run(s) of {result.name}"
+    if config.is_decomposition:
+        return (f"{n_regions} regions extracted from {scale} {config.method} network maps "
+                f"{learned}; voxels in no region are 0")
+    if config.split_disconnected:
+        return (f"{config.method} parcellation with {scale} parcels {learned}, split into "
+                f"{n_regions} connected pieces")
+    return f"{config.method} parcellation with {scale} parcels {learned}"
+
+
+def _unit_entities(config: Config, result: UnitResult) -> dict:
+    """Entities shared by the unit's outputs (space from the BOLD; res from the BOLD, or
+    naming the resampled grid with ``--target-*``)."""
+    first = result.runs[0].run
+    return {"subject": result.subject, "session": result.session,
+            "space": first.entities.get("space", config.space),
+            "res": output_res(config, [r.run for r in result.runs]),
+            "seg": outputs.seg_label(config.method)}
+
+
+def _resolution(unit_mask, res: str) -> str:
+    """The ``Resolution`` sidecar value that BIDS requires with ``res-``."""
+    if unit_mask.grid is not None:  # resampled: the label names the new grid
+        return f"res-{res}: {unit_mask.grid['description']}"
+    return f"res-{res}: the resolution of the input BOLD grid"
+
+
+def _write_maps(config: Config, result: UnitResult, unit_mask,
+                regions: dict[int, RegionSet], source_dirs: list[Path]) -> list[Path]:
+    """Write the network maps of every scale as a 4D ``_probseg`` image."""
+    out = config.output_dir
+    base = _unit_entities(config, result)
+    written = []
+    for scale in sorted(regions):
+        maps = regions[scale].maps
+        if maps is None:
+            continue
+        ents = {**base, "scale": scale, "suffix": "probseg"}
+        volume = np.zeros(unit_mask.mask.shape + (maps.shape[0],), dtype=np.float32)
+        volume[unit_mask.mask] = maps.T
+        img = nib.Nifti1Image(volume, unit_mask.affine)
+        img.header.set_xyzt_units("mm")
+        written.append(outputs.write_nifti(
+            out / outputs.build_name("probseg", {**ents, "extension": ".nii.gz"}), img))
+        counts = np.bincount(regions[scale].origin, minlength=maps.shape[0] + 1)[1:]
+        sidecar = {
+            "Description": f"{maps.shape[0]} {config.method} network maps learned from "
+                           f"{len(result.runs)} run(s) of {result.name}: volume k is map "
+                           "k (the component column of the dseg table). Values are map "
+                           "loadings, not probabilities.",
+            "Method": config.method,
+            "NumberOfMaps": int(maps.shape[0]),
+            "RegionsPerMap": counts.tolist(),
+            "Parameters": _parameters(config, _kept_volumes(result)),
+            "Sources": sorted({outputs.bids_uri(p, source_dirs)
+                               for c in result.runs for p in (c.run.bold, c.run.mask)}),
+            "SpatialReference": base["space"],
+            "ConfigHash": config.config_hash(),
+        }
+        if base["res"] is not None:
+            sidecar["Resolution"] = _resolution(unit_mask, base["res"])
+        written.append(outputs.write_json(
+            out / outputs.build_name("probseg", {**ents, "extension": ".json"}), sidecar))
+    return written
+
+
+def write_relmats(config: Config, entities: dict, names: list[str],
+                  by_kind: dict[str, np.ndarray], extra: dict,
+                  kind: str = "relmat") -> list[Path]:
+    """Write one ``_relmat`` TSV + JSON per measure (``kind``: the path pattern)."""
+    out = config.output_dir
+    written = []
+    for measure, matrix in by_kind.items():
+        ents = {**entities, "meas": measure_label(measure), "suffix": "relmat"}
+        written.append(outputs.write_matrix_tsv(
+            out / outputs.build_name(kind, {**ents, "extension": ".tsv"}),
+            names, matrix, row_names=("node", names)))
+        written.append(outputs.write_json(
+            out / outputs.build_name(kind, {**ents, "extension": ".json"}),
+            {**relmat_sidecar(measure),
+             "NodeNames": "the node column and header: parcel names of the dseg table",
+             **extra, "ConfigHash": config.config_hash()}))
+    return written
+
+
+def _write_connectomes(config: Config, result: UnitResult, series: dict,
+                       matrices: dict) -> list[Path]:
+    """Write one ``_relmat`` (TSV + JSON) per run, scale and measure."""
+    base = _unit_entities(config, result)
+    written = []
+    for summary in result.runs:
+        run = summary.run
+        for scale, by_kind in sorted(matrices[run.bold].items()):
+            ents = {**run.entities, "space": base["space"], "res": base["res"],
+                    "seg": base["seg"], "scale": scale}
+            timeseries = outputs.build_name(
+                "timeseries", {**ents, "stat": "mean", "suffix": "timeseries",
+                               "extension": ".tsv"})
+            dseg = outputs.build_name("dseg", {**base, "scale": scale, "suffix": "dseg",
+                                               "extension": ".nii.gz"})
+            written += write_relmats(
+                config, ents, parcel_names(series[run.bold][scale].shape[1]), by_kind,
+                {"Parcellation": dseg, "Timeseries": timeseries,
+                 "NumberOfVolumes": int(summary.sample_mask.size)})
+    return written
+
+
+def learn_parcellation(config: Config, runs_data: Sequence[np.ndarray], mask: np.ndarray,
+                       affine: np.ndarray, *, prepared: Callable | None = None,
+                       features: np.ndarray | None = None, memo: Callable | None = None
+                       ) -> tuple[LabelsByScale, dict[int, RegionSet]]:
+    """Labels at every scale from cleaned runs, and the region sets of region-based
+    methods: the unit's own procedure (one fit of ``--method`` with its knobs, its
+    ``--bootstrap`` consensus, region extraction, ``--split-disconnected``). Also learns
+    the halves of the quality figures.
+
+    ``prepared()`` (returning :func:`prepare_runs` of ``runs_data``), ``features``
+    (:func:`build_features`) and ``memo`` (tree cache, see :func:`parcellate`) are used
+    when the caller has them.
+    """
+    def smoothed() -> list[np.ndarray]:
+        if prepared is not None:
+            return prepared()
+        return prepare_runs(runs_data, mask, affine, config.smoothing_fwhm,
+                            n_jobs=config.nprocs)
+
+    if config.is_decomposition:
+        regions = learn_regions(smoothed(), mask, affine, config)
+        return {k: r.labels for k, r in regions.items()}, regions
+    if config.bootstrap:
+        # the prepared runs are smoothed and standardised: resample them as they are
+        labels = consensus_parcellation(
+            smoothed(), mask, affine, method=config.method, scales=config.n_parcels,
+            n_resamples=config.bootstrap, fwhm=0.0, n_components=config.n_components,
+            random_state=config.random_seed, features=features,
+            options=config.method_options())
+    else:
+        if features is None:
+            features = build_features([], mask, affine, config.smoothing_fwhm,
+                                      config.n_components, prepared=smoothed())
+        labels = parcellate(features, mask, config.method, config.n_parcels,
+                            config.random_seed, memo=memo, n_jobs=config.nprocs,
+                            **config.method_options())
+    regions: dict[int, RegionSet] = {}
+    if config.split_disconnected:
+        regions = {k: split_disconnected(lab, mask, affine, config.min_region_size)
+                   for k, lab in labels.items()}
+        labels = {k: r.labels for k, r in regions.items()}
+    return labels, regions
+
+
+def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
+           result: UnitResult, store: cache.Cache, denoised_key: str
+           ) -> tuple[dict[int, np.ndarray], dict[int, RegionSet], Summary]:
+    """Labels at every scale, the region sets of region-based methods, and the unit's
+    summary for the group level (built from the features, whatever the method).
+
+    The features and the hierarchical trees come from ``store`` when an earlier
+    invocation stored them (:mod:`bids_parcellate.cache`); the smoothed runs are only
+    prepared when something needs them.
+    """
+    tic = time.monotonic()
+    n_volumes = sum(c.data.shape[0] for c in cleaned)
+    held: dict = {}
+
+    def prepared():
+        if "runs" not in held:
+            held["runs"] = prepare_runs([c.data for c in cleaned], unit_mask.mask,
+                                        unit_mask.affine, config.smoothing_fwhm,
+                                        n_jobs=config.nprocs)
+        return held["runs"]
+
+    features_key = cache.features_key(config, denoised_key) if store.enabled else ""
+    features = store.array(
+        "features", features_key,
+        lambda: build_features([], unit_mask.mask, unit_mask.affine, config.smoothing_fwhm,
+                               config.n_components, prepared=prepared()))
+    result.timings["features"] = time.monotonic() - tic
+    # the group level's input (map step), from the features already in memory
+    summary = make_summary(config, runs, [c.run for c in cleaned], unit_mask.mask,
+                           unit_mask.affine, features, n_volumes)
+    tic = time.monotonic()
+    # keep in memory only what the method needs
+    if config.is_decomposition:
+        del features
+        features = None
+    elif not config.bootstrap:
+        held.clear()  # the features are all a plain fit needs
+
+    def memo(name: str, compute):
+        return store.array("tree", cache.make_key(features_key, name), compute)
+
+    labels, regions = learn_parcellation(
+        config, [c.data for c in cleaned], unit_mask.mask, unit_mask.affine,
+        prepared=prepared, features=features, memo=memo if store.enabled else None)
+    del features
+    held.clear()
+    if config.split_disconnected:
+        for k, r in regions.items():
+            LOGGER.info("%s scale %d: %d connected pieces", config.method, k, r.n_regions)
+    result.timings["parcellate"] = time.monotonic() - tic
+    return labels, regions, summary
+
+
+def _quality_figures(config: Config, result: UnitResult, cleaned: list[CleanRun],
+                     labels: LabelsByScale, unit_mask) -> dict[int, dict] | None:
+    """Quality figures of every scale (:mod:`bids_parcellate.quality`), or None when
+    the data cannot be halved."""
+    data = [c.data for c in cleaned]
+    connectivity = grid_connectivity(unit_mask.mask)
+    if not config.split_half:
+        return quality.fixed_figures(data, labels, connectivity, config.random_seed)
+    try:
+        return quality.assess(
+            data, [c.sample_mask for c in cleaned], [c.run.tr for c in cleaned], labels,
+            connectivity,
+            lambda segments: learn_parcellation(config, segments, unit_mask.mask,
+                                                unit_mask.affine)[0],
+            config.random_seed)
+    except quality.TooShort as exc:
+        LOGGER.warning("%s: no quality figures (%s)", result.name, exc)
+        return None
+
+
+def _write_quality(config: Config, result: UnitResult, figures: dict[int, dict]
+                   ) -> list[Path]:
+    ents = _unit_entities(config, result)
+    rows = quality.unit_rows(result.subject, result.session, config.method,
+                             config.bootstrap, result.n_voxels, figures)
+    extra = {scale: {"Parcellation": outputs.build_name(
+                         "dseg", {**ents, "scale": scale, "suffix": "dseg",
+                                  "extension": ".nii.gz"}),
+                     "RandomSeed": config.random_seed,
+                     "ConfigHash": config.config_hash()}
+             for scale in figures}
+    return quality.write_unit_tables(config.output_dir, ents, rows, extra)
+
+
 def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
                  source_dirs: list[Path], progress: Progress,
                  plan_listed: tuple[str, ...] = (),
-                 unit_log: report.UnitLog | None = None) -> UnitResult:
+                 unit_log: report.UnitLog | None = None,
+                 store: cache.Cache | None = None) -> UnitResult:
     """Denoise, parcellate, extract and write one unit; raise :class:`UserError` on failure.
 
     ``plan_listed``: files of an earlier completion marker, removed before writing.
     With ``unit_log`` (warnings and skipped inputs of the unit), the report figures and
     record are written too (they are not among the unit's files: see ``report_files``).
+    With a ``store`` (:class:`bids_parcellate.cache.Cache`), the denoised runs, the
+    features and the hierarchical trees are reused from an earlier invocation when
+    their inputs and parameters are unchanged, and stored otherwise.
     """
     subject, session = key
+    # each process (workers included) opens the shared cache folder: entries are written
+    # and removed atomically, so concurrent units need no lock
+    store = store if store is not None else cache.Cache.from_config(config)
     result = UnitResult(subject=subject, session=session)
     tic = time.monotonic()
     # a run missing a required piece (mask, confounds, readable sidecar) is skipped with
@@ -254,54 +624,60 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     runs = [run for run in runs if not run.error]
     if not runs:
         raise UserError("; ".join(s.reason for s in result.skipped))
-    unit_mask = load_unit_mask(runs)
+    denoised_key = cache.denoised_key(config, runs) if store.enabled else ""
+    found = cache.load_denoised(store, denoised_key, runs)
+    if found is not None:
+        unit_mask, cleaned, skipped = found
+        for clean in cleaned:
+            progress.run_done(f"{outputs.source_prefix(clean.run.entities)}: "
+                              f"{clean.sample_mask.size}/{clean.n_volumes} volumes kept "
+                              "(cleaned data from the cache)")
+        for skip in skipped:
+            progress.run_done(f"{skip.bold.name}: skipped ({skip.reason}) (from the cache)")
+    else:
+        unit_mask, cleaned, skipped = denoise_unit(config, runs, progress)
+        if cleaned:
+            cache.store_denoised(store, denoised_key, unit_mask, cleaned, skipped)
     result.n_voxels = unit_mask.n_voxels
-    check_scales(config.n_parcels, unit_mask.n_voxels)
-    cleaned: list[CleanRun] = []
-    for run in runs:
-        start = time.monotonic()
-        label = outputs.source_prefix(run.entities)
-        try:
-            clean = clean_run(run, unit_mask, config)
-        except SkipRun as exc:
-            LOGGER.warning("skipping %s: %s", run.bold.name, exc)
-            result.skipped.append(Skipped(run.bold, str(exc)))
-            progress.run_done(f"{label}: skipped ({exc})")
-            continue
-        cleaned.append(clean)
-        result.runs.append(RunSummary.of(clean))
-        progress.run_done(
-            f"{label}: {clean.sample_mask.size}/{clean.n_volumes} volumes kept, "
-            f"{len(clean.confounds)} regressors ({time.monotonic() - start:.1f} s)")
+    result.skipped.extend(skipped)
+    result.runs.extend(RunSummary.of(c) for c in cleaned)
     result.timings["denoise"] = time.monotonic() - tic
     if not result.runs:
         reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in result.skipped)
         raise UserError(f"{result.name}: no usable runs ({reasons})")
 
-    tic = time.monotonic()
-    features = build_features([c.data for c in cleaned], unit_mask.mask,
-                              unit_mask.affine, config.smoothing_fwhm, config.n_components,
-                              n_jobs=config.nprocs)
-    result.timings["features"] = time.monotonic() - tic
-    # the group level's input (map step), from the features already in memory
-    summary = make_summary(config, runs, [c.run for c in cleaned], unit_mask.mask,
-                           unit_mask.affine, features, sum(c.data.shape[0] for c in cleaned))
-    tic = time.monotonic()
-    labels = parcellate(features, unit_mask.mask, config.method, config.n_parcels,
-                        config.random_seed, n_jobs=config.nprocs)
-    del features
-    result.timings["parcellate"] = time.monotonic() - tic
+    labels, regions, summary = _learn(config, runs, cleaned, unit_mask, result, store,
+                                      denoised_key)
     tic = time.monotonic()
     series = {c.run.bold: parcel_timeseries(c.data, labels, config.standardize_arg)
               for c in cleaned}
     result.timings["extract"] = time.monotonic() - tic
+    figures = None
+    if config.quality:  # while the cleaned runs are in memory
+        tic = time.monotonic()
+        figures = _quality_figures(config, result, cleaned, labels, unit_mask)
+        result.timings["quality"] = time.monotonic() - tic
+        if figures and config.split_half:
+            LOGGER.info("%s: quality figures, split-half ARI %s (%.1f s)", result.name,
+                        ", ".join(f"{f['ari']:.2f} at {k}" for k, f in sorted(figures.items())),
+                        result.timings["quality"])
+    tic = time.monotonic()
+    matrices = {bold: run_connectomes(by_scale, config.connectivity)
+                for bold, by_scale in series.items()} if config.connectivity else {}
+    result.timings["connectome"] = time.monotonic() - tic
     tic = time.monotonic()
     outputs.prepare_output_dir(config.output_dir, source_dirs)
     # stale outputs of this unit (an interrupted run, or --overwrite) go first, the
     # completion marker before anything else; a failure while writing leaves nothing
     outputs.remove_unit_outputs(config.output_dir, subject, session, plan_listed)
     try:
-        result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs)
+        result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs,
+                                   regions)
+        result.files += _write_maps(config, result, unit_mask, regions, source_dirs)
+        if matrices:
+            result.files += _write_connectomes(config, result, series, matrices)
+        if figures:
+            result.files += _write_quality(config, result, figures)
         # not in result.files: the summary is a cache validated by its own hash (the group
         # level may rewrite it for other parameters without touching this unit's marker)
         write_summary(config, summary, source_dirs, runs)
@@ -327,7 +703,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
 
 
 def run_participant_level(config: Config, selection: Selection,
-                          plans: dict | None = None, *,
+                          plans: dict | None = None, unit_gb: float | None = None, *,
                           selection_warnings: Sequence[str] = ()) -> list[UnitResult]:
     """Process every unit; a failing unit is reported and does not stop the others.
 
@@ -336,51 +712,86 @@ def run_participant_level(config: Config, selection: Selection,
     A unit's completion marker is written after all of its files.
     ``selection_warnings`` (warnings logged while the inputs were queried) go to the
     reports of the units whose files they name.
+
+    With ``--nprocs`` > 1 and several units to compute, units run in parallel worker
+    processes (:mod:`bids_parcellate.parallel`), as many at once as ``--mem-gb`` holds
+    given ``unit_gb``, the estimated peak memory of the largest unit. Results are in unit
+    order either way.
     """
     units = selection.units()
     plans = plans if plans is not None else resume.plan_units(config, selection)
     todo = {k: r for k, r in units.items() if plans[k].action != "skip"}
     progress = Progress(sum(len(r) for r in todo.values()))
-    results = []
+    store = cache.Cache.from_config(config)
+    if store.enabled and todo:
+        LOGGER.info("cache: %s (limit %.1f GB; --no-cache disables it)", store.root,
+                    config.cache_limit_gb)
+    results = {}
+    for key in units:
+        plan = plans[key]
+        name = outputs.unit_prefix(*key)
+        if plan.action == "skip":
+            LOGGER.info("%s: complete from an earlier run with the same parameters, skipped "
+                        "(--overwrite recomputes it)", name)
+            results[key] = UnitResult(subject=key[0], session=key[1], reused=True)
+        elif plan.reason != "new":
+            LOGGER.info("%s: recomputing (%s)", name, plan.reason)
+    workers = parallel.plan_workers(config.nprocs, len(todo), unit_gb, config.mem_gb)
+    # each unit's own threads (reading, cleaning, smoothing, Ward): the worker's share
+    unit_config = replace(config, nprocs=workers.threads)
+    tasks = [(unit_config, key, runs, selection.fmriprep_dirs, plans[key].listed,
+              report.record.skipped_of_unit(selection.skipped, *key),
+              report.record.warnings_of_unit(selection_warnings, *key))
+             for key, runs in todo.items()]
+    done = parallel.map_units(run_unit, tasks, workers, progress, config.verbosity)
+    for key, result in zip(todo, done, strict=True):
+        if isinstance(result, parallel.WorkerDied):
+            LOGGER.error("%s failed: %s", outputs.unit_prefix(*key), result)
+            result = UnitResult(subject=key[0], session=key[1], error=str(result))
+        results[key] = result
+    ordered = [results[key] for key in units]
+    # all participants' quality rows, rebuilt from their tables (safe for array jobs)
+    if config.quality and any(not r.error for r in ordered):
+        quality.update_group_table(config.output_dir)
+    return ordered
+
+
+def run_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
+             source_dirs: list[Path], listed: tuple[str, ...], skipped_inputs: list,
+             earlier_warnings: list[str], progress) -> UnitResult:
+    """:func:`process_unit` and the completion marker; an error becomes a failed result.
+
+    Runs in the main process or in a worker (:func:`bids_parcellate.parallel.map_units`).
+    ``listed``: files of an earlier completion marker; ``skipped_inputs`` and
+    ``earlier_warnings``: the unit's runs skipped and warnings logged at selection (for
+    its report).
+    """
     # BLAS runs single-threaded here: the stages split their own work in blocks over
-    # --nprocs threads (reading, cleaning, smoothing, Ward costs), so results do not
+    # config.nprocs threads (reading, cleaning, smoothing, Ward costs), so results do not
     # depend on --nprocs, and multithreaded BLAS on this pipeline's small matrices mostly
     # spins (an SVD of 166 x 168 took 1.4 s on a busy 2-core machine). scikit-learn's
-    # OpenMP loops (k-means) keep --nprocs threads (cli.limit_threads).
+    # OpenMP loops (k-means) keep their threads.
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"):
-        for key, runs in units.items():
-            name = outputs.unit_prefix(*key)
-            plan = plans[key]
-            if plan.action == "skip":
-                LOGGER.info("%s: complete from an earlier run with the same parameters, skipped "
-                            "(--overwrite recomputes it)", name)
-                results.append(UnitResult(subject=key[0], session=key[1], reused=True))
-                continue
-            if plan.reason != "new":
-                LOGGER.info("%s: recomputing (%s)", name, plan.reason)
-            try:
-                unit_log = report.UnitLog(
-                    skipped_inputs=report.record.skipped_of_unit(selection.skipped, *key),
-                    earlier=report.record.warnings_of_unit(selection_warnings, *key))
-                with unit_log:
-                    result = process_unit(config, key, runs, selection.fmriprep_dirs, progress,
-                                          plan.listed, unit_log)
-                if not result.missing_inputs:
-                    # a unit with skipped incomplete runs is never marked complete: a rerun
-                    # recomputes it (and reports the missing file again) until it is fixed
-                    resume.write_marker(config, key[0], key[1], result.files,
-                                        resume.unit_sources(runs, selection.fmriprep_dirs))
-                results.append(result)
-            except UserError as exc:
-                LOGGER.error("%s failed: %s", name, exc)
-                LOGGER.debug("traceback", exc_info=True)
-                results.append(UnitResult(subject=key[0], session=key[1], error=str(exc)))
-            except Exception as exc:  # a bug or a system error: the other units still run
-                LOGGER.error("%s failed with an internal error: %s: %s", name,
-                             type(exc).__name__, exc)
-                LOGGER.debug("traceback", exc_info=True)
-                results.append(UnitResult(subject=key[0], session=key[1],
-                                          error=f"internal error: {type(exc).__name__}: {exc}"))
-    return results
+    name = outputs.unit_prefix(*key)
+    try:
+        unit_log = report.UnitLog(skipped_inputs=skipped_inputs, earlier=earlier_warnings)
+        with unit_log, threadpool_limits(limits=1, user_api="blas"):
+            result = process_unit(config, key, runs, source_dirs, progress, listed,
+                                  unit_log)
+        if not result.missing_inputs:
+            # a unit with skipped incomplete runs is never marked complete: a rerun
+            # recomputes it (and reports the missing file again) until it is fixed
+            resume.write_marker(config, key[0], key[1], result.files,
+                                resume.unit_sources(runs, source_dirs))
+        return result
+    except UserError as exc:
+        LOGGER.error("%s failed: %s", name, exc)
+        LOGGER.debug("traceback", exc_info=True)
+        return UnitResult(subject=key[0], session=key[1], error=str(exc))
+    except Exception as exc:  # a bug or a system error: the other units still run
+        LOGGER.error("%s failed with an internal error: %s: %s", name,
+                     type(exc).__name__, exc)
+        LOGGER.debug("traceback", exc_info=True)
+        return UnitResult(subject=key[0], session=key[1],
+                          error=f"internal error: {type(exc).__name__}: {exc}")

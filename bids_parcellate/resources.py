@@ -89,7 +89,8 @@ def estimate_unit_memory(runs: list[Run], config: Config,
     import numpy as np
 
     try:
-        shapes = [nib.load(run.bold).shape for run in runs]
+        headers = [nib.load(run.bold) for run in runs]
+        shapes = [img.shape for img in headers]
         mask_voxels = max(int((np.asanyarray(nib.load(run.mask).dataobj) > 0).sum())
                           for run in runs)
     except Exception:  # corrupt or missing files are reported by the unit itself
@@ -98,6 +99,12 @@ def estimate_unit_memory(runs: list[Run], config: Config,
         return None
     volumes = sum(s[3] for s in shapes)
     grid = max(int(np.prod(s[:3])) * s[3] for s in shapes)
+    ratio = _resampling_ratio(config, headers[0].affine)
+    if ratio is not None:
+        # --target-*: the masked data scale with the voxel volume; the resampled 4D
+        # image is held next to the one read
+        mask_voxels = int(np.ceil(mask_voxels * ratio))
+        grid = int(grid * (1 + ratio))
     features = mask_voxels * min(volumes, config.n_components)
     factor = FEATURE_FACTOR.get(config.method, DEFAULT_FEATURE_FACTOR)
     base = base_bytes() if base is None else base
@@ -107,8 +114,26 @@ def estimate_unit_memory(runs: list[Run], config: Config,
                           peak)
 
 
-def check_memory(config: Config, units: dict) -> None:
-    """Log each unit's estimate; raise :class:`UserError` when one is above ``--mem-gb``."""
+def _resampling_ratio(config: Config, affine) -> float | None:
+    """Voxels of the target grid per voxel of the BOLD grid (``--target-*``), or None."""
+    import numpy as np
+
+    source = abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))
+    if config.target_resolution is not None:
+        target = config.target_resolution ** 3
+    elif config.target_affine is not None:
+        target = abs(np.linalg.det(np.asarray(config.target_affine, dtype=float)[:3, :3]))
+    else:
+        return None
+    return source / target if source > 0 and target > 0 else None
+
+
+def check_memory(config: Config, units: dict) -> float | None:
+    """Log each unit's estimate; raise :class:`UserError` when one is above ``--mem-gb``.
+
+    Returns the largest estimate in GB (``None`` when none could be made), which
+    :func:`bids_parcellate.parallel.plan_workers` uses to run fewer units at once.
+    """
     worst = None
     base = base_bytes()
     for key, runs in units.items():
@@ -120,8 +145,10 @@ def check_memory(config: Config, units: dict) -> None:
                      estimate.gb, estimate.n_voxels, estimate.n_volumes)
         if worst is None or estimate.peak_bytes > worst[1].peak_bytes:
             worst = (name, estimate)
-    if config.mem_gb is None or worst is None or worst[1].gb <= config.mem_gb:
-        return
+    if worst is None:
+        return None
+    if config.mem_gb is None or worst[1].gb <= config.mem_gb:
+        return worst[1].gb
     name, estimate = worst
     raise UserError(
         f"--mem-gb {config.mem_gb:g}: {name} needs about {estimate.gb:.1f} GB "

@@ -28,8 +28,9 @@ import numpy as np
 
 from bids_parcellate import __version__, outputs
 from bids_parcellate.config import Config, UserError
-from bids_parcellate.denoise import SkipRun, clean_run, load_unit_mask
+from bids_parcellate.denoise import SkipRun, clean_run
 from bids_parcellate.inputs import Run
+from bids_parcellate.masking import build_unit_mask, finish_unit_mask, output_res
 from bids_parcellate.parcellate import build_features
 
 LOGGER = logging.getLogger("bids_parcellate")
@@ -40,7 +41,11 @@ LOGGER = logging.getLogger("bids_parcellate")
 #: recomputation is preferred to a stale summary.
 _NOT_IN_SUMMARY = frozenset(
     {"method", "n_parcels", "random_seed", "standardize", "session_label", "task", "run",
-     "bids_filters", "space", "res"}
+     "bids_filters", "space", "res", "rena_scaling", "rena_n_iter", "kmeans_n_init",
+     "kmeans_batch_size",
+     # region extraction and connectomes: applied to the features, not part of them
+     "n_maps", "dictlearning_alpha", "region_threshold", "region_thresholding",
+     "region_extractor", "min_region_size", "split_disconnected", "connectivity"}
 )
 FORMAT_VERSION = 1
 
@@ -105,7 +110,7 @@ def summary_hash(config: Config, runs: list[Run]) -> str:
 
 def _entities(runs: list[Run], config: Config) -> dict:
     first = runs[0].entities
-    return {"space": first.get("space", config.space), "res": first.get("res")}
+    return {"space": first.get("space", config.space), "res": output_res(config, runs)}
 
 
 def make_summary(config: Config, runs: list[Run], used: list[Run], mask: np.ndarray,
@@ -142,20 +147,22 @@ def compute_summary(config: Config, runs: list[Run]) -> Summary:
     UserError
         When a file is unusable or no run is left.
     """
-    unit_mask = load_unit_mask(runs)
-    data, used, skipped = [], [], []
+    # the participant level's mask and grid (--mask-strategy, --mask, --target-*)
+    unit_mask = build_unit_mask(runs, config)
+    cleaned, skipped = [], []
     for run in runs:
         try:
-            clean = clean_run(run, unit_mask, config)
+            cleaned.append(clean_run(run, unit_mask, config))
         except SkipRun as exc:
             LOGGER.warning("skipping %s: %s", run.bold.name, exc)
             skipped.append(f"{run.bold.name}: {exc}")
-            continue
-        data.append(clean.data)
-        used.append(run)
-    if not data:
+    if not cleaned:
         name = outputs.unit_prefix(*runs[0].unit)
         raise UserError(f"{name}: no usable runs ({'; '.join(skipped)})")
+    unit_mask, cleaned = finish_unit_mask(unit_mask, cleaned)
+    data = [c.data for c in cleaned]
+    used = [c.run for c in cleaned]
+    del cleaned
     n_volumes = sum(d.shape[0] for d in data)
     features = build_features(data, unit_mask.mask, unit_mask.affine, config.smoothing_fwhm,
                               config.n_components)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import sparse
@@ -326,8 +326,41 @@ def cut_tree(children: np.ndarray, n_leaves: int, n_clusters: int) -> np.ndarray
     return parent[:n_leaves]
 
 
+def supervoxel_ward_tree(features: np.ndarray, connectivity: sparse.spmatrix,
+                         n_target: int, n_jobs: int = 1) -> np.ndarray:
+    """Supervoxels (``n_target`` of them, or the samples themselves when there are not
+    more) and the exact size-weighted Ward tree over them, packed in one int64 array
+    (see :func:`unpack_tree`) so that it can be cached as a whole."""
+    n = features.shape[0]
+    if n_target < n:
+        supervoxel, centroids, weights, adjacency = reciprocal_agglomeration(
+            features, connectivity, n_target, n_jobs)
+        LOGGER.debug("ward: %d voxels -> %d supervoxels (largest %d voxels)", n,
+                     centroids.shape[0], int(weights.max()))
+    else:
+        supervoxel = np.arange(n)
+        centroids, weights = features, np.ones(n)
+        adjacency = sparse.csr_matrix(connectivity)
+    centroids = np.asarray(centroids, dtype=np.float64)
+    # disconnected pieces are linked where their signals are closest (as scikit-learn
+    # does); the caller warns about them
+    adjacency, _ = link_components(centroids, adjacency)
+    children = weighted_ward_tree(centroids, weights, adjacency)
+    m = centroids.shape[0]
+    return np.concatenate([[m], supervoxel, np.asarray(children).ravel()]).astype(np.int64)
+
+
+def unpack_tree(packed: np.ndarray, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(supervoxel of every sample, children)`` of a :func:`supervoxel_ward_tree`."""
+    m = int(packed[0])
+    supervoxel = packed[1:1 + n_samples]
+    children = packed[1 + n_samples:].reshape(m - 1, 2)
+    return supervoxel, children
+
+
 def ward_labels(features: np.ndarray, connectivity: sparse.spmatrix,
-                scales: Sequence[int], n_jobs: int = 1) -> dict[int, np.ndarray]:
+                scales: Sequence[int], n_jobs: int = 1,
+                memo: Callable | None = None) -> dict[int, np.ndarray]:
     """Ward parcellations at every scale from one tree (cluster ids, not yet ordered).
 
     Parameters
@@ -339,6 +372,9 @@ def ward_labels(features: np.ndarray, connectivity: sparse.spmatrix,
         Numbers of clusters.
     n_jobs : int
         Threads for the supervoxel step (the result does not depend on it).
+    memo : callable, optional
+        ``memo(name, compute)``: a stored tree or ``compute()``'s (the tree depends on
+        the number of supervoxels, so the name does too).
 
     Returns
     -------
@@ -347,20 +383,12 @@ def ward_labels(features: np.ndarray, connectivity: sparse.spmatrix,
     """
     n = features.shape[0]
     target = n_supervoxels(n, scales)
-    if target < n:
-        supervoxel, centroids, weights, adjacency = reciprocal_agglomeration(
-            features, connectivity, target, n_jobs)
-        LOGGER.debug("ward: %d voxels -> %d supervoxels (largest %d voxels)", n,
-                     centroids.shape[0], int(weights.max()))
-    else:
-        supervoxel = np.arange(n)
-        centroids, weights = features, np.ones(n)
-        adjacency = sparse.csr_matrix(connectivity)
-    centroids = np.asarray(centroids, dtype=np.float64)
-    adjacency, n_pieces = link_components(centroids, adjacency)
-    if n_pieces > 1:
-        LOGGER.warning("the brain mask has %d disconnected pieces: they are linked where "
-                       "their signals are closest, so parcels may straddle pieces", n_pieces)
-    children = weighted_ward_tree(centroids, weights, adjacency)
-    m = centroids.shape[0]
+
+    def build() -> np.ndarray:
+        return supervoxel_ward_tree(features, connectivity, target, n_jobs)
+
+    name = "tree-ward" if target >= n else f"tree-ward-sv{target}"
+    packed = memo(name, build) if memo is not None else build()
+    supervoxel, children = unpack_tree(packed, n)
+    m = children.shape[0] + 1
     return {k: cut_tree(children, m, k)[supervoxel] for k in scales}

@@ -32,10 +32,10 @@ VALUE_CHOICES = {
 }
 #: Paths that must exist when the tool starts (Boutiques "File"); other paths are
 #: created by the tool ("String").
-EXISTING_PATHS = {"bids_dir", "bids_filter_file", "derivatives"}
+EXISTING_PATHS = {"bids_dir", "bids_filter_file", "derivatives", "mask"}
 #: Lower bounds of integer options (the same checks as Config.__post_init__).
-MINIMUM = {"nprocs": 1, "min_volumes": 2, "n_components": 1, "n_parcels": 2,
-           "random_seed": 0}
+MINIMUM = {"nprocs": 1, "min_volumes": 2, "n_components": 1, "n_parcels": 2, "n_maps": 2,
+           "random_seed": 0, "rena_n_iter": 1, "kmeans_n_init": 1, "kmeans_batch_size": 1}
 #: Human-readable names where the id does not make one.
 NAMES = {"bids_dir": "BIDS dataset", "output_dir": "Output folder",
          "bids_filter_file": "BIDS filter file", "bids_database_dir": "pybids database folder",
@@ -66,6 +66,11 @@ def describe_action(action: argparse.Action) -> dict:
         flag = next(s for s in action.option_strings
                     if s.startswith("--no-") == bool(action.default))
         item.update(type="Flag", optional=True, **{"command-line-flag": flag})
+        return item
+    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+        # --overwrite, --no-cache: a bare flag
+        item.update(type="Flag", optional=True,
+                    **{"command-line-flag": action.option_strings[0]})
         return item
     if isinstance(action, argparse._CountAction):
         # -v / -vv: one input whose value is the repeated short flag.

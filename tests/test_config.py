@@ -1,5 +1,6 @@
 """Config validation and hashing."""
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,10 +29,45 @@ def test_hash_ignores_paths_and_resources_but_not_parameters():
     ({"n_parcels": (10, 10)}, "repeat"),
     ({"high_pass": 0.1, "low_pass": 0.01}, "below --low-pass"),
     ({"space": "MNI/../x"}, "--space"),
+    ({"method": "canica", "n_parcels": (50,)}, "--n-parcels does not apply to --method "
+                                               "canica: the number of regions is an outcome"),
+    ({"method": "ward", "n_maps": (10,)}, "--n-maps applies to --method dictlearning or "
+                                          "canica only"),
+    ({"method": "canica", "dictlearning_alpha": 3.0}, "--dictlearning-alpha applies to "
+                                                      "--method dictlearning only"),
+    ({"method": "ward", "split_disconnected": True}, "--split-disconnected applies to "
+                                                     "--method kmeans or hierarchical_kmeans"),
+    ({"method": "ward", "min_region_size": 10.0}, "--min-region-size applies"),
+    ({"method": "canica", "n_maps": (5,), "region_threshold": 6.0}, "ratio in (0, 5]"),
+    ({"method": "canica", "region_thresholding": "percentile", "region_threshold": 100.0},
+     "percentile must be in [0, 100)"),
+    ({"method": "canica", "n_maps": (1,)}, "--n-maps [1]: every scale must be >= 2"),
+    ({"connectivity": ("pearson",)}, "--connectivity 'pearson': choose from correlation, "
+                                     "partial_correlation"),
+    ({"connectivity": ("tangent",)}, "--connectivity tangent needs several participants"),
 ])
 def test_invalid_parameters(kwargs, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         make(**kwargs)
+
+
+def test_method_specific_parameters_only_hashed_for_their_method():
+    ward = make()
+    assert ward.scales == (100, 200, 400)
+    # options of other methods left at their defaults do not enter the hash
+    assert "n_maps" not in ward.hashed_parameters()
+    assert "min_region_size" not in ward.hashed_parameters()
+    split = make(method="kmeans", split_disconnected=True)
+    assert split.hashed_parameters()["min_region_size"] == 1350.0
+    dl = make(method="dictlearning", n_maps=(10, 20))
+    assert dl.scales == (10, 20) and dl.is_decomposition
+    assert "n_parcels" not in dl.hashed_parameters()
+    assert dl.config_hash() != replace(dl, dictlearning_alpha=2.0).config_hash()
+    assert dl.config_hash() != replace(dl, region_extractor="connected_components"
+                                       ).config_hash()
+    assert make(connectivity=("correlation",)).config_hash() != ward.config_hash()
+    tangent = make(analysis_levels=("participant", "group"), connectivity=("tangent",))
+    assert tangent.connectivity == ("tangent",)
 
 
 @pytest.mark.parametrize("value, expected", [("01", "01"), ("sub-01", "01"), ("abc9", "abc9")])

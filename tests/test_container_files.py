@@ -82,6 +82,11 @@ def test_descriptor_types_lists_choices_defaults_match_parser(descriptor):
             assert item["type"] == "Flag", key
             assert item["command-line-flag"] == "--" + key.replace("_", "-")
             continue
+        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+            # --overwrite, --no-cache: bare flags (a "String" would be given a value)
+            assert item["type"] == "Flag", key
+            assert item["command-line-flag"] == action.option_strings[0], key
+            continue
         if isinstance(action, argparse._CountAction):
             continue
         if action.type is int:

@@ -114,8 +114,9 @@ def test_rerun_is_byte_identical(demo8, demo8_out, tmp_path):
     assert run_cli(demo8.root, out, "--n-parcels", "20", "50") == 0
     first, second = sha256_tree(demo8_out), sha256_tree(out)
     assert first and first == second
-    # dseg (nii + tsv) x 2 scales x 2 participants; timeseries x 2 runs x 2 scales x 2
-    assert len(first) == 2 * 2 * 2 + 2 * 2 * 2
+    # dseg (nii + tsv) x 2 scales x 2 participants; timeseries x 2 runs x 2 scales x 2;
+    # quality tables x 2 scales x 2 participants + the group table
+    assert len(first) == 2 * 2 * 2 + 2 * 2 * 2 + 2 * 2 + 1
 
 
 

@@ -92,7 +92,8 @@ def test_rerun_skips_complete_units_and_overwrite_recomputes(small, tmp_path, ca
     capsys.readouterr()
     marker = json.loads((out / "sub-01" / "sub-01_completed.json").read_text())
     assert set(marker) >= {"ConfigHash", "Parameters", "Sources", "Files"}
-    assert len(marker["Files"]) == 5  # dseg nii/tsv/json + timeseries tsv/json
+    # dseg nii/tsv/json + timeseries tsv/json + quality tsv/json
+    assert len(marker["Files"]) == 7
     for rel, record in marker["Files"].items():
         assert outputs.sha256_file(out / rel) == record["sha256"]
     first = tree_state(out / "sub-01")
@@ -188,8 +189,8 @@ def test_manifest_lists_every_output(small, tmp_path):
                      if p.is_file() and "logs" not in p.relative_to(out).parts
                      and not outputs.is_report_file(p.relative_to(out)))
     # per participant: dseg .nii.gz/.tsv/.json, timeseries .tsv/.json, completion marker,
-    # group-level summary .npz/.json
-    assert listed == present and len(listed) == 3 + 2 * 8
+    # group-level summary .npz/.json, quality table .tsv/.json; the group quality table
+    assert listed == present and len(listed) == 3 + 2 * 10 + 2
     # reports (wall times, generation time) exist but are not data outputs
     assert (out / "sub-01.html").is_file() and list(out.glob("sub-01/figures/*.svg"))
     for row in rows:

@@ -31,7 +31,7 @@ from bids_parcellate.report.record import UnitLog
 from .conftest import SHARED_DATA, run_cli
 
 SPACE = "space-MNI152NLin2009cAsym"
-FIGURES = ("labels", "compressed", "sizes", "carpet", "correlation", "fd")
+FIGURES = ("mask", "labels", "compressed", "sizes", "carpet", "correlation", "fd")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage")
@@ -180,8 +180,10 @@ def test_participant_report_in_chromium(demo8_out, tmp_path):
     shutil.copytree(demo8_out, copy)
     page = copy / "sub-01.html"
     source = page.read_text()
-    # no external resource: every src and <link> is a data: URI, the style sheet is inline
-    assert re.findall(r'src="([a-z]+):', source) == ["data"] * len(FIGURES)
+    # no external resource: every src and <link> is a data: URI, the style sheet is inline;
+    # one image per figure of the record, plus the chart of the quality tables
+    n_images = len(FIGURES) + 1
+    assert re.findall(r'src="([a-z]+):', source) == ["data"] * n_images
     assert "href=%22http" not in source  # nor inside the figures' SVG
     assert re.findall(r'<link [^>]*href="([a-z]+):', source) == ["data"]
     assert not re.findall(r"url\((?!%23)", source) and "@import" not in source
@@ -189,8 +191,8 @@ def test_participant_report_in_chromium(demo8_out, tmp_path):
     assert console == "", console
     elements = parse(dom)
     assert json.loads(elements.root["data-report-errors"]) == []
-    assert elements.root["data-report-images"] == f"{len(FIGURES)} {len(FIGURES)}"
-    assert len(elements.images) == len(FIGURES)
+    assert elements.root["data-report-images"] == f"{n_images} {n_images}"
+    assert len(elements.images) == n_images
     for image in elements.images:
         decode_figure(image["src"])
     text = "".join(elements.text)
@@ -453,6 +455,7 @@ def test_real_studyforrest_report(tmp_path):
     assert console == "", console
     elements = parse(dom)
     assert json.loads(elements.root["data-report-errors"]) == []
-    assert elements.root["data-report-images"] == f"{len(FIGURES)} {len(FIGURES)}"
+    # every figure of the record and the chart of the quality tables
+    assert elements.root["data-report-images"] == f"{len(FIGURES) + 1} {len(FIGURES) + 1}"
     for image in elements.images:
         decode_figure(image["src"])

@@ -359,6 +359,22 @@ def label_maps(labels_imgs: Mapping[int, nib.Nifti1Image], bg_img: nib.Nifti1Ima
     return _mosaic(rows, slicer)
 
 
+def brain_mask(bg_img: nib.Nifti1Image | None, slicer: Slicer, title: str,
+               alpha: float = 0.35) -> bytes:
+    """One row of axial cuts: the brain mask that was parcellated (``slicer.mask``,
+    tinted and outlined) over the participant's mean BOLD, with what lies outside it in
+    its bounding box."""
+    inside = slicer.mask
+    gray = (_gray(canonical(bg_img)[0].astype(np.float64), inside) if bg_img is not None
+            else np.zeros(inside.shape))
+    base = np.repeat(slicer.strip(gray)[..., None], 3, axis=2)
+    mask = slicer.strip(inside.astype(np.int64))
+    tint = np.array([0.25, 0.65, 1.0])
+    rgb = np.where((mask > 0)[..., None], (1 - alpha) * base + alpha * tint, base)
+    rgb[_boundaries(mask)] = tint
+    return _mosaic([(title, np.round(rgb * 255).astype(np.uint8))], slicer)
+
+
 def compressed(original: nib.Nifti1Image, rebuilt: Mapping[int, nib.Nifti1Image],
                slicer: Slicer, titles: Mapping[int, str], original_title: str) -> bytes:
     """A cleaned volume, then the same volume rebuilt from parcel means at each scale."""

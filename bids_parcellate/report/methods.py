@@ -20,7 +20,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from bids_parcellate import outputs
-from bids_parcellate.config import Config
+from bids_parcellate.config import KMEANS_DEFAULTS, Config
 
 TEMPLATE = "methods.md.j2"
 CITATION = re.compile(r"\[(-?@[\w-]+(?:\s*;\s*-?@[\w-]+)*)\]")
@@ -197,7 +197,12 @@ def methods_context(records: Sequence[dict], quality: bool = False) -> dict:
     complete = all(run.get("n_kept") is not None for run in runs)
     n_kept = sum(run["n_kept"] for run in runs) if complete else None
     n_volumes = sum(run["n_volumes"] for run in runs) if complete else None
-    scales = sorted(params["n_parcels"])
+    decomposition = params["method"] in ("dictlearning", "canica")
+    scales = sorted((params.get("n_maps") or []) if decomposition else params["n_parcels"])
+    # the DictLearning sparsity actually used (auto: from the kept volumes of the unit)
+    alphas = sorted({r["dictlearning_alpha"] for r in records
+                     if r.get("dictlearning_alpha") is not None})
+    per_run = [k for k in params.get("connectivity") or [] if k != "tangent"]
     dvars = params.get("std_dvars_threshold")
     if strategy == "scrubbing" and dvars is None:
         import importlib
@@ -221,6 +226,9 @@ def methods_context(records: Sequence[dict], quality: bool = False) -> dict:
         "skipped": [s for r in records for s in r.get("skipped", [])],
         "by_session": any(r.get("session") for r in records),
         "grid": grid,
+        "mask_text": _mask_text(params),
+        "resampling_text": _resampling_text(params),
+        "knobs_text": _knobs_text(params),
         "strategy": strategy,
         "motion_text": MOTION_TEXT[motion],
         "global_signal": params.get("global_signal"),
@@ -238,13 +246,83 @@ def methods_context(records: Sequence[dict], quality: bool = False) -> dict:
         "smoothing_fwhm": params["smoothing_fwhm"],
         "n_components": params["n_components"],
         "method": params["method"],
-        "scales_text": _join([str(s) for s in scales]) + " parcels",
+        "scales_text": _join([str(s) for s in scales])
+        + (" network maps" if decomposition else " parcels"),
+        "decomposition": decomposition,
+        "n_maps_text": _join([str(s) for s in scales]),
+        "dictlearning_alpha": params.get("dictlearning_alpha"),
+        "alphas_text": _join([f"{a:g}" for a in alphas]) if alphas else "",
+        "region_thresholding": params.get("region_thresholding"),
+        "region_threshold": params.get("region_threshold"),
+        "region_extractor": params.get("region_extractor"),
+        "min_region_size": params.get("min_region_size"),
+        "split_disconnected": params.get("split_disconnected", False),
+        "connectivity": per_run,
+        "connectivity_text": _join(per_run) if per_run else "",
         "random_seed": params["random_seed"],
         "standardize": params["standardize"],
         "standardize_text": STANDARDIZE_TEXT.get(params["standardize"], ""),
         "quality": quality,
         "config_hash": ", ".join(hashes),
     }
+
+
+MASK_TEXT = {
+    "epi": "the intersection of brain masks computed from each run's mean image by "
+           "Nilearn's compute_epi_mask",
+    "background": "the intersection of brain masks computed from each run's mean image by "
+                  "Nilearn's compute_background_mask",
+    "whole-brain-template": "Nilearn's MNI152 whole-brain template mask "
+                            "(compute_brain_mask) within the intersection of their "
+                            "fMRIPrep brain masks",
+    "gm-template": "Nilearn's MNI152 grey-matter template mask (compute_brain_mask) "
+                   "within the intersection of their fMRIPrep brain masks",
+    "wm-template": "Nilearn's MNI152 white-matter template mask (compute_brain_mask) "
+                   "within the intersection of their fMRIPrep brain masks",
+}
+
+
+def _mask_text(params: dict) -> str:
+    """Which voxels were analysed (--mask-strategy, --mask-args, --mask)."""
+    text = MASK_TEXT.get(params.get("mask_strategy") or "fmriprep",
+                         "the intersection of their fMRIPrep brain masks")
+    if params.get("mask_args"):
+        text += " (parameters " + ", ".join(
+            f"{k}={v}" for k, v in sorted(params["mask_args"].items())) + ")"
+    if params.get("mask"):
+        name = str(params["mask"]).rsplit("/", 1)[-1]
+        text += (f", restricted to a user-supplied mask ({name}, resampled to the BOLD "
+                 "grid with nearest-neighbour interpolation)")
+    return text
+
+
+def _resampling_text(params: dict) -> str:
+    """--target-resolution / --target-affine as a sentence (empty without)."""
+    if params.get("target_resolution"):
+        grid = f"{params['target_resolution']:g} mm isotropic voxels"
+    elif params.get("target_affine"):
+        grid = "the voxel grid of affine " + json.dumps(params["target_affine"])
+        if params.get("target_shape"):
+            grid += " and shape " + " × ".join(str(n) for n in params["target_shape"])
+    else:
+        return ""
+    return (f"Before any other step, the BOLD series were resampled to {grid} with "
+            "Nilearn's resample_img (continuous interpolation), and the masks with "
+            "nearest-neighbour interpolation.")
+
+
+def _knobs_text(params: dict) -> str:
+    """The method's own options, as a clause (empty when none apply)."""
+    method = params.get("method")
+    if method == "rena":
+        scaling = "with" if params.get("rena_scaling") else "without"
+        return (f"ReNA ran {params.get('rena_n_iter', 10)} iterations {scaling} feature "
+                "scaling.")
+    if method in KMEANS_DEFAULTS:
+        n_init = params.get("kmeans_n_init") or KMEANS_DEFAULTS[method]["n_init"]
+        batch = params.get("kmeans_batch_size") or KMEANS_DEFAULTS[method]["batch_size"]
+        return f"k-means used {n_init} k-means++ initialisations and mini-batches of {batch}."
+    return ""
 
 
 def planned_records(config: Config, selection) -> list[dict]:

@@ -225,6 +225,9 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
     labels_imgs = {s: nib.Nifti1Image(labels_to_volume(labels[s], mask), affine)
                    for s in scales}
     out: dict[str, tuple[bytes, dict]] = {}
+    out["mask"] = (figures.brain_mask(bg_img, slicer, f"brain mask: {int(mask.sum())} "
+                                                      "voxels"),
+                   {"description": _mask_description(unit_mask)})
     out["labels"] = (figures.label_maps(labels_imgs, bg_img, slicer),
                      {"cut_coords": slicer.cut_coords})
 
@@ -265,6 +268,12 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
             for s in scales}
     out["carpet"] = (figures.carpet(full, orders, starts, run_labels, cleaned[0].run.tr), {})
 
+    per_run = [k for k in config.connectivity if k != "tangent"]
+    if per_run:
+        out["connectome"] = _connectome_figure(per_run[0], labels, mask, affine,
+                                               [[series[c.run.bold][s] for c in cleaned]
+                                                for s in scales], scales)
+
     if any(c.framewise_displacement is not None for c in cleaned):
         out["fd"] = (figures.framewise_displacement(
             [c.framewise_displacement for c in cleaned],
@@ -273,14 +282,44 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
     return out
 
 
+def _mask_description(unit_mask) -> str:
+    """How the unit's mask was made (``--mask-strategy``, ``--mask``; see
+    :mod:`bids_parcellate.masking`)."""
+    return getattr(unit_mask, "description",
+                   "intersection of the runs' fMRIPrep brain masks")
+
+
+def _connectome_figure(kind: str, labels: dict, mask: np.ndarray, affine: np.ndarray,
+                       series: list, scales: list) -> tuple[bytes, dict]:
+    """The first requested per-run measure, averaged over the unit's runs (nilearn's
+    ``ConnectivityMeasure.mean_``), with nodes at the parcel centroids."""
+    from bids_parcellate.connectome import group_connectomes
+    from bids_parcellate.report.connectome import connectome
+
+    coords = np.argwhere(mask).astype(np.float64)
+    matrices, centroids = {}, {}
+    for scale, runs in zip(scales, series, strict=True):
+        matrices[scale] = group_connectomes(runs, [kind])[kind][1]
+        lab = labels[scale]
+        n = int(lab.max())
+        counts = np.maximum(np.bincount(lab, minlength=n + 1)[1:], 1)
+        vox = np.stack([np.bincount(lab, weights=coords[:, d], minlength=n + 1)[1:] / counts
+                        for d in range(3)], axis=1)
+        centroids[scale] = nib.affines.apply_affine(affine, vox)
+    return connectome(matrices, centroids, kind), {"measure": kind,
+                                                   "n_runs": len(series[0])}
+
+
 #: Figure name -> BIDS ``desc`` and suffix of its file.
 FIGURE_FILES = {
+    "mask": ("brain", "mask"),
     "labels": ("labels", "dseg"),
     "compressed": ("compressed", "bold"),
     "sizes": ("sizes", "dseg"),
     "carpet": ("carpet", "timeseries"),
     "correlation": ("correlation", "relmat"),
     "fd": ("fd", "bold"),
+    "connectome": ("connectome", "relmat"),
 }
 
 
@@ -388,9 +427,11 @@ def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, lab
         "res": res,
         "seg": seg,
         "method": config.method,
+        "dictlearning_alpha": _dictlearning_alpha(config, result),
         "grid": {"shape": [int(n) for n in unit_mask.mask.shape],
                  "voxel_size_mm": [round(float(z), 3) for z in zooms],
-                 "n_voxels": unit_mask.n_voxels},
+                 "n_voxels": unit_mask.n_voxels,
+                 "mask": _mask_description(unit_mask)},
         "runs": runs,
         "skipped": skipped,
         "strategy": _strategy(config),
@@ -415,6 +456,16 @@ def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, lab
     files.append(outputs.write_json(config.output_dir / rel, record))
     result.timings.update({k: timings[k] for k in ("report_figures", "report_record")})
     return files, record
+
+
+def _dictlearning_alpha(config: Config, result) -> float | None:
+    """The DictLearning sparsity used for this unit (``auto`` depends on its volumes)."""
+    if config.method != "dictlearning":
+        return None
+    from bids_parcellate.regions import auto_alpha
+
+    return config.dictlearning_alpha or auto_alpha(
+        sum(int(r.sample_mask.size) for r in result.runs))
 
 
 def _strategy(config: Config) -> dict:
