@@ -60,6 +60,14 @@ boutiques)
     trap 'rm -rf "$work"' EXIT
     (cd "$work" && "$VENV/bin/bosh" example --complete \
         "$ROOT/boutiques/descriptor.json" > invocation.json)
+    # bosh fills String inputs with random words; the one String input whose parser
+    # type checks the word ('auto' or a number) gets a valid value
+    "$PYTHON" - "$work/invocation.json" <<'EOF'
+import json, sys
+invocation = json.load(open(sys.argv[1]))
+invocation["dictlearning_alpha"] = "auto"
+json.dump(invocation, open(sys.argv[1], "w"))
+EOF
     command=$(cd "$work" && "$VENV/bin/bosh" exec simulate \
         "$ROOT/boutiques/descriptor.json" -i invocation.json \
         | sed -n '/^Generated Command:/{n;p;}')

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from bids_parcellate import __version__
@@ -122,8 +123,13 @@ def make_descriptor() -> dict:
         inputs.extend(describe_action(a) for a in group._group_actions
                       if not isinstance(a, NOT_INPUTS))
         if group.title not in ("positional arguments", "options") and members:
-            groups.append({"id": group.title.replace(" ", "_"), "name": group.title,
+            groups.append({"id": re.sub(r"\W+", "_", group.title).strip("_"), "name": group.title,
                            "members": members})
+    for exclusive in parser._mutually_exclusive_groups:
+        members = [input_id(a) for a in exclusive._group_actions]
+        groups.append({"id": "exclusive_" + "_".join(members),
+                       "name": " or ".join(members), "members": members,
+                       "mutually-exclusive": True})
     positional = [i["value-key"] for i in inputs if not i["optional"]]
     optional = [i["value-key"] for i in inputs if i["optional"]]
     return {

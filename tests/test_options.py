@@ -575,7 +575,7 @@ def test_real_run_resampled_epi_mask_and_cache(tmp_path, counters):
     from .conftest import SHARED_DATA
 
     work, out = tmp_path / "work", tmp_path / "out"
-    args = ["-w", work, "--mask-strategy", "epi", "--target-resolution", "6"]
+    args = ["-w", work, "--mask-strategy", "epi", "--target-resolution", "6", "--no-quality"]
     assert run_cli(SHARED_DATA, out, *args, "--n-parcels", "100") == 0
     assert counters() == {"bold": 1, "tree": 1}
     out = tmp_path / "again"
