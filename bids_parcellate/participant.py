@@ -507,27 +507,40 @@ def learn_parcellation(config: Config, runs_data: Sequence[np.ndarray], mask: np
     return labels, regions
 
 
+class PreparedRuns:
+    """A unit's smoothed, z-scored runs (:func:`prepare_runs`), computed on first use
+    and held until :meth:`release`."""
+
+    def __init__(self, config: Config, cleaned: list[CleanRun], unit_mask) -> None:
+        self.config, self.cleaned, self.unit_mask = config, cleaned, unit_mask
+        self.runs: list[np.ndarray] | None = None
+
+    def __call__(self) -> list[np.ndarray]:
+        if self.runs is None:
+            self.runs = prepare_runs([c.data for c in self.cleaned], self.unit_mask.mask,
+                                     self.unit_mask.affine, self.config.smoothing_fwhm,
+                                     n_jobs=self.config.nprocs)
+        return self.runs
+
+    def release(self) -> None:
+        self.runs = None
+
+
 def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
-           result: UnitResult, store: cache.Cache, denoised_key: str
+           result: UnitResult, store: cache.Cache, denoised_key: str,
+           prepared: PreparedRuns
            ) -> tuple[dict[int, np.ndarray], dict[int, RegionSet], Summary]:
     """Labels at every scale, the region sets of region-based methods, and the unit's
     summary for the group level (built from the features, whatever the method).
 
     The features and the hierarchical trees come from ``store`` when an earlier
     invocation stored them (:mod:`bids_parcellate.cache`); the smoothed runs are only
-    prepared when something needs them.
+    prepared when something needs them, and kept (for the split-half fits of the
+    quality figures, which reuse them) only when the quality figures need them.
     """
     tic = time.monotonic()
     n_volumes = sum(c.data.shape[0] for c in cleaned)
-    held: dict = {}
-
-    def prepared():
-        if "runs" not in held:
-            held["runs"] = prepare_runs([c.data for c in cleaned], unit_mask.mask,
-                                        unit_mask.affine, config.smoothing_fwhm,
-                                        n_jobs=config.nprocs)
-        return held["runs"]
-
+    keep = config.quality and config.split_half
     features_key = cache.features_key(config, denoised_key) if store.enabled else ""
     features = store.array(
         "features", features_key,
@@ -542,8 +555,8 @@ def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
     if config.is_decomposition:
         del features
         features = None
-    elif not config.bootstrap:
-        held.clear()  # the features are all a plain fit needs
+    elif not config.bootstrap and not keep:
+        prepared.release()  # the features are all a plain fit needs
 
     def memo(name: str, compute):
         return store.array("tree", cache.make_key(features_key, name), compute)
@@ -552,7 +565,8 @@ def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
         config, [c.data for c in cleaned], unit_mask.mask, unit_mask.affine,
         prepared=prepared, features=features, memo=memo if store.enabled else None)
     del features
-    held.clear()
+    if not keep:
+        prepared.release()
     if config.split_disconnected:
         for k, r in regions.items():
             LOGGER.info("%s scale %d: %d connected pieces", config.method, k, r.n_regions)
@@ -561,9 +575,11 @@ def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
 
 
 def _quality_figures(config: Config, result: UnitResult, cleaned: list[CleanRun],
-                     labels: LabelsByScale, unit_mask) -> dict[int, dict] | None:
+                     labels: LabelsByScale, unit_mask, prepared: PreparedRuns
+                     ) -> dict[int, dict] | None:
     """Quality figures of every scale (:mod:`bids_parcellate.quality`), or None when
-    the data cannot be halved."""
+    the data cannot be halved. The half fits take their halves of the full fit's
+    smoothed runs (``prepared``, released at the end) rather than smoothing again."""
     data = [c.data for c in cleaned]
     connectivity = grid_connectivity(unit_mask.mask)
     if not config.split_half:
@@ -572,12 +588,15 @@ def _quality_figures(config: Config, result: UnitResult, cleaned: list[CleanRun]
         return quality.assess(
             data, [c.sample_mask for c in cleaned], [c.run.tr for c in cleaned], labels,
             connectivity,
-            lambda segments: learn_parcellation(config, segments, unit_mask.mask,
-                                                unit_mask.affine)[0],
+            lambda segments, take: learn_parcellation(
+                config, segments, unit_mask.mask, unit_mask.affine,
+                prepared=lambda: take(prepared()))[0],
             config.random_seed)
     except quality.TooShort as exc:
         LOGGER.warning("%s: no quality figures (%s)", result.name, exc)
         return None
+    finally:
+        prepared.release()
 
 
 def _write_quality(config: Config, result: UnitResult, figures: dict[int, dict]
@@ -646,8 +665,9 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in result.skipped)
         raise UserError(f"{result.name}: no usable runs ({reasons})")
 
+    prepared = PreparedRuns(config, cleaned, unit_mask)
     labels, regions, summary = _learn(config, runs, cleaned, unit_mask, result, store,
-                                      denoised_key)
+                                      denoised_key, prepared)
     tic = time.monotonic()
     series = {c.run.bold: parcel_timeseries(c.data, labels, config.standardize_arg)
               for c in cleaned}
@@ -655,7 +675,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     figures = None
     if config.quality:  # while the cleaned runs are in memory
         tic = time.monotonic()
-        figures = _quality_figures(config, result, cleaned, labels, unit_mask)
+        figures = _quality_figures(config, result, cleaned, labels, unit_mask, prepared)
         result.timings["quality"] = time.monotonic() - tic
         if figures and config.split_half:
             LOGGER.info("%s: quality figures, split-half ARI %s (%.1f s)", result.name,

@@ -107,7 +107,7 @@ def test_supervoxels_are_contiguous_and_summarise_their_voxels():
 
 def test_ward_method_is_exact_below_the_supervoxel_threshold():
     mask, features, conn = grid((11, 10, 8))
-    assert len(features) < ward.MIN_SUPERVOXELS
+    assert len(features) <= ward.EXACT_UP_TO
     labels = parcellate(features.astype(np.float32), mask, "ward", [5, 40], random_state=0)
     for k in (5, 40):
         reference = AgglomerativeClustering(n_clusters=k, connectivity=conn,
@@ -126,6 +126,7 @@ def test_supervoxel_path_stays_close_to_exact_ward(monkeypatch):
     features = features.astype(np.float32)
     conn = grid_connectivity(mask)
     exact = ward.ward_labels(features, conn, [32])[32]
+    monkeypatch.setattr(ward, "EXACT_UP_TO", 10)
     monkeypatch.setattr(ward, "MIN_SUPERVOXELS", 10)
     monkeypatch.setattr(ward, "SUPERVOXELS_PER_PARCEL", 5)
     assert ward.n_supervoxels(truth.size, [32]) == 160
