@@ -34,7 +34,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -76,19 +75,34 @@ def run_files(root: Path) -> dict[str, Path]:
 
 
 # --------------------------------------------------------------------------- processes
+#: Runs the measured command from a process that holds almost nothing: Linux keeps
+#: ``ru_maxrss`` across ``exec``, so a child forked from this runner (which has imported
+#: numpy, scikit-learn and, when it generated the data, held a 2 mm BOLD) would report at
+#: least the runner's own peak. The launcher forks from ~10 MB and reports the child's
+#: rusage as one JSON line on stderr.
+LAUNCHER = """
+import json, os, sys, time
+start = time.monotonic()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+sys.stderr.write("\\n" + json.dumps({"wall_s": time.monotonic() - start,
+                 "rss_gb": usage.ru_maxrss / 2**20, "cpu_s": usage.ru_utime + usage.ru_stime,
+                 "code": os.waitstatus_to_exitcode(status)}) + "\\n")
+sys.exit(0)
+"""
+
+
 def measure(cmd: list[str], log: Path) -> dict:
-    """Run ``cmd`` as a child process; wall time (s), peak RSS (GB), exit code, stdout."""
-    with open(log, "w") as err, subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                                 stderr=err, text=True) as proc:
-        start = time.monotonic()
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.monotonic() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}); see {log}")
-    return {"wall_s": wall, "rss_gb": usage.ru_maxrss / 2**20,
-            "cpu_s": usage.ru_utime + usage.ru_stime, "stdout": out}
+    """Run ``cmd`` as a child process; wall time (s), peak RSS (GB), CPU (s), stdout."""
+    with open(log, "w") as err:
+        proc = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, *map(str, cmd)],
+                              stdout=subprocess.PIPE, stderr=err, text=True, check=True)
+    usage = json.loads(log.read_text().strip().splitlines()[-1])
+    if usage.pop("code") != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed; see {log}")
+    return {**usage, "stdout": proc.stdout}
 
 
 READ_SCRIPT = """

@@ -37,12 +37,13 @@ LOGGER = logging.getLogger("bids_parcellate")
 #: Grids with at most this many voxels get the exact Ward tree (it takes under a second).
 EXACT_UP_TO = 5000
 #: Above it: supervoxels per parcel of the largest scale, and at least MIN_SUPERVOXELS.
-#: Ward on fewer nodes is faster, but the tree must still resolve every requested scale:
-#: 5 x 1000 gives the same ARI to the ground truth as plain Ward at 2 mm and 4 mm
-#: (benchmarks/), and at 4 mm with scales 100-400 (29k voxels, 200 or 400 true
-#: parcels, snr 0.3) 1000, 2000 and 5000 supervoxels all stay within 0.004 of the exact
-#: tree's ARI, 2000 for half the time of 5000 (benchmarks/README.md).
-SUPERVOXELS_PER_PARCEL = 5
+#: Ward on fewer nodes is faster, but the tree must still resolve every requested scale.
+#: Measured ARI to the ground truth at scale 1000 (benchmark data, 1000 true parcels)
+#: with 2000 / 3000 / 5000 supervoxels: 0.4360 / 0.4360 / 0.4355 at 4 mm (tree 0.20 /
+#: 0.34 / 0.40 s), 0.3484 / 0.3485 / 0.3486 at 2 mm; at 4 mm with scales 100-400 (200
+#: or 400 true parcels, snr 0.3) 1000, 2000 and 5000 supervoxels stay within 0.004 of
+#: the exact tree's ARI (benchmarks/README.md).
+SUPERVOXELS_PER_PARCEL = 2
 MIN_SUPERVOXELS = 2000
 
 #: Edges processed at once when computing Ward costs: small enough that the gathered
