@@ -133,10 +133,12 @@ def nilearn_cmd(files: dict, method: str, scale: int, out: Path) -> list[str]:
 def ours_cmd(root: Path, out: Path, work: Path, method: str, scales, nprocs: int,
              quality: bool = False) -> list:
     """Our participant level; without the quality figures unless ``quality`` (nilearn
-    computes none), with the HTML report and every other output."""
+    computes none), with the HTML report and every other output. ``-w`` gives each run
+    its own pybids database; ``--no-cache`` keeps what the default (no ``-w``) does:
+    nothing stored for a later invocation."""
     return [sys.executable, "-m", "bids_parcellate", str(root), str(out), "participant",
             "--method", method, "--n-parcels", *map(str, scales), "--nprocs", str(nprocs),
-            "-w", str(work), *([] if quality else ["--no-quality"])]
+            "-w", str(work), "--no-cache", *([] if quality else ["--no-quality"])]
 
 
 def has_isal() -> bool:
