@@ -1,10 +1,13 @@
 """Cost of the quality figures against the rest of the participant level.
 
-Runs the participant level in-process on (a) the real studyforrest run (4 mm, 156
-volumes; ``../shared/data/studyforrest``) and (b) a generated 4 mm dataset (one
-participant, two runs), several times, and prints the median wall time of every stage
-and the ratio ``quality / (everything else)`` -- the issue's target is below 0.5 with the
-default settings. A command, not a test::
+Two measures. End to end: the participant-level command as a user runs it (a fresh
+process: imports, pybids, every stage, outputs and report), with and without
+``--no-quality``, alternating, medians; the cost is the difference over the time
+without. In-process: the participant level run in-process, median wall time of every
+stage and the ratio ``quality / (everything else)``. Both on (a) the real studyforrest
+run (4 mm, 156 volumes; ``../shared/data/studyforrest``) and (b) a generated 4 mm
+dataset (one participant, two runs). The issue's target: below 0.5 with the default
+settings. A command, not a test::
 
     python benchmarks/quality_cost.py [--repeats 3] [--n-parcels 100 200 400] [--bootstrap B]
 """
@@ -58,6 +61,26 @@ def one_run(bids: Path, out: Path, extra: list[str]) -> dict[str, float]:
             "cpu_quality": cpu["quality"], "cpu_fixed": cpu["fixed"]}
 
 
+def end_to_end(bids: Path, out: Path, extra: list[str], repeats: int) -> tuple[float, float]:
+    """Median wall times (s) of the participant-level command with and without quality."""
+    import shutil
+    import subprocess
+    import sys
+
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(repeats):
+        for with_quality in (True, False):
+            target = out / f"cli-{i}-{with_quality}"
+            shutil.rmtree(target, ignore_errors=True)
+            cmd = [sys.executable, "-m", "bids_parcellate", str(bids), str(target),
+                   "participant", "-w", str(out / f"work-{i}-{with_quality}"), *extra,
+                   *([] if with_quality else ["--no-quality"])]
+            tic = time.monotonic()
+            subprocess.run(cmd, check=True, capture_output=True)
+            times[with_quality].append(time.monotonic() - tic)
+    return statistics.median(times[True]), statistics.median(times[False])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -85,6 +108,9 @@ def main() -> None:
             print(f"  wall: quality / rest of the participant level = "
                   f"{wall['quality']:.2f} / {rest:.2f} s = {wall['quality'] / rest:.2f}; "
                   f"quality / parcellate stage = {wall['quality'] / wall['parcellate']:.2f}")
+            on, off = end_to_end(bids, tmp / "cli", extra, opts.repeats)
+            print(f"  end to end (command wall time): {on:.2f} s with, {off:.2f} s without "
+                  f"the quality figures: cost {(on - off) / off:.2f} of the time without")
             print(f"  CPU:  quality / rest = {stages['cpu_quality']:.2f} / {cpu_rest:.2f} s "
                   f"= {stages['cpu_quality'] / cpu_rest:.2f}; without the split-half fits "
                   f"(quality.fixed_figures alone) {stages['cpu_fixed']:.2f} s = "

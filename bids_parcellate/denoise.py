@@ -166,33 +166,90 @@ class CleanRun:
     framewise_displacement: np.ndarray | None = None
 
 
+#: Bytes of BOLD decompressed per block while reading (bounds memory: the 4D image is
+#: never held whole, only the in-mask voxels are kept). Below glibc's 32 MB mmap
+#: threshold, so the blocks reuse freed heap memory instead of page-faulting fresh memory
+#: (64 MB blocks cost 1.1 s of system time per 2 mm run).
+_READ_BLOCK_BYTES = 16 * 2**20
+
+
+def _open_image(path) -> tuple[nib.Nifti1Image, object]:
+    """Open a NIfTI file for one sequential pass; return (image, stream to close).
+
+    ``.nii.gz`` streams are decompressed with ISA-L (``isal``) when it is installed:
+    2x faster than zlib here (0.8 vs 1.6 s CPU for a 2 mm run), and decompression is
+    the largest single cost of a run. nibabel parses the header and scales the data
+    from that stream (``from_file_map``); volume blocks are read in order, so the
+    stream is never rewound.
+    """
+    path = str(path)
+    if path.endswith(".gz"):
+        try:
+            from isal import igzip as gzip_module
+        except ImportError:  # pragma: no cover - optional accelerator
+            import gzip as gzip_module
+        stream = gzip_module.open(path, "rb")
+    else:
+        stream = open(path, "rb")  # closed by the caller
+    try:
+        holder = nib.FileHolder(filename=path, fileobj=stream)
+        img = nib.Nifti1Image.from_file_map({"image": holder})
+    except Exception:
+        stream.close()
+        raise
+    return img, stream
+
+
 def load_bold(run: Run, unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
-    """Read a run's BOLD once; return (time x voxels float32 in the mask, mean image)."""
+    """Read a run's BOLD once; return (time x voxels float32 in the mask, mean image).
+
+    The file is decompressed in blocks of volumes by a reader thread while the calling
+    thread keeps the in-mask voxels of the previous block, so the full 4D array
+    (880 MB as float32 at 2 mm) is never built.
+    """
     if unit_mask.reader is not None:  # resampling / mask from the BOLD (masking.py)
         return unit_mask.reader(run, unit_mask)
+    img, stream = open_bold(run, unit_mask)
+    return read_bold(img, stream, run, unit_mask)
+
+
+def open_bold(run: Run, unit_mask: UnitMask) -> tuple[nib.Nifti1Image, object]:
+    """Open a run's BOLD and check its header (4D, on the mask's grid); data not read yet.
+
+    Returns the image and its open stream, for :func:`read_bold`.
+    """
     try:
-        img = nib.load(run.bold)
+        img, stream = _open_image(run.bold)
     except Exception as exc:
         raise RunError(f"{run.bold}: cannot read NIfTI ({_short(exc)})") from exc
     shape = img.shape
+    problem = None
     if len(shape) != 4:
-        raise RunError(f"{run.bold}: BOLD must be 4D, got {len(shape)}D shape {shape}")
-    if not _same_grid(shape, img.affine, unit_mask.mask.shape, unit_mask.affine):
-        raise RunError(
-            f"{run.bold}: BOLD grid {shape[:3]} differs from its brain mask "
-            f"{unit_mask.mask.shape} {run.mask.name}"
-        )
-    try:
-        data = img.get_fdata(dtype=np.float32)
-    except Exception as exc:  # truncated / corrupt gzip streams land here
-        raise RunError(f"{run.bold}: cannot read NIfTI data ({_short(exc)})") from exc
-    mean_img = data.mean(axis=3, dtype=np.float64).astype(np.float32)
-    series = np.ascontiguousarray(data[unit_mask.mask].T)  # (time, voxels)
-    del data
-    if not np.isfinite(series).all():
-        bad = int((~np.isfinite(series)).any(axis=0).sum())
+        problem = f"{run.bold}: BOLD must be 4D, got {len(shape)}D shape {shape}"
+    elif not _same_grid(shape, img.affine, unit_mask.mask.shape, unit_mask.affine):
+        problem = (f"{run.bold}: BOLD grid {shape[:3]} differs from its brain mask "
+                   f"{unit_mask.mask.shape} {run.mask.name}")
+    if problem:
+        stream.close()
+        raise RunError(problem)
+    return img, stream
+
+
+def read_bold(img: nib.Nifti1Image, stream, run: Run,
+              unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
+    """The data of a BOLD opened by :func:`open_bold` (closes its stream)."""
+    with stream:
+        try:
+            series, total = _read_masked(img.dataobj, unit_mask.mask)
+        except Exception as exc:  # truncated / corrupt gzip streams land here
+            raise RunError(f"{run.bold}: cannot read NIfTI data ({_short(exc)})") from exc
+    mean_img = (total / img.shape[3]).astype(np.float32)
+    # one pass: NaN propagates into the minimum and maximum, and so does Inf into one
+    low, high = series.min(axis=0), series.max(axis=0)
+    bad = int((~(np.isfinite(low) & np.isfinite(high))).sum())
+    if bad:
         raise RunError(f"{run.bold}: {bad} voxels inside the brain mask hold NaN or Inf")
-    constant = int((series.min(axis=0) == series.max(axis=0)).sum())
+    constant = int((low == high).sum())
     if constant == series.shape[1]:
         raise RunError(f"{run.bold}: every voxel inside the brain mask is constant in time")
     if constant:
@@ -201,6 +258,37 @@ def load_bold(run: Run, unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
                        "(zero variance); kept with a zero signal", run.bold.name, constant,
                        series.shape[1])
     return series, mean_img
+
+
+def _read_masked(proxy, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """In-mask voxels (C order) of every volume of a 4D array proxy, and the voxelwise sum."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n_volumes = proxy.shape[3]
+    # positions of the in-mask voxels (C order, as ``data[mask]``) in a volume stored
+    # in the file's Fortran order
+    where = np.ravel_multi_index(np.nonzero(mask), mask.shape, order="F")
+    block = max(1, _READ_BLOCK_BYTES // (4 * mask.size))
+    series = np.empty((n_volumes, where.size), dtype=np.float32)
+    total = np.zeros(mask.shape, dtype=np.float64)
+
+    def read(start: int) -> np.ndarray:
+        return np.asarray(proxy[..., start:start + block], dtype=np.float32)
+
+    # decompression releases the GIL: read block i+1 while block i is masked
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(read, 0)
+        for start in range(0, n_volumes, block):
+            volumes = pending.result()
+            if start + block < n_volumes:
+                pending = reader.submit(read, start + block)
+            total += volumes.sum(axis=3, dtype=np.float64)
+            flat = volumes.reshape((-1, volumes.shape[3]), order="F").T
+            # mode="clip" lets numpy write straight into ``out`` (no buffering)
+            np.take(flat, where, axis=1, out=series[start:start + volumes.shape[3]],
+                    mode="clip")
+            del volumes, flat
+    return series, total
 
 
 def load_confounds(run: Run, n_volumes: int, config: Config):
@@ -266,15 +354,29 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
     SkipRun
         When fewer than ``config.min_volumes`` volumes are kept.
     """
-    from nilearn import signal
-
     if run.tr is None or not np.isfinite(run.tr) or run.tr <= 0:
         raise RunError(
             f"{run.bold}: RepetitionTime missing or <= 0 in the sidecar and header"
         )
-    series, mean_img = load_bold(run, unit_mask)
+    from concurrent.futures import ThreadPoolExecutor
+
+    if unit_mask.reader is not None:  # resampling / mask from the BOLD (masking.py)
+        series, mean_img = load_bold(run, unit_mask)
+        early = None
+    else:
+        img, stream = open_bold(run, unit_mask)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # the BOLD is decompressed (GIL released) while this thread reads the
+            # confounds and imports nilearn (about 1 s of CPU, hidden behind the read)
+            bold = pool.submit(read_bold, img, stream, run, unit_mask)
+            try:
+                early = _confounds_while_reading(run, config, img.shape[3])
+            finally:
+                series, mean_img = bold.result()  # BOLD errors come first
     n_volumes = series.shape[0]
-    confounds, names, sample_mask, fd = load_confounds(run, n_volumes, config)
+    if early is None:
+        early = load_confounds(run, n_volumes, config)
+    confounds, names, sample_mask, fd = early
     if sample_mask.size == 0:
         raise RunError(f"{run.bold}: all {n_volumes} volumes are censored")
     if sample_mask.size < config.min_volumes:
@@ -282,11 +384,51 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
             f"{sample_mask.size} of {n_volumes} volumes kept after censoring "
             f"(< --min-volumes {config.min_volumes})"
         )
+    operator = cleaning_operator(n_volumes, confounds, sample_mask, config, run.tr)
+    cleaned = apply_operator(operator, series, sample_mask, n_jobs=config.nprocs)
+    del series
+    return CleanRun(
+        run=run,
+        data=cleaned,
+        sample_mask=sample_mask,
+        n_volumes=n_volumes,
+        confounds=names,
+        mean_img=mean_img,
+        framewise_displacement=fd,
+    )
+
+
+def _confounds_while_reading(run: Run, config: Config, n_volumes: int):
+    """:func:`load_confounds`, or None when the confounds are unusable (then the error is
+    raised after the BOLD's own errors, by the caller calling :func:`load_confounds`
+    again)."""
+    import nilearn.signal  # noqa: F401 - imported here to overlap with the read
+
+    try:
+        return load_confounds(run, n_volumes, config)
+    except Exception:
+        return None
+
+
+def cleaning_operator(n_volumes: int, confounds: np.ndarray | None, sample_mask: np.ndarray,
+                      config: Config, t_r: float) -> np.ndarray:
+    """The (kept volumes x volumes) matrix that denoises every voxel of a run.
+
+    ``nilearn.signal.clean`` (detrending, confound regression, Butterworth filtering,
+    censoring with interpolation; no standardisation) is linear in the signal and the
+    same for every voxel, so it is a matrix ``L`` and ``clean(X) == L @ X``. We let
+    nilearn build ``L`` by cleaning the identity matrix, then apply it ourselves
+    (:func:`apply_operator`): calling ``clean`` on the data directly copies it four times
+    in float64 and forms ``Q Q^T X`` (2.8 s and about 2 GB for a 2 mm run, against 0.5 s
+    and a few MB per block here), with the same result to 1e-6.
+    """
+    from nilearn import signal
+
     filtering = config.high_pass is not None or config.low_pass is not None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
-        cleaned = signal.clean(
-            series.astype(np.float64),
+        operator = signal.clean(
+            np.eye(n_volumes),
             detrend=config.detrend,
             standardize=None,
             confounds=confounds,
@@ -294,15 +436,50 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
             filter="butterworth" if filtering else False,
             low_pass=config.low_pass,
             high_pass=config.high_pass,
-            t_r=run.tr,
+            t_r=t_r,
         )
-    del series
-    return CleanRun(
-        run=run,
-        data=np.ascontiguousarray(cleaned, dtype=np.float32),
-        sample_mask=sample_mask,
-        n_volumes=n_volumes,
-        confounds=names,
-        mean_img=mean_img,
-        framewise_displacement=fd,
-    )
+    return np.ascontiguousarray(operator, dtype=np.float64)
+
+
+def apply_operator(operator: np.ndarray, series: np.ndarray, sample_mask: np.ndarray,
+                   n_jobs: int = 1) -> np.ndarray:
+    """``operator @ series`` in float64, voxel block by voxel block; float32 result.
+
+    A cleaning operator is the selection of the kept volumes plus a correction of low
+    rank (removing the confounds and trends: rank 33 for ``simple``): ``L = S + U V^T``.
+    When that rank is under a third of the volumes, ``S X + U (V^T X)`` is computed
+    instead of ``L X`` (0.23 instead of 0.39 s of CPU at 2 mm, same result to
+    rounding); Butterworth filtering makes ``L`` full rank, and then it is applied as is.
+    Blocks run on ``n_jobs`` threads (numpy releases the GIL in matrix products).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    kept, n_volumes = operator.shape
+    correction = operator.copy()
+    correction[np.arange(kept), sample_mask] -= 1.0
+    u, sv, vt = np.linalg.svd(correction, full_matrices=False)
+    tol = sv[0] * max(correction.shape) * np.finfo(np.float64).eps if sv.size else 0.0
+    rank = int((sv > tol).sum())
+    low_rank = rank < n_volumes / 3
+    left = u[:, :rank] * sv[:rank]
+    right = np.ascontiguousarray(vt[:rank])
+    out = np.empty((kept, series.shape[1]), dtype=np.float32)
+    width = 1024  # blocks that stay in cache
+
+    def clean_block(start: int) -> None:
+        part = series[:, start:start + width].astype(np.float64)
+        if low_rank:
+            block = left @ (right @ part)
+            block += part[sample_mask]
+        else:
+            block = operator @ part
+        out[:, start:start + width] = block
+
+    starts = range(0, series.shape[1], width)
+    if n_jobs > 1:
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            list(pool.map(clean_block, starts))
+    else:
+        for start in starts:
+            clean_block(start)
+    return out

@@ -50,7 +50,11 @@ def parcel_timeseries(data: np.ndarray, labels_by_scale: Mapping[int, np.ndarray
     """
     from nilearn.signal import standardize_signal
 
-    means = np.asarray(data @ averaging_operator(labels_by_scale), dtype=np.float64)
+    operator = averaging_operator(labels_by_scale)
+    means = np.empty((data.shape[0], operator.shape[1]))
+    # float64 products a few volumes at a time: no float64 copy of the whole run
+    for start in range(0, data.shape[0], 32):
+        means[start:start + 32] = data[start:start + 32].astype(np.float64) @ operator
     out = {}
     start = 0
     for scale in sorted(labels_by_scale):

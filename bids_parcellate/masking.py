@@ -88,8 +88,6 @@ def target_grid(config: Config, source: Grid) -> Grid | None:
     requested voxel size) leaves the field of view to nilearn's ``resample_img``, which
     makes the new grid cover the source grid's bounding box.
     """
-    from nilearn.image import resample_img
-
     if config.target_resolution is not None:
         axes = source.affine[:3, :3] / source.voxel_size
         target_affine = axes * config.target_resolution
@@ -99,6 +97,8 @@ def target_grid(config: Config, source: Grid) -> Grid | None:
         target_shape = config.target_shape
     else:
         return None
+    from nilearn.image import resample_img  # only when resampling (about 1 s to import)
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

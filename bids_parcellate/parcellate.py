@@ -8,7 +8,8 @@ keyword-only knobs of the method (ReNA's ``scaling`` and ``n_iter``, k-means'
 
 Hierarchical methods (ward, complete, average) build one tree and cut it at every
 requested scale: the tree does not depend on the number of clusters, so it can be kept
-across invocations (``memo``, see :mod:`bids_parcellate.cache`).
+across invocations (``memo``, see :mod:`bids_parcellate.cache`). Ward runs on
+supervoxels first when the grid is large (:mod:`bids_parcellate.ward`).
 
 Spatially constrained methods on a mask made of several disconnected pieces: the
 connectivity graph has one component per piece. scikit-learn completes it by linking
@@ -28,6 +29,7 @@ import numpy as np
 from scipy import ndimage, sparse
 
 from bids_parcellate.config import UserError
+from bids_parcellate.ward import cut_tree, ward_labels
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -36,7 +38,7 @@ LabelsByScale = dict[int, np.ndarray]
 
 # --------------------------------------------------------------------------- features
 def smooth_masked(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
-                  fwhm: float, chunk: int = 32) -> np.ndarray:
+                  fwhm: float, chunk: int | None = None, *, n_jobs: int = 1) -> np.ndarray:
     """Gaussian smoothing restricted to the mask (normalised convolution).
 
     Each volume is smoothed with the mask as weights and divided by the smoothed mask,
@@ -50,13 +52,21 @@ def smooth_masked(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
     affine : ndarray (4, 4)
     fwhm : float
         Full width at half maximum in mm; 0 returns ``data`` unchanged.
-    chunk : int
-        Volumes smoothed at once (bounds memory).
+    chunk : int, optional
+        Volumes smoothed at once (bounds memory); default: about 8 MB of volumes, which
+        stays under glibc's mmap threshold (freed blocks are reused, not page-faulted).
+    n_jobs : int
+        Threads smoothing blocks of volumes in parallel (scipy.ndimage releases the GIL).
 
     Returns
     -------
     ndarray, shape (n_times, n_voxels), float32
+        A transposed view of a C-contiguous (n_voxels, n_times) array, so that
+        ``result.T`` (voxel features) needs no copy.
     """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     if not fwhm:
         return data
     voxel_size = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
@@ -68,45 +78,67 @@ def smooth_masked(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
     hi = np.minimum(idx.max(axis=0) + margin + 1, mask.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     sub_mask = mask[box]
+    inside = np.flatnonzero(sub_mask)
     weight = ndimage.gaussian_filter(sub_mask.astype(np.float32), sigma, mode="constant")
-    norm = weight[sub_mask]
-    out = np.empty_like(data, dtype=np.float32)
-    volume = np.zeros(sub_mask.shape + (min(chunk, data.shape[0]),), dtype=np.float32)
-    for start in range(0, data.shape[0], chunk):
-        stop = min(start + chunk, data.shape[0])
-        n = stop - start
-        volume[...] = 0
-        volume[sub_mask, :n] = data[start:stop].T
-        smoothed = ndimage.gaussian_filter(volume[..., :n], (*sigma, 0), mode="constant")
-        out[start:stop] = (smoothed[sub_mask] / norm[:, None]).T
-    return out
+    inv_norm = (1.0 / weight.ravel()[inside]).astype(np.float32)
+    n_times = data.shape[0]
+    if chunk is None:
+        chunk = max(1, 2 * 2**20 // sub_mask.size)
+    out = np.empty((data.shape[1], n_times), dtype=np.float32)
+
+    buffers = threading.local()  # per thread: zeros outside the mask stay zeros
+
+    def smooth_block(start: int) -> None:
+        stop = min(start + chunk, n_times)
+        if not hasattr(buffers, "source"):
+            buffers.source = np.zeros((chunk, sub_mask.size), dtype=np.float32)
+            buffers.result = np.empty((chunk, *sub_mask.shape), dtype=np.float32)
+        source, result = buffers.source[:stop - start], buffers.result[:stop - start]
+        source[:, inside] = data[start:stop]
+        ndimage.gaussian_filter(source.reshape(result.shape), (0, *sigma), mode="constant",
+                                output=result)
+        smoothed = result.reshape(source.shape)[:, inside]
+        smoothed *= inv_norm
+        out[:, start:stop] = smoothed.T
+
+    starts = range(0, n_times, chunk)
+    if n_jobs > 1:
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            list(pool.map(smooth_block, starts))
+    else:
+        for start in starts:
+            smooth_block(start)
+    return out.T
 
 
 def standardize_columns(data: np.ndarray) -> np.ndarray:
     """Z-score every column (ddof=1); constant columns become 0. In place when float32."""
     data = np.asarray(data, dtype=np.float32)
     data -= data.mean(axis=0, dtype=np.float64).astype(np.float32)
-    std = data.std(axis=0, ddof=1, dtype=np.float64).astype(np.float32)
+    # sum of squares without the float64 temporary copy that ``np.std`` makes
+    sum_sq = np.einsum("ij,ij->j", data, data, dtype=np.float64)
+    std = np.sqrt(sum_sq / max(data.shape[0] - 1, 1)).astype(np.float32)
     std[std < np.finfo(np.float32).eps] = 1.0
     data /= std
     return data
 
 
 def prepare_runs(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
-                 fwhm: float) -> list[np.ndarray]:
+                 fwhm: float, *, n_jobs: int = 1) -> list[np.ndarray]:
     """Each cleaned run smoothed within the mask and z-scored per voxel (float32).
 
     ``runs_data`` is not modified (without smoothing the runs are copied first:
     :func:`standardize_columns` works in place, and the cleaned runs are still needed for
     the timeseries and the quality figures).
     """
-    return [standardize_columns(smooth_masked(x, mask, affine, fwhm) if fwhm
+    return [standardize_columns(smooth_masked(x, mask, affine, fwhm, n_jobs=n_jobs) if fwhm
                                 else np.array(x, dtype=np.float32)) for x in runs_data]
 
 
 def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
                    fwhm: float, n_components: int,
-                   prepared: Sequence[np.ndarray] | None = None) -> np.ndarray:
+                   prepared: Sequence[np.ndarray] | None = None, *,
+                   n_jobs: int = 1) -> np.ndarray:
     """Voxel features for clustering from the cleaned runs of one unit.
 
     Each run is smoothed within the mask and z-scored per voxel (:func:`prepare_runs`,
@@ -120,13 +152,20 @@ def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np
     ndarray, shape (n_voxels, n_features), float32
     """
     blocks = (list(prepared) if prepared is not None
-              else prepare_runs(runs_data, mask, affine, fwhm))
-    data = np.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+              else prepare_runs(runs_data, mask, affine, fwhm, n_jobs=n_jobs))
+    # (n_voxels, n_times): smoothed runs are transposed views of that C-ordered layout,
+    # so the concatenation is the only copy
+    columns = [b.T for b in blocks]
     del blocks
-    n_times = data.shape[0]
+    data = np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
+    del columns
+    n_times = data.shape[1]
     if n_times <= n_components:
-        return np.ascontiguousarray(data.T)
-    gram = data.astype(np.float64) @ data.T.astype(np.float64)
+        return np.ascontiguousarray(data)
+    gram = np.zeros((n_times, n_times))
+    for start in range(0, data.shape[0], 16384):
+        part = data[start:start + 16384].astype(np.float64)
+        gram += part.T @ part
     eigval, eigvec = np.linalg.eigh(gram)
     order = np.argsort(eigval)[::-1][:n_components]
     basis = eigvec[:, order]
@@ -134,14 +173,36 @@ def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np
     signs = np.sign(basis[np.abs(basis).argmax(axis=0), np.arange(basis.shape[1])])
     signs[signs == 0] = 1
     basis = (basis * signs).astype(np.float32)
-    return np.ascontiguousarray(data.T @ basis)
+    return np.ascontiguousarray(data @ basis)
 
 
 def grid_connectivity(mask: np.ndarray) -> sparse.csr_matrix:
-    """6-neighbour connectivity of the in-mask voxels (scikit-learn ``grid_to_graph``)."""
-    from sklearn.feature_extraction.image import grid_to_graph
+    """6-neighbour connectivity of the in-mask voxels (C order), with the diagonal.
 
-    return sparse.csr_matrix(grid_to_graph(*mask.shape, mask=mask))
+    The same matrix as scikit-learn's ``grid_to_graph(*mask.shape, mask=mask)`` (tested),
+    built 7x faster (0.04 instead of 0.3 s at 2 mm) from shifted index volumes.
+    """
+    n = int(mask.sum())
+    index = np.full(mask.shape, -1, dtype=np.int64)
+    index[mask] = np.arange(n)
+    rows, cols = [], []
+    for axis in range(3):
+        lower = [slice(None)] * 3
+        upper = [slice(None)] * 3
+        lower[axis] = slice(None, -1)
+        upper[axis] = slice(1, None)
+        a, b = index[tuple(lower)], index[tuple(upper)]
+        both = (a >= 0) & (b >= 0)
+        rows.append(a[both])
+        cols.append(b[both])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    diagonal = np.arange(n)
+    graph = sparse.csr_matrix(
+        (np.ones(2 * r.size + n, dtype=np.int64),
+         (np.concatenate([r, c, diagonal]), np.concatenate([c, r, diagonal]))),
+        shape=(n, n))
+    graph.sort_indices()
+    return graph
 
 
 # --------------------------------------------------------------------------- labels
@@ -164,27 +225,6 @@ def order_labels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     rank = np.empty(n, dtype=np.int32)
     rank[order] = np.arange(1, n + 1, dtype=np.int32)
     return rank[inverse]
-
-
-def cut_tree(children: np.ndarray, n_leaves: int, n_clusters: int) -> np.ndarray:
-    """Flat clusters from an agglomerative merge tree (scikit-learn ``children_``).
-
-    Applies the first ``n_leaves - n_clusters`` merges (merges are in order of
-    increasing linkage distance) and returns a cluster id for every leaf.
-    """
-    n_merges = n_leaves - n_clusters
-    parent = np.arange(n_leaves + n_merges, dtype=np.int64)
-    if n_merges > 0:
-        new_nodes = np.arange(n_leaves, n_leaves + n_merges)
-        parent[children[:n_merges, 0]] = new_nodes
-        parent[children[:n_merges, 1]] = new_nodes
-        # pointer jumping: every node ends pointing at the root of its cluster
-        while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
-    return parent[:n_leaves]
 
 
 def check_scales(scales: Sequence[int], n_voxels: int, option: str = "--n-parcels") -> None:
@@ -226,22 +266,29 @@ def warn_disconnected(mask: np.ndarray, method: str) -> int:
 
 
 def _tree(features: np.ndarray, mask: np.ndarray, linkage: str) -> np.ndarray:
-    from sklearn.cluster import linkage_tree, ward_tree
+    from sklearn.cluster import linkage_tree
 
     connectivity = grid_connectivity(mask)
     with warnings.catch_warnings():
         # "the number of connected components ... > 1": reported once, precisely, by
         # warn_disconnected
         warnings.filterwarnings("ignore", message=".*connected components.*")
-        if linkage == "ward":
-            children = ward_tree(features, connectivity=connectivity)[0]
-        else:
-            children = linkage_tree(features, connectivity=connectivity, linkage=linkage)[0]
+        children = linkage_tree(features, connectivity=connectivity, linkage=linkage)[0]
     return children
 
 
+def fit_ward(features, mask, scales, random_state, *, n_jobs: int = 1,
+             memo: Callable | None = None) -> LabelsByScale:
+    """Ward agglomeration on the voxel grid: supervoxels, then one exact size-weighted
+    Ward tree cut at every scale (:mod:`bids_parcellate.ward`); ``memo`` as for
+    :func:`_hierarchical`."""
+    labels = ward_labels(features, grid_connectivity(mask), scales, n_jobs=n_jobs,
+                         memo=memo)
+    return {k: order_labels(lab, mask) for k, lab in labels.items()}
+
+
 def _hierarchical(linkage: str) -> Callable:
-    def fit(features, mask, scales, random_state, *,
+    def fit(features, mask, scales, random_state, *, n_jobs: int = 1,
             memo: Callable | None = None) -> LabelsByScale:
         """``memo(name, compute)``: returns ``compute()``'s tree or a stored copy."""
         def build() -> np.ndarray:
@@ -258,7 +305,7 @@ def _hierarchical(linkage: str) -> Callable:
 
 
 def fit_kmeans(features, mask, scales, random_state, *, n_init: int = 3,
-               batch_size: int = 1024) -> LabelsByScale:
+               batch_size: int = 1024, n_jobs: int = 1) -> LabelsByScale:
     """MiniBatchKMeans on voxel features (as nilearn's Parcellations; not spatially
     constrained). Defaults as nilearn's ``Parcellations``."""
     from sklearn.cluster import MiniBatchKMeans
@@ -272,7 +319,8 @@ def fit_kmeans(features, mask, scales, random_state, *, n_init: int = 3,
 
 
 def fit_hierarchical_kmeans(features, mask, scales, random_state, *, n_init: int = 10,
-                            batch_size: int = 1000) -> LabelsByScale:
+                            batch_size: int = 1000,
+                            n_jobs: int = 1) -> LabelsByScale:
     """nilearn's HierarchicalKMeans (balanced parcel sizes); defaults as nilearn's
     ``Parcellations``."""
     from nilearn.regions import HierarchicalKMeans
@@ -286,7 +334,7 @@ def fit_hierarchical_kmeans(features, mask, scales, random_state, *, n_init: int
 
 
 def fit_rena(features, mask, scales, random_state, *, scaling: bool = False,
-             n_iter: int = 10) -> LabelsByScale:
+             n_iter: int = 10, n_jobs: int = 1) -> LabelsByScale:
     """nilearn's ReNA (recursive nearest agglomeration, spatially constrained);
     ``scaling`` and ``n_iter`` as nilearn's (defaults as nilearn's ``Parcellations``)."""
     import nibabel as nib
@@ -301,7 +349,7 @@ def fit_rena(features, mask, scales, random_state, *, scaling: bool = False,
 
 
 METHODS: dict[str, Callable[..., LabelsByScale]] = {
-    "ward": _hierarchical("ward"),
+    "ward": fit_ward,
     "complete": _hierarchical("complete"),
     "average": _hierarchical("average"),
     "kmeans": fit_kmeans,
@@ -316,7 +364,7 @@ HIERARCHICAL_METHODS = ("ward", "complete", "average")
 
 def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
                scales: Sequence[int], random_state: int, *, memo: Callable | None = None,
-               **options) -> LabelsByScale:
+               n_jobs: int = 1, **options) -> LabelsByScale:
     """Run ``method`` on ``features`` for every scale.
 
     Parameters
@@ -330,6 +378,8 @@ def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
     memo : callable, optional
         ``memo(name, compute) -> array``: returns a stored result or ``compute()``
         (hierarchical methods keep their tree with it; see :mod:`bids_parcellate.cache`).
+    n_jobs : int
+        Threads, where a method splits its own work (the labels do not depend on it).
     **options
         Keyword knobs of the method (``scaling``, ``n_iter`` for rena; ``n_init``,
         ``batch_size`` for kmeans and hierarchical_kmeans).
@@ -343,7 +393,8 @@ def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
     warn_disconnected(mask, method)
     if memo is not None and method in HIERARCHICAL_METHODS:
         options["memo"] = memo
-    labels = METHODS[method](features, mask, sorted(scales), random_state, **options)
+    labels = METHODS[method](features, mask, sorted(scales), random_state, n_jobs=n_jobs,
+                              **options)
     for k, lab in labels.items():
         found = int(lab.max())
         if found != k:

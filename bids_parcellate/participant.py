@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -479,7 +479,8 @@ def learn_parcellation(config: Config, runs_data: Sequence[np.ndarray], mask: np
     def smoothed() -> list[np.ndarray]:
         if prepared is not None:
             return prepared()
-        return prepare_runs(runs_data, mask, affine, config.smoothing_fwhm)
+        return prepare_runs(runs_data, mask, affine, config.smoothing_fwhm,
+                            n_jobs=config.nprocs)
 
     if config.is_decomposition:
         regions = learn_regions(smoothed(), mask, affine, config)
@@ -496,7 +497,8 @@ def learn_parcellation(config: Config, runs_data: Sequence[np.ndarray], mask: np
             features = build_features([], mask, affine, config.smoothing_fwhm,
                                       config.n_components, prepared=smoothed())
         labels = parcellate(features, mask, config.method, config.n_parcels,
-                            config.random_seed, memo=memo, **config.method_options())
+                            config.random_seed, memo=memo, n_jobs=config.nprocs,
+                            **config.method_options())
     regions: dict[int, RegionSet] = {}
     if config.split_disconnected:
         regions = {k: split_disconnected(lab, mask, affine, config.min_region_size)
@@ -505,26 +507,40 @@ def learn_parcellation(config: Config, runs_data: Sequence[np.ndarray], mask: np
     return labels, regions
 
 
+class PreparedRuns:
+    """A unit's smoothed, z-scored runs (:func:`prepare_runs`), computed on first use
+    and held until :meth:`release`."""
+
+    def __init__(self, config: Config, cleaned: list[CleanRun], unit_mask) -> None:
+        self.config, self.cleaned, self.unit_mask = config, cleaned, unit_mask
+        self.runs: list[np.ndarray] | None = None
+
+    def __call__(self) -> list[np.ndarray]:
+        if self.runs is None:
+            self.runs = prepare_runs([c.data for c in self.cleaned], self.unit_mask.mask,
+                                     self.unit_mask.affine, self.config.smoothing_fwhm,
+                                     n_jobs=self.config.nprocs)
+        return self.runs
+
+    def release(self) -> None:
+        self.runs = None
+
+
 def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
-           result: UnitResult, store: cache.Cache, denoised_key: str
+           result: UnitResult, store: cache.Cache, denoised_key: str,
+           prepared: PreparedRuns
            ) -> tuple[dict[int, np.ndarray], dict[int, RegionSet], Summary]:
     """Labels at every scale, the region sets of region-based methods, and the unit's
     summary for the group level (built from the features, whatever the method).
 
     The features and the hierarchical trees come from ``store`` when an earlier
     invocation stored them (:mod:`bids_parcellate.cache`); the smoothed runs are only
-    prepared when something needs them.
+    prepared when something needs them, and kept (for the split-half fits of the
+    quality figures, which reuse them) only when the quality figures need them.
     """
     tic = time.monotonic()
     n_volumes = sum(c.data.shape[0] for c in cleaned)
-    held: dict = {}
-
-    def prepared():
-        if "runs" not in held:
-            held["runs"] = prepare_runs([c.data for c in cleaned], unit_mask.mask,
-                                        unit_mask.affine, config.smoothing_fwhm)
-        return held["runs"]
-
+    keep = config.quality and config.split_half
     features_key = cache.features_key(config, denoised_key) if store.enabled else ""
     features = store.array(
         "features", features_key,
@@ -539,8 +555,8 @@ def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
     if config.is_decomposition:
         del features
         features = None
-    elif not config.bootstrap:
-        held.clear()  # the features are all a plain fit needs
+    elif not config.bootstrap and not keep:
+        prepared.release()  # the features are all a plain fit needs
 
     def memo(name: str, compute):
         return store.array("tree", cache.make_key(features_key, name), compute)
@@ -549,7 +565,8 @@ def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
         config, [c.data for c in cleaned], unit_mask.mask, unit_mask.affine,
         prepared=prepared, features=features, memo=memo if store.enabled else None)
     del features
-    held.clear()
+    if not keep:
+        prepared.release()
     if config.split_disconnected:
         for k, r in regions.items():
             LOGGER.info("%s scale %d: %d connected pieces", config.method, k, r.n_regions)
@@ -558,9 +575,11 @@ def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
 
 
 def _quality_figures(config: Config, result: UnitResult, cleaned: list[CleanRun],
-                     labels: LabelsByScale, unit_mask) -> dict[int, dict] | None:
+                     labels: LabelsByScale, unit_mask, prepared: PreparedRuns
+                     ) -> dict[int, dict] | None:
     """Quality figures of every scale (:mod:`bids_parcellate.quality`), or None when
-    the data cannot be halved."""
+    the data cannot be halved. The half fits take their halves of the full fit's
+    smoothed runs (``prepared``, released at the end) rather than smoothing again."""
     data = [c.data for c in cleaned]
     connectivity = grid_connectivity(unit_mask.mask)
     if not config.split_half:
@@ -569,12 +588,15 @@ def _quality_figures(config: Config, result: UnitResult, cleaned: list[CleanRun]
         return quality.assess(
             data, [c.sample_mask for c in cleaned], [c.run.tr for c in cleaned], labels,
             connectivity,
-            lambda segments: learn_parcellation(config, segments, unit_mask.mask,
-                                                unit_mask.affine)[0],
+            lambda segments, take: learn_parcellation(
+                config, segments, unit_mask.mask, unit_mask.affine,
+                prepared=lambda: take(prepared()))[0],
             config.random_seed)
     except quality.TooShort as exc:
         LOGGER.warning("%s: no quality figures (%s)", result.name, exc)
         return None
+    finally:
+        prepared.release()
 
 
 def _write_quality(config: Config, result: UnitResult, figures: dict[int, dict]
@@ -643,8 +665,9 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in result.skipped)
         raise UserError(f"{result.name}: no usable runs ({reasons})")
 
+    prepared = PreparedRuns(config, cleaned, unit_mask)
     labels, regions, summary = _learn(config, runs, cleaned, unit_mask, result, store,
-                                      denoised_key)
+                                      denoised_key, prepared)
     tic = time.monotonic()
     series = {c.run.bold: parcel_timeseries(c.data, labels, config.standardize_arg)
               for c in cleaned}
@@ -652,7 +675,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     figures = None
     if config.quality:  # while the cleaned runs are in memory
         tic = time.monotonic()
-        figures = _quality_figures(config, result, cleaned, labels, unit_mask)
+        figures = _quality_figures(config, result, cleaned, labels, unit_mask, prepared)
         result.timings["quality"] = time.monotonic() - tic
         if figures and config.split_half:
             LOGGER.info("%s: quality figures, split-half ARI %s (%.1f s)", result.name,
@@ -682,6 +705,8 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         outputs.remove_unit_outputs(config.output_dir, subject, session)
         raise
     result.timings["write"] = time.monotonic() - tic
+    LOGGER.debug("%s: stage times %s", result.name,
+                 ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items()))
     # report (figures + record) while the cleaned data are still in memory
     if unit_log is not None:
         try:
@@ -732,7 +757,9 @@ def run_participant_level(config: Config, selection: Selection,
         elif plan.reason != "new":
             LOGGER.info("%s: recomputing (%s)", name, plan.reason)
     workers = parallel.plan_workers(config.nprocs, len(todo), unit_gb, config.mem_gb)
-    tasks = [(config, key, runs, selection.fmriprep_dirs, plans[key].listed,
+    # each unit's own threads (reading, cleaning, smoothing, Ward): the worker's share
+    unit_config = replace(config, nprocs=workers.threads)
+    tasks = [(unit_config, key, runs, selection.fmriprep_dirs, plans[key].listed,
               report.record.skipped_of_unit(selection.skipped, *key),
               report.record.warnings_of_unit(selection_warnings, *key))
              for key, runs in todo.items()]
@@ -759,10 +786,17 @@ def run_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     ``earlier_warnings``: the unit's runs skipped and warnings logged at selection (for
     its report).
     """
+    # BLAS runs single-threaded here: the stages split their own work in blocks over
+    # config.nprocs threads (reading, cleaning, smoothing, Ward costs), so results do not
+    # depend on --nprocs, and multithreaded BLAS on this pipeline's small matrices mostly
+    # spins (an SVD of 166 x 168 took 1.4 s on a busy 2-core machine). scikit-learn's
+    # OpenMP loops (k-means) keep their threads.
+    from threadpoolctl import threadpool_limits
+
     name = outputs.unit_prefix(*key)
     try:
         unit_log = report.UnitLog(skipped_inputs=skipped_inputs, earlier=earlier_warnings)
-        with unit_log:
+        with unit_log, threadpool_limits(limits=1, user_api="blas"):
             result = process_unit(config, key, runs, source_dirs, progress, listed,
                                   unit_log)
         if not result.missing_inputs:

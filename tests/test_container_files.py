@@ -9,6 +9,8 @@ import importlib.util
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,6 +161,28 @@ def test_limit_threads_caps_blas_and_openmp_and_restores(monkeypatch):
         assert all(os.environ[name] == "1" for name in THREAD_VARIABLES)
     assert os.environ["OMP_NUM_THREADS"] == "7"
     assert "OPENBLAS_NUM_THREADS" not in os.environ
+
+
+def test_limit_threads_restores_libraries_loaded_inside():
+    """scikit-learn is not imported by limit_threads (1-2 s at startup): its OpenMP
+    runtime, loaded inside, gets --nprocs threads, and its default back on exit."""
+    script = (
+        "import os\n"
+        "os.environ.pop('OMP_NUM_THREADS', None)\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from bids_parcellate.cli import limit_threads\n"
+        "with limit_threads(1):\n"
+        "    import sklearn.cluster\n"
+        "    inside = {p['user_api']: p['num_threads'] for p in threadpool_info()}\n"
+        "after = {p['user_api']: p['num_threads'] for p in threadpool_info()}\n"
+        "print(inside['openmp'], inside['blas'], after['openmp'], after['blas'],"
+        " os.cpu_count())\n")
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    inside_omp, inside_blas, after_omp, after_blas, cpus = map(int, out)
+    assert (inside_omp, inside_blas) == (1, 1)
+    assert after_omp == after_blas == cpus
 
 
 def test_generated_by_names_the_container(monkeypatch, tmp_path):

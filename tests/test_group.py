@@ -18,7 +18,9 @@ from nilearn.maskers import NiftiLabelsMasker
 from sklearn.metrics import adjusted_rand_score
 
 from bids_parcellate.cli import main
+from bids_parcellate.denoise import UnitMask, load_bold
 from bids_parcellate.group import ComponentMerger
+from bids_parcellate.inputs import Run
 
 from .conftest import run_cli, sha256_tree, validate
 
@@ -61,9 +63,14 @@ def bold_opens(atlas: Path):
 
 
 def opens_per_read(path: Path) -> int:
-    """How many nibabel opens one load + data read of ``path`` makes."""
+    """How many nibabel opens one read of ``path`` by bids_parcellate makes (the header,
+    then one per block of volumes)."""
+    img = nib.load(path)
+    run = Run(entities={}, bold=path, mask=path, confounds=None, tr=2.0)
+    unit = UnitMask(mask=np.ones(img.shape[:3], dtype=bool), affine=img.affine,
+                    n_voxels_per_run={})
     with bold_opens(Path("/nonexistent")) as events:
-        nib.load(path).get_fdata()
+        load_bold(run, unit)
     return len(events)
 
 

@@ -368,21 +368,24 @@ def test_knobs_reach_the_estimators(demo, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- cache
 @pytest.fixture
 def counters(monkeypatch):
-    """Counts BOLD reads (every path to a BOLD file goes through ``load_bold``) and
-    trees built."""
+    """Counts BOLD reads (a file is opened by ``open_bold`` on its own grid, or by the
+    resampling / data-mask reader) and trees built (scikit-learn's, or ward's own)."""
+    from bids_parcellate import masking, ward
+
     counts = {"bold": 0, "tree": 0}
-    load_bold, tree = denoise.load_bold, parcellate._tree
 
-    def counting_load_bold(*args, **kwargs):
-        counts["bold"] += 1
-        return load_bold(*args, **kwargs)
+    def counting(function, what):
+        def wrapper(*args, **kwargs):
+            counts[what] += 1
+            return function(*args, **kwargs)
+        return wrapper
 
-    def counting_tree(*args, **kwargs):
-        counts["tree"] += 1
-        return tree(*args, **kwargs)
-
-    monkeypatch.setattr(denoise, "load_bold", counting_load_bold)
-    monkeypatch.setattr(parcellate, "_tree", counting_tree)
+    monkeypatch.setattr(denoise, "open_bold", counting(denoise.open_bold, "bold"))
+    monkeypatch.setattr(masking.BoldReader, "__call__",
+                        counting(masking.BoldReader.__call__, "bold"))
+    monkeypatch.setattr(parcellate, "_tree", counting(parcellate._tree, "tree"))
+    monkeypatch.setattr(ward, "supervoxel_ward_tree",
+                        counting(ward.supervoxel_ward_tree, "tree"))
 
     def take() -> dict:
         out = dict(counts)

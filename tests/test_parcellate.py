@@ -109,3 +109,34 @@ def test_masked_smoothing_keeps_constants_and_stays_in_mask():
     spike[0, 100] = 1.0
     out = smooth_masked(spike, mask, np.diag([2.0, 2.0, 2.0, 1.0]), fwhm=6.0)
     assert out[0, 100] < 1.0 and out[0].sum() > 1.0 and (out >= 0).all()
+
+
+def test_masked_smoothing_threads_give_the_same_result():
+    rng = np.random.default_rng(5)
+    mask = rng.random((14, 12, 10)) > 0.2
+    data = rng.standard_normal((37, mask.sum())).astype(np.float32)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    one = smooth_masked(data, mask, affine, fwhm=6.0, chunk=5)
+    two = smooth_masked(data, mask, affine, fwhm=6.0, chunk=5, n_jobs=2)
+    np.testing.assert_array_equal(one, two)
+    # features need no copy: the result is a transposed view of (voxels x time) memory
+    assert one.T.flags["C_CONTIGUOUS"]
+
+
+def test_unsmoothed_features_leave_the_cleaned_runs_untouched(blocks):
+    mask, _, data = blocks
+    before = data.copy()
+    build_features([data], mask, np.eye(4), fwhm=0, n_components=200)
+    np.testing.assert_array_equal(data, before)
+
+
+def test_grid_connectivity_is_scikit_learns_grid_to_graph():
+    from sklearn.feature_extraction.image import grid_to_graph
+
+    mask = np.random.default_rng(6).random((9, 7, 8)) > 0.3
+    ours = grid_connectivity(mask)
+    reference = grid_to_graph(*mask.shape, mask=mask).tocsr()
+    reference.sort_indices()
+    np.testing.assert_array_equal(ours.indptr, reference.indptr)
+    np.testing.assert_array_equal(ours.indices, reference.indices)
+    np.testing.assert_array_equal(ours.data, reference.data)

@@ -119,6 +119,16 @@ def test_rerun_is_byte_identical(demo8, demo8_out, tmp_path):
     assert len(first) == 2 * 2 * 2 + 2 * 2 * 2 + 2 * 2 + 1
 
 
+
+def test_outputs_do_not_depend_on_nprocs(demo8, demo8_out, tmp_path):
+    out = tmp_path / "threads"
+    assert run_cli(demo8.root, out, "--participant-label", "01", "--n-parcels", "20", "50",
+                   "--nprocs", "2") == 0
+    threaded = {k: v for k, v in sha256_tree(out).items() if k.startswith("sub-01/")}
+    single = {k: v for k, v in sha256_tree(demo8_out).items() if k.startswith("sub-01/")}
+    assert threaded and threaded == single
+
+
 @pytest.mark.parametrize("method, threshold", [
     ("ward", 0.9), ("average", 0.5), ("complete", 0.5), ("kmeans", 0.7),
     ("hierarchical_kmeans", 0.6), ("rena", 0.6),

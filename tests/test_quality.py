@@ -8,7 +8,12 @@ from sklearn.metrics import adjusted_rand_score
 
 from bids_parcellate import quality
 from bids_parcellate.consensus import bagged_features, block_bootstrap, block_length
-from bids_parcellate.parcellate import build_features, grid_connectivity, parcellate
+from bids_parcellate.parcellate import (
+    build_features,
+    grid_connectivity,
+    parcellate,
+    standardize_columns,
+)
 
 
 @pytest.fixture
@@ -32,7 +37,7 @@ def noisy(truth, n_times, rng, noise=1.0):
 
 
 def ward_learner(mask, scales):
-    def learn(segments):
+    def learn(segments, take=None):
         features = build_features(segments, mask, np.eye(4), fwhm=0, n_components=200)
         return parcellate(features, mask, "ward", scales, random_state=0)
     return learn
@@ -168,6 +173,22 @@ def test_time_split_leaves_a_gap_and_runs_alternate():
     halves = quality.split_halves(runs, [np.arange(5)] * 5, [2.0] * 5)
     assert [r[0, 0] for r in halves.first] == [0, 2, 4]
     assert [r[0, 0] for r in halves.second] == [1, 3]
+    assert [r[0, 0] for r in halves.take(runs, 1)] == [1, 3]
+
+
+def test_halves_of_the_standardised_runs_are_the_standardised_halves():
+    """What the half fits reuse from the full fit: the same half of the smoothed,
+    z-scored runs equals the half z-scored on its own (z-scoring a z-scored slice is
+    z-scoring the slice)."""
+    rng = np.random.default_rng(0)
+    raw = (rng.standard_normal((80, 30)) * rng.uniform(1, 5, 30) + 100).astype(np.float32)
+    halves = quality.split_halves([raw], [np.arange(80)], [2.0])
+    whole = standardize_columns(raw.copy())
+    for half, segments in enumerate((halves.first, halves.second)):
+        taken = halves.take([whole], half)
+        assert len(taken) == 1 and taken[0].shape == segments[0].shape
+        np.testing.assert_allclose(taken[0], standardize_columns(segments[0].copy()),
+                                   atol=1e-5)
 
 
 def test_too_short_halves_are_refused(grid):

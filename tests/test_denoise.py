@@ -1,0 +1,73 @@
+"""Reading and cleaning runs (bids_parcellate.denoise) against nibabel and nilearn."""
+
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nilearn import signal
+
+from bids_parcellate import denoise
+from bids_parcellate.inputs import Run
+
+
+def write_bold(path, data, dtype, slope=None):
+    img = nib.Nifti1Image(data, np.diag([3.0, 3.0, 3.0, 1.0]))
+    img.set_data_dtype(dtype)
+    if slope is not None:
+        img.header.set_slope_inter(slope, 10.0)
+    img.to_filename(path)
+    return path
+
+
+@pytest.mark.parametrize("dtype, slope, suffix", [
+    (np.float32, None, ".nii.gz"), (np.int16, 0.25, ".nii.gz"), (np.float32, None, ".nii"),
+])
+def test_blockwise_read_equals_nibabel(tmp_path, monkeypatch, dtype, slope, suffix):
+    rng = np.random.default_rng(0)
+    shape = (9, 8, 7, 23)
+    data = (1000 + 50 * rng.standard_normal(shape)).astype(np.float32)
+    bold = write_bold(tmp_path / f"bold{suffix}", data, dtype, slope)
+    mask = rng.random(shape[:3]) > 0.3
+    # a few volumes per block, the last one partial
+    monkeypatch.setattr(denoise, "_READ_BLOCK_BYTES", 4 * mask.size * 5)
+    run = Run(entities={"subject": "01"}, bold=bold, mask=bold, confounds=None, tr=2.0)
+    unit = denoise.UnitMask(mask=mask, affine=nib.load(bold).affine, n_voxels_per_run={})
+    series, mean_img = denoise.load_bold(run, unit)
+    reference = nib.load(bold).get_fdata(dtype=np.float32)
+    assert series.dtype == np.float32 and series.shape == (23, mask.sum())
+    np.testing.assert_allclose(series, reference[mask].T, rtol=1e-7)
+    np.testing.assert_allclose(mean_img, reference.mean(axis=3), rtol=1e-6)
+
+
+def test_truncated_bold_is_a_run_error(tmp_path):
+    data = np.random.default_rng(1).standard_normal((6, 6, 6, 40)).astype(np.float32)
+    bold = write_bold(tmp_path / "bold.nii.gz", data, np.float32)
+    bold.write_bytes(bold.read_bytes()[: bold.stat().st_size // 2])
+    run = Run(entities={"subject": "01"}, bold=bold, mask=bold, confounds=None, tr=2.0)
+    unit = denoise.UnitMask(mask=np.ones((6, 6, 6), bool), affine=np.diag([3.0] * 3 + [1]),
+                            n_voxels_per_run={})
+    with pytest.raises(denoise.RunError, match="cannot read NIfTI data"):
+        denoise.load_bold(run, unit)
+
+
+@pytest.mark.parametrize("high_pass, low_pass", [(None, None), (0.01, 0.08)])
+def test_cleaning_operator_equals_nilearn_clean(high_pass, low_pass):
+    rng = np.random.default_rng(2)
+    n_volumes, n_voxels = 120, 3000
+    drift = np.linspace(0, 1, n_volumes)[:, None]
+    confounds = rng.standard_normal((n_volumes, 8))
+    series = (1000 + 30 * drift + confounds @ rng.standard_normal((8, n_voxels))
+              + rng.standard_normal((n_volumes, n_voxels))).astype(np.float32)
+    sample_mask = np.setdiff1d(np.arange(n_volumes), [0, 1, 40, 41, 77])
+    config = SimpleNamespace(detrend=True, high_pass=high_pass, low_pass=low_pass)
+    operator = denoise.cleaning_operator(n_volumes, confounds, sample_mask, config, 2.0)
+    ours = denoise.apply_operator(operator, series, sample_mask, n_jobs=2)
+    reference = signal.clean(
+        series.astype(np.float64), detrend=True, standardize=None, confounds=confounds,
+        sample_mask=sample_mask, filter="butterworth" if high_pass else False,
+        high_pass=high_pass, low_pass=low_pass, t_r=2.0)
+    assert ours.shape == reference.shape == (sample_mask.size, n_voxels)
+    np.testing.assert_allclose(ours, reference, atol=1e-4 * reference.std())
+    again = denoise.apply_operator(operator, series, sample_mask, n_jobs=1)
+    np.testing.assert_array_equal(ours, again)
