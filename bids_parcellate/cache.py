@@ -50,11 +50,13 @@ from bids_parcellate import __version__
 from bids_parcellate.config import Config
 from bids_parcellate.denoise import CleanRun, UnitMask
 from bids_parcellate.inputs import Run, Skipped
+from bids_parcellate.outputs import json_default
 
 LOGGER = logging.getLogger("bids_parcellate")
 
-#: Bump when the layout or the meaning of an entry changes.
-CACHE_FORMAT = 1
+#: Bump when the layout or the meaning of an entry changes (2: ward's tree entry packs
+#: the supervoxels with the tree, see :func:`bids_parcellate.ward.supervoxel_ward_tree`).
+CACHE_FORMAT = 2
 
 #: Hashed parameters that do not change a stage's result (they act later).
 _AFTER_FEATURES = frozenset({
@@ -62,6 +64,9 @@ _AFTER_FEATURES = frozenset({
     "kmeans_n_init", "kmeans_batch_size", "split_disconnected", "min_region_size",
     "n_maps", "dictlearning_alpha", "region_threshold", "region_thresholding",
     "region_extractor", "connectivity",
+    # the consensus and the quality figures are computed from the features (and the
+    # denoised data); they never change them
+    "bootstrap", "quality", "split_half",
 })
 NOT_USED_BY = {
     "denoised": _AFTER_FEATURES | {"smoothing_fwhm", "n_components"},
@@ -213,7 +218,7 @@ class Cache:
                 np.save(tmp / f"{name}.npy", np.asarray(value), allow_pickle=False)
             (tmp / "meta.json").write_text(json.dumps(
                 {"arrays": sorted(arrays), "meta": meta or {}}, sort_keys=True,
-                default=_json_default))
+                default=json_default))
             os.rename(tmp, entry)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -286,18 +291,6 @@ def _remove(entry: Path, root: Path) -> None:
     except OSError:
         return
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def _json_default(value):
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 # --------------------------------------------------------------------------- denoised units

@@ -452,7 +452,7 @@ def apply_operator(operator: np.ndarray, series: np.ndarray, sample_mask: np.nda
     rounding); Butterworth filtering makes ``L`` full rank, and then it is applied as is.
     Blocks run on ``n_jobs`` threads (numpy releases the GIL in matrix products).
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from bids_parcellate.parallel import for_each_block
 
     kept, n_volumes = operator.shape
     correction = operator.copy()
@@ -475,11 +475,5 @@ def apply_operator(operator: np.ndarray, series: np.ndarray, sample_mask: np.nda
             block = operator @ part
         out[:, start:start + width] = block
 
-    starts = range(0, series.shape[1], width)
-    if n_jobs > 1:
-        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
-            list(pool.map(clean_block, starts))
-    else:
-        for start in starts:
-            clean_block(start)
+    for_each_block(clean_block, range(0, series.shape[1], width), n_jobs)
     return out

@@ -197,11 +197,12 @@ def write_text(path: Path, text: str) -> Path:
 
 def write_json(path: Path, data: dict) -> Path:
     """Write JSON (sorted keys, indented, final newline) atomically."""
-    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default)
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=json_default)
                       + "\n")
 
 
-def _json_default(value):
+def json_default(value):
+    """``json.dumps`` default for paths and numpy scalars and arrays."""
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, np.integer):

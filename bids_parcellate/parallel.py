@@ -69,6 +69,20 @@ def plan_workers(nprocs: int, n_units: int, unit_gb: float | None = None,
     return WorkerPlan(workers=workers, threads=max(1, nprocs // workers), reason=reason)
 
 
+def for_each_block(function: Callable, starts, n_jobs: int) -> None:
+    """Call ``function(start)`` for every item of ``starts``, on ``n_jobs`` threads when
+    more than one (work inside a unit: numpy and scipy release the GIL). Each call must
+    write its own block of the result, so the result does not depend on ``n_jobs``."""
+    if n_jobs > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            list(pool.map(function, starts))
+    else:
+        for start in starts:
+            function(start)
+
+
 class QueueProgress:
     """Stands in for the main process's progress counter inside a worker."""
 

@@ -65,7 +65,8 @@ def smooth_masked(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
         ``result.T`` (voxel features) needs no copy.
     """
     import threading
-    from concurrent.futures import ThreadPoolExecutor
+
+    from bids_parcellate.parallel import for_each_block
 
     if not fwhm:
         return data
@@ -101,13 +102,7 @@ def smooth_masked(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
         smoothed *= inv_norm
         out[:, start:stop] = smoothed.T
 
-    starts = range(0, n_times, chunk)
-    if n_jobs > 1:
-        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
-            list(pool.map(smooth_block, starts))
-    else:
-        for start in starts:
-            smooth_block(start)
+    for_each_block(smooth_block, range(0, n_times, chunk), n_jobs)
     return out.T
 
 

@@ -67,7 +67,7 @@ def ward_costs(centroids: np.ndarray, weights: np.ndarray, rows: np.ndarray,
     of squares caused by the merge. Blocks of edges run on ``n_jobs`` threads (the result
     does not depend on ``n_jobs``).
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from bids_parcellate.parallel import for_each_block
 
     out = np.empty(rows.size, dtype=np.float64)
 
@@ -81,8 +81,7 @@ def ward_costs(centroids: np.ndarray, weights: np.ndarray, rows: np.ndarray,
     if n_jobs > 1 and rows.size > 4 * _EDGE_CHUNK:
         # one contiguous share of the edges per thread (few tasks: no per-chunk futures)
         edges = np.linspace(0, rows.size, n_jobs + 1).astype(int)
-        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
-            list(pool.map(part, zip(edges[:-1], edges[1:], strict=True)))
+        for_each_block(part, zip(edges[:-1], edges[1:], strict=True), n_jobs)
     else:
         part((0, rows.size))
     out *= weights[rows] * weights[cols] / (weights[rows] + weights[cols])

@@ -415,6 +415,11 @@ def test_cache_reused_for_new_scales_and_invalidated(tmp_path, counters):
     assert run_cli(demo.root, fresh, "--no-cache", "--no-quality", "--n-parcels", "20", "30") == 0
     assert counters() == {"bold": 2, "tree": 1}
     assert sha256_tree(fresh) == sha256_tree(out)
+    # with the quality figures: cleaned data and tree from the cache too (the two
+    # split-half fits build their own trees)
+    assert run_cli(demo.root, tmp_path / "q", "-w", work, "--n-parcels", "20") == 0
+    assert counters() == {"bold": 0, "tree": 2}
+    assert dseg(tmp_path / "q").read_bytes() == first
 
     # another confound strategy: everything is recomputed
     assert run_cli(demo.root, tmp_path / "o2", "-w", work, "--no-quality", "--n-parcels", "30",
