@@ -281,6 +281,20 @@ def index_layout(config: Config, root: Path):
 
     if db_path is None or reuse:
         return layout(db_path, reset=not reuse)
+    if config.bids_database_dir is None:
+        # A private index of the selected participants (small): built in memory and
+        # saved for a later invocation, so pybids sets up one layout instead of two
+        # (0.3 s at start-up). Written into a private folder and renamed into place.
+        built = layout(None, reset=True)
+        tmp = db_path.with_name(f".{db_path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            built.save(tmp, replace_connection=False)
+            os.rename(tmp, db_path)
+        except OSError:  # the destination exists (a concurrent run) or is not writable
+            LOGGER.debug("pybids database %s not saved", db_path, exc_info=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return built
     # Array jobs may share --bids-database-dir: index into a private folder and rename
     # it into place (atomic); when another job won the race, use its database.
     tmp = db_path.with_name(f".{db_path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")

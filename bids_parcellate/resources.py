@@ -10,8 +10,8 @@ from the BOLD headers (grid x volumes, nothing is decompressed) and the brain ma
 with a one-line message saying how much it needs. The model, measured with
 ``/usr/bin/time -v`` (``benchmarks/memory_estimate.py`` re-measures it), is
 
-``peak = held + margin + a * largest BOLD grid (float32 bytes) + b * unit data (float32
-bytes) + c * clustering features (float64 bytes)``
+``peak = held + margin + a * largest BOLD grid (float32 bytes; only when the BOLD is read
+whole) + b * unit data (float32 bytes) + c * clustering features (float64 bytes)``
 
 where ``held`` is the peak memory of the process when the estimate is made (interpreter
 and libraries loaded),
@@ -37,7 +37,9 @@ GB = 1e9
 #: Margin over the memory the process already holds (interpreter and libraries,
 #: measured when the estimate is made) for what the pipeline allocates besides the data.
 MARGIN_BYTES = 0.1 * GB
-#: Per float32 byte of the largest run's 4D image (read whole, once).
+#: Per float32 byte of the largest run's 4D image, when it is read whole (resampling to
+#: a target grid, or a mask computed from the BOLD); otherwise the BOLD is streamed in
+#: 16 MB blocks and only the in-mask voxels are kept (part of the unit data below).
 GRID_FACTOR = 1.0
 #: Per float32 byte of the unit's in-mask data (voxels x all volumes): float64 cleaning
 #: copies, the cleaned runs kept for extraction, smoothed and concatenated features.
@@ -105,6 +107,10 @@ def estimate_unit_memory(runs: list[Run], config: Config,
         # image is held next to the one read
         mask_voxels = int(np.ceil(mask_voxels * ratio))
         grid = int(grid * (1 + ratio))
+    from bids_parcellate.masking import DATA_STRATEGIES
+
+    if ratio is None and config.mask_strategy not in DATA_STRATEGIES:
+        grid = 0  # streamed (denoise.read_bold)
     features = mask_voxels * min(volumes, config.n_components)
     factor = FEATURE_FACTOR.get(config.method, DEFAULT_FEATURE_FACTOR)
     base = base_bytes() if base is None else base

@@ -98,6 +98,11 @@ def test_indexer_keeps_only_the_requested_participants_and_the_files_used(tmp_pa
     # the database sits in the work directory, keyed by the participants indexed
     databases = list((tmp_path / "work" / "bids_db").glob("*/layout_index.sqlite"))
     assert len(databases) == 1
+    # ... saved from the in-memory index and reused by the next invocation: a file
+    # removed since is still listed (nothing was scanned again)
+    removed = next((root / "sub-02").rglob("*space-T1w_desc-brain_mask.nii.gz"))
+    removed.unlink()
+    assert indexed_names(index_layout(config, root)) == used
 
 
 def test_shared_database_indexes_everyone_once_and_is_reused(tmp_path, package_log):
