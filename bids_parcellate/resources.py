@@ -32,8 +32,10 @@ LOGGER = logging.getLogger("bids_parcellate")
 GB = 1e9
 # Fitted on peak RSS measured with /usr/bin/time -v (generated data at 4 mm with 1 and
 # 3 runs of 150 volumes and at 2 mm with 1 run of 100 volumes, ward and kmeans, and the
-# real studyforrest run); benchmarks/memory_estimate.py puts the estimate 17-38 % above
-# every measurement (8, 4 and 2 mm, 1 and 3 runs, ward and kmeans).
+# real studyforrest run); with the BOLD streamed (no 4D grid term on the plain path)
+# benchmarks/memory_estimate.py puts the estimate 20-35 % above every measurement (8, 4
+# and 2 mm, 1 and 3 runs, ward and kmeans; 60-70 % above at 2 mm with the quality
+# figures, docs/hpc.md).
 #: Margin over the memory the process already holds (interpreter and libraries,
 #: measured when the estimate is made) for what the pipeline allocates besides the data.
 MARGIN_BYTES = 0.1 * GB
