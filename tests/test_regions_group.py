@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from urllib.parse import unquote
 
 import nibabel as nib
 import numpy as np
@@ -89,6 +91,26 @@ def test_group_connectomes_equal_nilearn_on_written_timeseries(group_out):
     # tangent is group-only: the participant level wrote no tangent matrix
     assert not list(out.glob("sub-*/func/*_seg-canica_*_meas-tangent_relmat.tsv"))
     assert list(out.glob("sub-*/func/*_seg-canica_*_meas-correlation_relmat.tsv"))
+
+
+def test_group_report_draws_the_group_connectomes(group_out):
+    """One figure per measure beside its atlas (matrix + glass brain at every scale),
+    and the matrices are no longer dumped as tables."""
+    out, _ = group_out
+    html = (out / "group.html").read_text()
+    figures = re.findall(r'<img src="([^"]+)" alt="Group connectome (\w+)">\s*<figcaption>'
+                         r"Group \w+ connectome on atlas-nets \(([^)]+)\)", html)
+    assert sorted((meas, files) for _, meas, files in figures) == sorted(
+        (label, f"group_atlas-nets_scale-3_meas-{label}_relmat.tsv")
+        for label in KINDS.values())
+    dseg = (out / "tpl-MNI152NLin2009cAsym"
+            / "tpl-MNI152NLin2009cAsym_atlas-nets_scale-3_dseg.nii.gz")
+    n = int(np.asarray(nib.load(dseg).dataobj).max())
+    for uri, meas, _ in figures:
+        svg = unquote(uri.removeprefix("data:image/svg+xml;charset=utf-8,"))
+        assert svg.startswith("<svg") and f"scale 3: {n} parcels, {meas}<" in svg
+        assert svg.count("data:image/png;base64,") >= 2  # matrix and glass brain
+    assert "_relmat.tsv</h3>" not in html
 
 
 def test_group_outputs_validate(group_out):

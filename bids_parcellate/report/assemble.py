@@ -281,7 +281,59 @@ def _atlas_view(output_dir: Path, atlas: dict) -> dict:
         bg = resample_to_img(load_mni152_template(resolution=2), first,
                              interpolation="continuous", force_resample=True,
                              copy_header=True)
-    return {**atlas, "rows": rows, "uri": svg_uri(figures.atlas_maps(shown, bg))}
+    return {**atlas, "rows": rows, "uri": svg_uri(figures.atlas_maps(shown, bg)),
+            "connectomes": _group_connectomes(output_dir, atlas)}
+
+
+#: A group connectome table: ``group_atlas-<label>_scale-<k>[_res-<r>]_meas-<m>_relmat.tsv``.
+GROUP_RELMAT_PATTERN = re.compile(
+    r"^group_atlas-(?P<atlas>[A-Za-z0-9]+)_scale-(?P<scale>[0-9]+)(?:_res-(?P<res>[A-Za-z0-9]+))?"
+    r"_meas-(?P<meas>[A-Za-z0-9]+)_relmat\.tsv$")
+
+
+def _group_connectomes(output_dir: Path, atlas: dict) -> list[dict]:
+    """The group mean connectomes of an atlas (``--connectivity`` at the group level), one
+    figure per measure: the matrix and the graph on a glass brain at every scale, nodes at
+    the centroids of the atlas's parcels (read from the files, so ``--reports-only``
+    shows the same)."""
+    import nibabel as nib
+    import numpy as np
+
+    from bids_parcellate.report.connectome import connectome
+
+    found: dict[str, dict[int, Path]] = {}
+    for path in sorted(Path(output_dir).glob("group_atlas-*_relmat.tsv")):
+        match = GROUP_RELMAT_PATTERN.match(path.name)
+        if (match and match["atlas"] == atlas["atlas"] and match["res"] == atlas["res"]
+                and int(match["scale"]) in atlas["files"]):
+            found.setdefault(match["meas"], {})[int(match["scale"])] = path
+    out = []
+    for meas, paths in sorted(found.items()):
+        matrices, centroids = {}, {}
+        for scale, path in sorted(paths.items()):
+            img = nib.load(atlas["files"][scale])
+            labels = np.asarray(img.dataobj).astype(np.int64)
+            n = int(labels.max())
+            inside = labels > 0
+            coords = np.argwhere(inside).astype(np.float64)
+            counts = np.maximum(np.bincount(labels[inside], minlength=n + 1)[1:], 1)
+            voxels = np.stack([np.bincount(labels[inside], weights=coords[:, d],
+                                           minlength=n + 1)[1:] / counts for d in range(3)],
+                              axis=1)
+            # first row: column names; first column: node names
+            matrix = np.loadtxt(path, delimiter="\t", skiprows=1,
+                                usecols=range(1, n + 1), ndmin=2)
+            if matrix.shape != (n, n):
+                LOGGER.warning("%s: %s matrix for %d parcels, not shown", path.name,
+                               matrix.shape, n)
+                continue
+            matrices[scale] = matrix
+            centroids[scale] = nib.affines.apply_affine(img.affine, voxels)
+        if matrices:
+            out.append({"measure": meas, "uri": svg_uri(connectome(matrices, centroids,
+                                                                    meas)),
+                        "files": [paths[k].name for k in sorted(matrices)]})
+    return out
 
 
 def write_group_report(output_dir: Path) -> Path:
@@ -306,7 +358,9 @@ def write_group_report(output_dir: Path) -> Path:
     if not atlases and not records:
         raise UserError(f"{output_dir}: no group atlas (tpl-*/) and no participant report "
                         "data to report on")
-    tables = [_table(p) for p in sorted(output_dir.glob("group*.tsv"))]
+    # group connectomes are drawn with their atlas, not listed as tables
+    tables = [_table(p) for p in sorted(output_dir.glob("group*.tsv"))
+              if not p.name.endswith("_relmat.tsv")]
     # agreement tables (one row per participant, session and scale) become columns of
     # the participants table: "<measure> (<scale>)", sessions' values joined by " / "
     extra_columns: list[str] = []
