@@ -358,6 +358,7 @@ def test_kill_9_at_any_moment_leaves_no_partial_output(four, tmp_path):
     expected = manifest(reference)
     out = tmp_path / "out"
     command = cli_command(four.root, out, "participant", "--n-parcels", "10", "20")
+    scratch = tmp_path / "scratch"
 
     def files(pattern: str) -> set[Path]:
         return set(out.glob(pattern)) if out.exists() else set()
@@ -369,8 +370,10 @@ def test_kill_9_at_any_moment_leaves_no_partial_output(four, tmp_path):
     def kill_when(condition) -> dict:
         """Start a run, SIGKILL it as soon as ``condition(pid, files at start)`` holds."""
         start = files("**/*")
-        proc = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        # a killed run cannot remove its temporary work folder: keep it under tmp_path
+        scratch.mkdir(exist_ok=True)
+        proc = subprocess.Popen(command, env={**subprocess_env(), "TMPDIR": str(scratch)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while proc.poll() is None and not condition(proc.pid, start):
             time.sleep(0.001)
         alive = proc.poll() is None
@@ -399,9 +402,11 @@ def test_kill_9_at_any_moment_leaves_no_partial_output(four, tmp_path):
     # SIGTERM (a scheduler's time limit) while a file is written: a clean exit that
     # removes the temporary file and the interrupted unit's partial outputs
     (out / "sub-04" / "sub-04_completed.json").unlink(missing_ok=True)
+    term_scratch = tmp_path / "scratch-term"
+    term_scratch.mkdir()
     proc = subprocess.Popen([*command, "--overwrite", "--participant-label", "04"],
-                            env=subprocess_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            env={**subprocess_env(), "TMPDIR": str(term_scratch)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     while proc.poll() is None and not [p for p in temps_of(proc.pid) if "sub-04" in p.parts]:
         time.sleep(0.001)
     assert proc.poll() is None, "the run ended before it wrote a file"
@@ -409,6 +414,7 @@ def test_kill_9_at_any_moment_leaves_no_partial_output(four, tmp_path):
     assert proc.wait(timeout=60) == 143
     assert "terminated (SIGTERM)" in proc.stderr.read()
     assert not temps_of(proc.pid)
+    assert not list(term_scratch.iterdir())  # its temporary work folder is gone too
     assert not [p for p in (out / "sub-04").rglob("*") if p.is_file()]
     proc = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True,
                           timeout=600)
