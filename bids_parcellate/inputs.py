@@ -290,7 +290,9 @@ def index_layout(config: Config, root: Path):
         try:
             built.save(tmp, replace_connection=False)
             os.rename(tmp, db_path)
-        except OSError:  # the destination exists (a concurrent run) or is not writable
+        except Exception:  # noqa: BLE001 - the destination exists (a concurrent run) or
+            # is not writable (sqlite3 errors are not OSErrors): the index in memory is
+            # all this run needs
             LOGGER.debug("pybids database %s not saved", db_path, exc_info=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -105,6 +105,24 @@ def test_indexer_keeps_only_the_requested_participants_and_the_files_used(tmp_pa
     assert indexed_names(index_layout(config, root)) == used
 
 
+def test_an_index_that_cannot_be_saved_still_serves_the_run(tmp_path, monkeypatch):
+    """Saving the private index is for later invocations only: a database error while
+    saving it (here sqlite's, which is not an OSError) leaves this run its index."""
+    import sqlite3
+
+    from bids.layout import BIDSLayout
+
+    def refuse(self, *args, **kwargs):
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(BIDSLayout, "save", refuse)
+    root = fmriprep_tree(tmp_path / "fmriprep")
+    config = Config(bids_dir=root, output_dir=tmp_path / "out", work_dir=tmp_path / "work",
+                    participant_label=("02",))
+    assert len(indexed_names(index_layout(config, root))) == 12
+    assert not list((tmp_path / "work").rglob("layout_index.sqlite"))
+
+
 def test_shared_database_indexes_everyone_once_and_is_reused(tmp_path, package_log):
     root = fmriprep_tree(tmp_path / "fmriprep")
     db = tmp_path / "db"
