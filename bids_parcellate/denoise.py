@@ -243,7 +243,15 @@ def read_bold(img: nib.Nifti1Image, stream, run: Run,
             series, total = _read_masked(img.dataobj, unit_mask.mask)
         except Exception as exc:  # truncated / corrupt gzip streams land here
             raise RunError(f"{run.bold}: cannot read NIfTI data ({_short(exc)})") from exc
-    mean_img = (total / img.shape[3]).astype(np.float32)
+    check_series(run, series)
+    return series, (total / img.shape[3]).astype(np.float32)
+
+
+def check_series(run: Run, series: np.ndarray) -> None:
+    """Refuse NaN/Inf and all-constant data inside the mask; warn about constant voxels.
+
+    ``series``: (time x voxels) in the mask, as read (or resampled) from ``run.bold``.
+    """
     # one pass: NaN propagates into the minimum and maximum, and so does Inf into one
     low, high = series.min(axis=0), series.max(axis=0)
     bad = int((~(np.isfinite(low) & np.isfinite(high))).sum())
@@ -257,7 +265,6 @@ def read_bold(img: nib.Nifti1Image, stream, run: Run,
         LOGGER.warning("%s: %d of %d voxels inside the brain mask are constant in time "
                        "(zero variance); kept with a zero signal", run.bold.name, constant,
                        series.shape[1])
-    return series, mean_img
 
 
 def _read_masked(proxy, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

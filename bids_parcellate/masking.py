@@ -33,7 +33,13 @@ import nibabel as nib
 import numpy as np
 
 from bids_parcellate.config import Config, UserError
-from bids_parcellate.denoise import CleanRun, RunError, UnitMask, load_unit_mask
+from bids_parcellate.denoise import (
+    CleanRun,
+    RunError,
+    UnitMask,
+    check_series,
+    load_unit_mask,
+)
 from bids_parcellate.inputs import Run
 
 LOGGER = logging.getLogger("bids_parcellate")
@@ -295,9 +301,7 @@ class BoldReader:
             mean_img = data.mean(axis=3, dtype=np.float64).astype(np.float32)
         series = np.ascontiguousarray(data[mask].T)
         del data
-        if not np.isfinite(series).all():
-            bad = int((~np.isfinite(series)).any(axis=0).sum())
-            raise RunError(f"{run.bold}: {bad} voxels inside the brain mask hold NaN or Inf")
+        check_series(run, series)
         return series, mean_img
 
 
