@@ -44,6 +44,7 @@ from bids_parcellate.parcellate import (
     build_features,
     parcellate,
     smooth_masked,
+    warn_disconnected,
 )
 
 LOGGER = logging.getLogger("bids_parcellate")
@@ -113,7 +114,8 @@ def consensus_parcellation(runs_data: Sequence[np.ndarray], mask: np.ndarray,
                            n_resamples: int, fwhm: float, n_components: int,
                            random_state: int,
                            features: np.ndarray | None = None,
-                           options: dict | None = None) -> LabelsByScale:
+                           options: dict | None = None,
+                           warn_pieces: bool = True) -> LabelsByScale:
     """Consensus of ``method`` over ``n_resamples`` block-bootstrap resamples.
 
     Parameters
@@ -135,6 +137,8 @@ def consensus_parcellation(runs_data: Sequence[np.ndarray], mask: np.ndarray,
         already has it.
     options : dict, optional
         Keyword knobs of ``method`` (see :func:`~bids_parcellate.parcellate.parcellate`).
+    warn_pieces : bool
+        Warn (once) when the mask is disconnected.
 
     Returns
     -------
@@ -143,6 +147,8 @@ def consensus_parcellation(runs_data: Sequence[np.ndarray], mask: np.ndarray,
     """
     scales = sorted(scales)
     n_voxels = runs_data[0].shape[1]
+    if warn_pieces:  # once here rather than at every resample and final cut
+        warn_disconnected(mask, method)
     # smoothing is spatial, volume by volume: smooth once, resample the smoothed volumes
     smoothed = [smooth_masked(x, mask, affine, fwhm) if fwhm else x for x in runs_data]
     labels = {k: np.empty((n_resamples, n_voxels), dtype=np.int32) for k in scales}
@@ -153,7 +159,8 @@ def consensus_parcellation(runs_data: Sequence[np.ndarray], mask: np.ndarray,
         # fancy indexing copies, so build_features may standardise the resample in place
         resample = [x[block_bootstrap(x.shape[0], rng)] for x in smoothed]
         fit = parcellate(build_features(resample, mask, affine, 0.0, n_components), mask,
-                         method, scales, int(rng.integers(0, 2**31 - 1)), **(options or {}))
+                         method, scales, int(rng.integers(0, 2**31 - 1)), warn_pieces=False,
+                         **(options or {}))
         for k in scales:
             labels[k][b] = fit[k]
         LOGGER.debug("bootstrap resample %d/%d (%.1f s)", b + 1, n_resamples,
@@ -165,5 +172,5 @@ def consensus_parcellation(runs_data: Sequence[np.ndarray], mask: np.ndarray,
     out = {}
     for k in scales:
         bagged = bagged_features(features, labels.pop(k))
-        out[k] = parcellate(bagged, mask, "ward", [k], random_state)[k]
+        out[k] = parcellate(bagged, mask, "ward", [k], random_state, warn_pieces=False)[k]
     return out

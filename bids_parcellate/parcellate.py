@@ -359,7 +359,7 @@ HIERARCHICAL_METHODS = ("ward", "complete", "average")
 
 def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
                scales: Sequence[int], random_state: int, *, memo: Callable | None = None,
-               n_jobs: int = 1, **options) -> LabelsByScale:
+               n_jobs: int = 1, warn_pieces: bool = True, **options) -> LabelsByScale:
     """Run ``method`` on ``features`` for every scale.
 
     Parameters
@@ -375,6 +375,9 @@ def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
         (hierarchical methods keep their tree with it; see :mod:`bids_parcellate.cache`).
     n_jobs : int
         Threads, where a method splits its own work (the labels do not depend on it).
+    warn_pieces : bool
+        Warn when the mask is disconnected (:func:`warn_disconnected`); False for the
+        extra fits of one unit (resamples, split halves), which the unit's fit reports.
     **options
         Keyword knobs of the method (``scaling``, ``n_iter`` for rena; ``n_init``,
         ``batch_size`` for kmeans and hierarchical_kmeans).
@@ -385,7 +388,8 @@ def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
         scale -> int32 labels (1..n) over the in-mask voxels.
     """
     check_scales(scales, features.shape[0])
-    warn_disconnected(mask, method)
+    if warn_pieces:
+        warn_disconnected(mask, method)
     if memo is not None and method in HIERARCHICAL_METHODS:
         options["memo"] = memo
     labels = METHODS[method](features, mask, sorted(scales), random_state, n_jobs=n_jobs,

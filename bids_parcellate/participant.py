@@ -465,7 +465,8 @@ def _write_connectomes(config: Config, result: UnitResult, series: dict,
 
 def learn_parcellation(config: Config, runs_data: Sequence[np.ndarray], mask: np.ndarray,
                        affine: np.ndarray, *, prepared: Callable | None = None,
-                       features: np.ndarray | None = None, memo: Callable | None = None
+                       features: np.ndarray | None = None, memo: Callable | None = None,
+                       warn_pieces: bool = True
                        ) -> tuple[LabelsByScale, dict[int, RegionSet]]:
     """Labels at every scale from cleaned runs, and the region sets of region-based
     methods: the unit's own procedure (one fit of ``--method`` with its knobs, its
@@ -474,7 +475,8 @@ def learn_parcellation(config: Config, runs_data: Sequence[np.ndarray], mask: np
 
     ``prepared()`` (returning :func:`prepare_runs` of ``runs_data``), ``features``
     (:func:`build_features`) and ``memo`` (tree cache, see :func:`parcellate`) are used
-    when the caller has them.
+    when the caller has them. ``warn_pieces``: warn about a disconnected mask (the halves
+    leave it to the unit's own fit).
     """
     def smoothed() -> list[np.ndarray]:
         if prepared is not None:
@@ -491,14 +493,14 @@ def learn_parcellation(config: Config, runs_data: Sequence[np.ndarray], mask: np
             smoothed(), mask, affine, method=config.method, scales=config.n_parcels,
             n_resamples=config.bootstrap, fwhm=0.0, n_components=config.n_components,
             random_state=config.random_seed, features=features,
-            options=config.method_options())
+            options=config.method_options(), warn_pieces=warn_pieces)
     else:
         if features is None:
             features = build_features([], mask, affine, config.smoothing_fwhm,
                                       config.n_components, prepared=smoothed())
         labels = parcellate(features, mask, config.method, config.n_parcels,
                             config.random_seed, memo=memo, n_jobs=config.nprocs,
-                            **config.method_options())
+                            warn_pieces=warn_pieces, **config.method_options())
     regions: dict[int, RegionSet] = {}
     if config.split_disconnected:
         regions = {k: split_disconnected(lab, mask, affine, config.min_region_size)
@@ -590,7 +592,7 @@ def _quality_figures(config: Config, result: UnitResult, cleaned: list[CleanRun]
             connectivity,
             lambda segments, take: learn_parcellation(
                 config, segments, unit_mask.mask, unit_mask.affine,
-                prepared=lambda: take(prepared()))[0],
+                prepared=lambda: take(prepared()), warn_pieces=False)[0],
             config.random_seed)
     except quality.TooShort as exc:
         LOGGER.warning("%s: no quality figures (%s)", result.name, exc)

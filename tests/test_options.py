@@ -275,6 +275,23 @@ def test_disconnected_mask_warns_once(logged):
     np.testing.assert_array_equal(parcellate.mask_pieces(mask), [72, 72])
 
 
+def test_disconnected_user_mask_warns_once_per_unit(demo, tmp_path, capsys):
+    """The unit's fit reports the pieces; its bootstrap resamples, final cuts and the
+    quality figures' half fits do not repeat it."""
+    brain = fmriprep_mask(demo)
+    data = np.asarray(brain.dataobj).astype(bool)
+    cut = int(np.argwhere(data)[:, 1].mean())
+    data[:, cut - 1:cut + 1] = False  # a 16 mm gap: two pieces
+    user = tmp_path / "two_pieces.nii.gz"
+    nib.save(nib.Nifti1Image(data.astype(np.uint8), brain.affine), user)
+    assert parcellate.mask_pieces(data).size == 2
+    assert run_cli(demo.root, tmp_path / "out", "--n-parcels", "10", "--mask", user,
+                   "--bootstrap", "2") == 0
+    warned = [m for m in capsys.readouterr().err.splitlines() if "disconnected pieces" in m]
+    assert len(warned) == 1, warned
+    assert "2 disconnected pieces" in warned[0]
+
+
 # --------------------------------------------------------------------------- resampling
 def test_target_resolution_resamples_everything(demo, tmp_path):
     out = tmp_path / "out"
