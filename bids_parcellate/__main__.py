@@ -1,5 +1,5 @@
 """Allow ``python -m bids_parcellate``."""
 
-from bids_parcellate.cli import main
+from bids_parcellate.cli import console_main
 
-raise SystemExit(main())
+raise SystemExit(console_main())

@@ -107,15 +107,15 @@ def _sidecar(path: Path) -> Path:
 def _versions() -> dict:
     """Library versions, and a hash of our own code (a change of code that keeps the
     version number still invalidates the cache)."""
-    import nilearn
+    from importlib.metadata import version
+
     import scipy
-    import sklearn
 
     code = hashlib.sha256()
     for path in sorted(Path(__file__).parent.rglob("*.py")):
         code.update(path.read_bytes())
     return {"bids_parcellate": __version__, "code": code.hexdigest()[:16],
-            "nilearn": nilearn.__version__, "sklearn": sklearn.__version__,
+            "nilearn": version("nilearn"), "sklearn": version("scikit-learn"),
             "numpy": np.__version__, "scipy": scipy.__version__}
 
 

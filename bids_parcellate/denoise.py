@@ -365,33 +365,36 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
         raise RunError(
             f"{run.bold}: RepetitionTime missing or <= 0 in the sidecar and header"
         )
-    from concurrent.futures import ThreadPoolExecutor
+    from bids_parcellate import sidecar
 
     if unit_mask.reader is not None:  # resampling / mask from the BOLD (masking.py)
         series, mean_img = load_bold(run, unit_mask)
-        early = None
+        plan = denoising_plan(run, series.shape[0], config)
     else:
         img, stream = open_bold(run, unit_mask)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            # the BOLD is decompressed (GIL released) while this thread reads the
-            # confounds and imports nilearn (about 1 s of CPU, hidden behind the read)
-            bold = pool.submit(read_bold, img, stream, run, unit_mask)
-            try:
-                early = _confounds_while_reading(run, config, img.shape[3])
-            finally:
-                series, mean_img = bold.result()  # BOLD errors come first
+        n_volumes = img.shape[3]
+        # the helper process loads the confounds (its nilearn import started with the
+        # participant level) while this one reads the BOLD; else the BOLD is
+        # decompressed by a thread (GIL released) while this one does it
+        if sidecar.running():
+            wait = sidecar.call(denoising_plan, run, n_volumes, config)
+            series, mean_img = read_bold(img, stream, run, unit_mask)
+            plan = wait()  # BOLD errors come first
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                bold = pool.submit(read_bold, img, stream, run, unit_mask)
+                try:
+                    plan = denoising_plan(run, n_volumes, config)
+                except (RunError, SkipRun) as exc:
+                    plan = exc
+                finally:
+                    series, mean_img = bold.result()  # BOLD errors come first
+            if isinstance(plan, Exception):
+                raise plan
     n_volumes = series.shape[0]
-    if early is None:
-        early = load_confounds(run, n_volumes, config)
-    confounds, names, sample_mask, fd = early
-    if sample_mask.size == 0:
-        raise RunError(f"{run.bold}: all {n_volumes} volumes are censored")
-    if sample_mask.size < config.min_volumes:
-        raise SkipRun(
-            f"{sample_mask.size} of {n_volumes} volumes kept after censoring "
-            f"(< --min-volumes {config.min_volumes})"
-        )
-    operator = cleaning_operator(n_volumes, confounds, sample_mask, config, run.tr)
+    confounds, names, sample_mask, fd, operator = plan
     cleaned = apply_operator(operator, series, sample_mask, n_jobs=config.nprocs)
     del series
     return CleanRun(
@@ -405,16 +408,27 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
     )
 
 
-def _confounds_while_reading(run: Run, config: Config, n_volumes: int):
-    """:func:`load_confounds`, or None when the confounds are unusable (then the error is
-    raised after the BOLD's own errors, by the caller calling :func:`load_confounds`
-    again)."""
-    import nilearn.signal  # noqa: F401 - imported here to overlap with the read
+def denoising_plan(run: Run, n_volumes: int, config: Config):
+    """What :func:`clean_run` needs besides the BOLD: confounds (values and names),
+    sample mask, framewise displacement and the cleaning operator.
 
-    try:
-        return load_confounds(run, n_volumes, config)
-    except Exception:
-        return None
+    Runs in the helper process when there is one (:mod:`bids_parcellate.sidecar`).
+
+    Raises
+    ------
+    RunError, SkipRun
+        As :func:`clean_run`.
+    """
+    confounds, names, sample_mask, fd = load_confounds(run, n_volumes, config)
+    if sample_mask.size == 0:
+        raise RunError(f"{run.bold}: all {n_volumes} volumes are censored")
+    if sample_mask.size < config.min_volumes:
+        raise SkipRun(
+            f"{sample_mask.size} of {n_volumes} volumes kept after censoring "
+            f"(< --min-volumes {config.min_volumes})"
+        )
+    operator = cleaning_operator(n_volumes, confounds, sample_mask, config, run.tr)
+    return confounds, names, sample_mask, fd, operator
 
 
 def cleaning_operator(n_volumes: int, confounds: np.ndarray | None, sample_mask: np.ndarray,

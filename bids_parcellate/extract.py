@@ -48,8 +48,6 @@ def parcel_timeseries(data: np.ndarray, labels_by_scale: Mapping[int, np.ndarray
     dict
         scale -> ndarray (n_times, n_parcels), float64.
     """
-    from nilearn.signal import standardize_signal
-
     operator = averaging_operator(labels_by_scale)
     means = np.empty((data.shape[0], operator.shape[1]))
     # float64 products a few volumes at a time: no float64 copy of the whole run
@@ -61,10 +59,29 @@ def parcel_timeseries(data: np.ndarray, labels_by_scale: Mapping[int, np.ndarray
         n = int(labels_by_scale[scale].max())
         block = means[:, start:start + n]
         start += n
-        if standardize:
-            block = standardize_signal(block, detrend=False, standardize=standardize)
-        out[scale] = block
+        out[scale] = standardize_parcels(block, standardize)
     return out
+
+
+def standardize_parcels(block: np.ndarray, standardize: str | bool) -> np.ndarray:
+    """nilearn's ``standardize_signal(block, detrend=False, standardize=standardize)``.
+
+    The default ``zscore_sample`` is computed here with the same operations (equal to
+    the last bit, tested): importing ``nilearn.signal`` imports scikit-learn and
+    scipy.signal (about 1 s), which the participant level otherwise leaves to its helper
+    process (:mod:`bids_parcellate.sidecar`).
+    """
+    if not standardize:
+        return block
+    if standardize == "zscore_sample" and block.shape[0] > 1:
+        block = block - block.mean(axis=0)
+        std = block.std(axis=0, ddof=1)
+        std[std < np.finfo(np.float64).eps] = 1.0
+        block /= std
+        return block
+    from nilearn.signal import standardize_signal
+
+    return standardize_signal(block, detrend=False, standardize=standardize)
 
 
 def align_to_volumes(block: np.ndarray, sample_mask: np.ndarray, n_volumes: int) -> np.ndarray:

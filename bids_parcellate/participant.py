@@ -19,7 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import cache, outputs, parallel, quality, report, resume
+from bids_parcellate import cache, outputs, parallel, quality, report, resume, sidecar
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.connectome import measure_label, run_connectomes
 from bids_parcellate.connectome import sidecar as relmat_sidecar
@@ -759,6 +759,8 @@ def run_participant_level(config: Config, selection: Selection,
         elif plan.reason != "new":
             LOGGER.info("%s: recomputing (%s)", name, plan.reason)
     workers = parallel.plan_workers(config.nprocs, len(todo), unit_gb, config.mem_gb)
+    if workers.workers > 1 and len(todo) > 1:
+        sidecar.stop()  # each worker process imports nilearn for itself
     # each unit's own threads (reading, cleaning, smoothing, Ward): the worker's share
     unit_config = replace(config, nprocs=workers.threads)
     tasks = [(unit_config, key, runs, selection.fmriprep_dirs, plans[key].listed,

@@ -444,7 +444,7 @@ def assess(runs_data: Sequence[np.ndarray], sample_masks: Sequence[np.ndarray],
         scale -> {column: value} for the columns of :data:`COLUMNS` that describe
         figures (the identifying columns are added by the caller).
     """
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    from bids_parcellate import sidecar
 
     scales = sorted(labels_by_scale)
     halves = split_halves(runs_data, sample_masks, trs)
@@ -454,9 +454,11 @@ def assess(runs_data: Sequence[np.ndarray], sample_masks: Sequence[np.ndarray],
                        f"{MIN_HALF_VOLUMES} each are needed")
     fits = (learn(halves.first, lambda arrays: halves.take(arrays, 0)),
             learn(halves.second, lambda arrays: halves.take(arrays, 1)))
+    # scikit-learn's scores, in the helper process while this one computes the rest
+    agreements = sidecar.call(agreement, [(fits[0][s], fits[1][s]) for s in scales])
     scorers = (Scorer(halves.first), Scorer(halves.second))
     out = fixed_figures(runs_data, labels_by_scale, connectivity, random_state, n_null)
-    for scale in scales:
+    for scale, (ari, nmi) in zip(scales, agreements(), strict=True):
         first, second = fits[0][scale], fits[1][scale]
         out[scale].update({
             "split": halves.kind,
@@ -464,10 +466,19 @@ def assess(runs_data: Sequence[np.ndarray], sample_masks: Sequence[np.ndarray],
             "n_volumes_half2": n2,
             "accuracy_heldout": 0.5 * (scorers[1].accuracy(first)
                                        + scorers[0].accuracy(second)),
-            "ari": float(adjusted_rand_score(first, second)),
-            "nmi": float(normalized_mutual_info_score(first, second)),
+            "ari": ari,
+            "nmi": nmi,
         })
     return out
+
+
+def agreement(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float, float]]:
+    """scikit-learn's adjusted Rand index and normalised mutual information of each
+    pair of labelings."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    return [(float(adjusted_rand_score(a, b)), float(normalized_mutual_info_score(a, b)))
+            for a, b in pairs]
 
 
 def fixed_figures(runs_data: Sequence[np.ndarray], labels_by_scale: Mapping[int, np.ndarray],
