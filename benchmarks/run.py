@@ -79,16 +79,43 @@ def run_files(root: Path) -> dict[str, Path]:
 #: ``ru_maxrss`` across ``exec``, so a child forked from this runner (which has imported
 #: numpy, scikit-learn and, when it generated the data, held a 2 mm BOLD) would report at
 #: least the runner's own peak. The launcher forks from ~10 MB and reports the child's
-#: rusage as one JSON line on stderr.
+#: rusage as one JSON line on stderr. ``ru_maxrss`` is the peak of the largest process of
+#: the tree, not of their sum (our participant level runs a helper process beside the
+#: main one with ``--nprocs`` >= 2): the launcher also samples the summed RSS of the
+#: child and all its descendants every 10 ms and reports the larger of the two peaks.
 LAUNCHER = """
 import json, os, sys, time
 start = time.monotonic()
 pid = os.fork()
 if pid == 0:
     os.execvp(sys.argv[1], sys.argv[1:])
-_, status, usage = os.wait4(pid, 0)
-sys.stderr.write("\\n" + json.dumps({"wall_s": time.monotonic() - start,
-                 "rss_gb": usage.ru_maxrss / 2**20, "cpu_s": usage.ru_utime + usage.ru_stime,
+page = os.sysconf("SC_PAGE_SIZE")
+
+def tree_rss(root):
+    pids, total = [root], 0
+    for p in pids:
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    pids += [int(c) for c in f.read().split()]
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * page
+        except (OSError, ValueError):
+            pass
+    return total
+
+summed = 0
+while True:
+    done, status, usage = os.wait4(pid, os.WNOHANG)
+    if done:
+        break
+    summed = max(summed, tree_rss(pid))
+    time.sleep(0.01)
+wall = time.monotonic() - start
+sys.stderr.write("\\n" + json.dumps({"wall_s": wall,
+                 "rss_gb": max(usage.ru_maxrss * 1024, summed) / 2**30,
+                 "rss_largest_gb": usage.ru_maxrss / 2**20, "rss_sum_gb": summed / 2**30,
+                 "cpu_s": usage.ru_utime + usage.ru_stime,
                  "code": os.waitstatus_to_exitcode(status)}) + "\\n")
 sys.exit(0)
 """

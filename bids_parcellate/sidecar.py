@@ -9,9 +9,11 @@ With ``--nprocs`` of 2 or more, a command line that starts a fresh participant l
 (nilearn not imported yet) starts this helper first: it imports nilearn on another core
 while this process imports pybids, indexes the dataset and reads the first BOLD, and it
 then computes each run's confounds, sample mask and cleaning operator
-(:func:`bids_parcellate.denoise.denoising_plan`: the same code as in-process, BLAS
-single-threaded in both, so the results are identical, tested). Warnings and log
-records raised there are replayed here. Without the helper (``--nprocs 1``, units in
+(:func:`bids_parcellate.denoise.denoising_plan`) and the quality figures' scikit-learn
+scores (:func:`bids_parcellate.quality.agreement`): the same code as in-process, BLAS
+single-threaded in both, so the results are identical (tested byte for byte). Warnings
+and log records raised there are replayed here, exceptions raised again. This process
+then never imports scikit-learn on the default path. Without the helper (``--nprocs 1``, units in
 worker processes, nilearn already imported, or a helper that could not start or died)
 the same function runs in this process.
 """
@@ -46,7 +48,8 @@ class _Records(logging.Handler):
 
 
 def _serve(conn) -> None:
-    """The helper's loop: ``(function, args)`` in, ``(ok, value, warnings, records)`` out."""
+    """The helper's loop: ``(function, args)`` in; out ``(value, traceback, warnings,
+    log records)``, where value is the exception raised when traceback is not None."""
     try:
         import nilearn.interfaces.fmriprep  # noqa: F401  (the point of this process)
         import nilearn.signal  # noqa: F401
@@ -67,14 +70,37 @@ def _serve(conn) -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("default")
             try:
-                value, ok = function(*args), True
-            except Exception as exc:  # returned, raised again by the caller
-                value, ok = exc, False
+                value, remote = function(*args), None
+            except Exception as exc:  # sent back, raised again by the caller
+                value, remote = _portable(exc)
         raised = [(str(w.message), w.category) for w in caught]
         try:
-            conn.send((ok, value, raised, records.records))
+            conn.send((value, remote, raised, records.records))
         except Exception as exc:  # an unpicklable result: report it rather than hang
-            conn.send((False, HelperGone(f"cannot return the result: {exc}"), [], []))
+            conn.send((HelperGone(f"cannot return the result: {exc}"), "", [], []))
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in the helper (its ``__cause__``, shown
+    with ``-v``)."""
+
+    def __str__(self) -> str:
+        return "\n" + self.args[0]
+
+
+def _portable(exc: Exception) -> tuple[Exception, str]:
+    """``exc`` as it can cross the pipe (the same exception, as our RunError and
+    SkipRun, or a RuntimeError with its text when it does not unpickle) and its
+    traceback."""
+    import pickle
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc, text
 
 
 class Helper:
@@ -113,10 +139,11 @@ class Helper:
         self._pending = True
 
     def result(self):
-        """The result of the call sent by :meth:`submit` (its exception is raised here)."""
+        """The result of the call sent by :meth:`submit` (its exception is raised here,
+        with the helper's traceback as its cause)."""
         self._pending = False
         try:
-            ok, value, raised, records = self._conn.recv()
+            value, remote, raised, records = self._conn.recv()
         except (EOFError, OSError) as exc:
             raise HelperGone(f"helper process ended (exit code {self.process.exitcode})"
                              ) from exc
@@ -125,8 +152,8 @@ class Helper:
         for record in records:
             if LOGGER.isEnabledFor(record.levelno):
                 LOGGER.handle(record)
-        if not ok:
-            raise value
+        if remote is not None:
+            raise value from RemoteTraceback(remote)
         return value
 
     def stop(self) -> None:
@@ -171,7 +198,7 @@ def call(function: Callable, *args) -> Callable[[], object]:
         try:
             helper.submit(function, *args)
         except HelperGone as exc:
-            LOGGER.debug("helper process unusable (%s)", exc)
+            LOGGER.warning("helper process failed (%s); continuing without it", exc)
             stop()
         else:
             def wait():
