@@ -677,7 +677,8 @@ def limit_threads(nprocs: int) -> Iterator[None]:
     processes) and limits the native libraries already loaded with threadpoolctl (the
     variables have no effect on those). numpy's and scipy's BLAS are loaded here;
     scikit-learn's OpenMP runtime is not (importing scikit-learn takes 1-2 s, which the
-    participant level hides behind the first BOLD read): when it loads later it reads
+    participant level leaves to its helper process, :mod:`bids_parcellate.sidecar`, or
+    overlaps with the first BOLD read): when it loads later it reads
     ``OMP_NUM_THREADS``. Everything is restored on exit, libraries loaded meanwhile
     included, so in-process callers (tests) see no global change. Containers rely on
     this: they report the host's CPU count, not the job's share.

@@ -53,8 +53,7 @@ DEFAULT_FEATURE_FACTOR = 0.3
 
 
 #: Resident memory that nilearn and scikit-learn add once imported (measured: 96 MB).
-#: They are not imported to measure it: importing them takes 1-2 s, which the
-#: participant level hides behind its first BOLD read.
+#: They are not imported to measure it: importing them takes 1-2 s.
 LIBRARY_BYTES = 0.1 * GB
 
 
