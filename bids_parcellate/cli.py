@@ -691,9 +691,7 @@ def limit_threads(nprocs: int) -> Iterator[None]:
     from threadpoolctl import ThreadpoolController, threadpool_limits
 
     loaded = {lib.filepath for lib in ThreadpoolController().lib_controllers}
-    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    os.environ.update({name: str(nprocs) for name in THREAD_VARIABLES})
-    try:
+    with thread_variables(nprocs) as saved:
         import numpy  # noqa: F401  (loads numpy's OpenBLAS)
         import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS)
 
@@ -705,6 +703,17 @@ def limit_threads(nprocs: int) -> Iterator[None]:
             for lib in ThreadpoolController().lib_controllers:
                 if lib.filepath not in loaded:  # loaded under our variables: undo them
                     lib.set_num_threads(_default_threads(lib.user_api, saved))
+
+
+@contextmanager
+def thread_variables(threads: int) -> Iterator[dict[str, str | None]]:
+    """Set :data:`THREAD_VARIABLES` to ``threads`` for the duration (read by native
+    libraries loaded meanwhile and by child processes started meanwhile); yields their
+    previous values, which are restored on exit."""
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    try:
+        yield saved
     finally:
         for name, value in saved.items():
             if value is None:

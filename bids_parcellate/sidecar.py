@@ -107,7 +107,7 @@ class Helper:
     """One helper process (spawned: no copy of this process's memory or threads)."""
 
     def __init__(self) -> None:
-        from bids_parcellate.cli import THREAD_VARIABLES
+        from bids_parcellate.cli import thread_variables
 
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
@@ -115,16 +115,10 @@ class Helper:
                                        name="bids_parcellate-helper")
         # single-threaded native libraries from the start, as the main process runs
         # BLAS in a unit (run_unit): the same operations give the same bits
-        saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-        os.environ.update({name: "1" for name in THREAD_VARIABLES})
         try:
-            self.process.start()
+            with thread_variables(1):
+                self.process.start()
         finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
             child.close()
         self._pending = False
 
