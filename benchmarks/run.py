@@ -9,7 +9,9 @@ then runs whole processes in alternation, several times:
   ``transform``, same smoothing, standardisation, confounds and scale);
 * ``ours``:    ``bids_parcellate BIDS OUT participant`` on the same files.
 
-Wall time and peak RSS come from ``os.wait4`` on each child. Medians are reported with
+Wall time and peak RSS come from ``os.wait4`` on each child; the RSS is the larger of
+its ``ru_maxrss`` and the summed RSS of its process tree sampled every 10 ms (our
+participant level runs a helper process beside the main one). Medians are reported with
 their ratios, together with the ARI of each parcellation to the generator's ground
 truth. Also measured: 5 scales (100 200 400 700 1000) against 1 scale, and kmeans,
 hierarchical_kmeans and rena against nilearn's.
