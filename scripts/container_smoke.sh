@@ -10,7 +10,9 @@
 #      system, a tmpfs on /tmp, no network and an arbitrary non-root UID;
 #   4. the group level the same way, when the image has one (see below);
 # then asserts that the expected files exist, that dataset_description.json names the
-# container, and that bids-validator-deno (on the host) finds no error.
+# container, and that bids-validator-deno (on the host) finds no error; then
+#   5. one participant again with its helper process (--nprocs 2, one unit), whose files
+#      must equal those of step 3.
 # Needs on the host: ENGINE, python3 (standard library only) and bids-validator-deno.
 set -euo pipefail
 
@@ -157,5 +159,31 @@ print(f"::: container: validator: {len(errors)} error(s), "
 sys.exit(1 if errors else 0)
 EOF
 [ "$rc" -eq 0 ] || die "bids-validator-deno exit $rc"
+
+# One participant with --nprocs 2 is processed in the main process, with the helper
+# process that imports nilearn and loads the confounds (bids_parcellate/sidecar.py),
+# under the same restrictions; its files equal those of the two-worker run above.
+mkdir -p "$WORK/out1"
+if [ "$(id -u)" -eq 0 ]; then chown "$RUN_UID:$RUN_GID" "$WORK/out1"; fi
+timed "participant level (1 subject, helper)" "${RUN[@]}" -v "$WORK/bids/ds:/data:ro" \
+    -v "$WORK/out1:/out" "$IMAGE" /data /out participant --participant-label 01 \
+    --n-parcels "${N_PARCELS[@]}" --nprocs 2 -v 2> "$WORK/helper.log"
+grep -q "helper process [0-9]* imports nilearn" "$WORK/helper.log" \
+    || { cat "$WORK/helper.log" >&2; die "no helper process with --nprocs 2 and one participant"; }
+python3 - "$WORK/out" "$WORK/out1" <<'EOF' || die "helper run differs from the two-worker run"
+import hashlib, sys
+from pathlib import Path
+
+def hashes(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for pattern in ("*.nii.gz", "*.tsv") for p in (root / "sub-01").rglob(pattern)}
+
+two, one = hashes(Path(sys.argv[1])), hashes(Path(sys.argv[2]))
+# (the group level above also wrote sub-01 files: compare those of the helper run)
+differ = sorted(k for k in one if two.get(k) != one[k])
+if not one or differ:
+    sys.exit(f"sub-01 files differ or are missing: {differ[:4]}")
+print(f"::: container: helper run: {len(one)} NIfTI/TSV files of sub-01 equal byte for byte")
+EOF
 
 say "smoke run passed (group level: $([ "$GROUP_RAN" -eq 1 ] && echo ran || echo SKIPPED))"
