@@ -594,7 +594,7 @@ def console_main() -> int:
     """The ``bids_parcellate`` command: :func:`main`, then a quick interpreter exit.
 
     Every file is written and closed when :func:`main` returns. Python's exit then walks
-    every object of every module for the garbage collector (0.35-0.45 s with
+    every object of every module for the garbage collector (0.35-0.55 s with
     scikit-learn, scipy and pandas imported); freezing them first skips that walk and
     nothing else (atexit handlers, thread joins and module teardown still run).
     """

@@ -120,6 +120,22 @@ def test_rerun_is_byte_identical(demo8, demo8_out, tmp_path):
 
 
 
+@pytest.mark.parametrize("standardize", ["zscore_sample", "psc", False])
+def test_parcel_standardisation_is_nilearns_to_the_bit(standardize):
+    from nilearn.signal import standardize_signal
+
+    from bids_parcellate.extract import standardize_parcels
+
+    rng = np.random.default_rng(5)
+    block = 1000 + 30 * rng.standard_normal((97, 40))
+    block[:, 3] = 7.0  # a constant parcel: nilearn divides it by 1, not by ~0
+    ours = standardize_parcels(block.copy(), standardize)
+    theirs = standardize_signal(block.copy(), detrend=False, standardize=standardize)
+    assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+    if standardize == "zscore_sample":
+        assert np.allclose(ours[:, 0].std(ddof=1), 1.0) and not ours[:, 3].any()
+
+
 def test_outputs_do_not_depend_on_nprocs(demo8, demo8_out, tmp_path):
     out = tmp_path / "threads"
     assert run_cli(demo8.root, out, "--participant-label", "01", "--n-parcels", "20", "50",

@@ -166,8 +166,11 @@ def gone(pid: int) -> bool:
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_the_helper_ends_with_the_run(demo8, tmp_path, how):
+    # one participant: processed in the main process, the helper serves it to the end
+    # (with two, the units would go to workers and the helper would be stopped)
     proc = subprocess.Popen(cli_command(demo8.root, tmp_path / "out", "participant",
-                                        "--n-parcels", "20", "--nprocs", "2"),
+                                        "--participant-label", "01", "--n-parcels", "20",
+                                        "--nprocs", "2", "-v"),
                             env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     helper = None
@@ -187,9 +190,11 @@ def test_the_helper_ends_with_the_run(demo8, tmp_path, how):
     while not gone(helper) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert gone(helper)
-    if how == signal.SIGTERM:
-        assert proc.returncode == 143 and "terminated (SIGTERM)" in proc.stderr.read()
+    stderr = proc.stderr.read()
     proc.stderr.close()
+    assert f"helper process {helper} imports nilearn" in stderr  # that one, not another
+    if how == signal.SIGTERM:
+        assert proc.returncode == 143 and "terminated (SIGTERM)" in stderr
 
 
 def test_console_entry_freezes_the_heap_after_main(monkeypatch):
