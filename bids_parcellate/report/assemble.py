@@ -299,7 +299,7 @@ def _group_connectomes(output_dir: Path, atlas: dict) -> list[dict]:
     import nibabel as nib
     import numpy as np
 
-    from bids_parcellate.report.connectome import connectome
+    from bids_parcellate.report.connectome import centroids_mm, connectome
 
     found: dict[str, dict[int, Path]] = {}
     for path in sorted(Path(output_dir).glob("group_atlas-*_relmat.tsv")):
@@ -315,11 +315,6 @@ def _group_connectomes(output_dir: Path, atlas: dict) -> list[dict]:
             labels = np.asarray(img.dataobj).astype(np.int64)
             n = int(labels.max())
             inside = labels > 0
-            coords = np.argwhere(inside).astype(np.float64)
-            counts = np.maximum(np.bincount(labels[inside], minlength=n + 1)[1:], 1)
-            voxels = np.stack([np.bincount(labels[inside], weights=coords[:, d],
-                                           minlength=n + 1)[1:] / counts for d in range(3)],
-                              axis=1)
             # first row: column names; first column: node names
             matrix = np.loadtxt(path, delimiter="\t", skiprows=1,
                                 usecols=range(1, n + 1), ndmin=2)
@@ -328,7 +323,7 @@ def _group_connectomes(output_dir: Path, atlas: dict) -> list[dict]:
                                matrix.shape, n)
                 continue
             matrices[scale] = matrix
-            centroids[scale] = nib.affines.apply_affine(img.affine, voxels)
+            centroids[scale] = centroids_mm(labels[inside], np.argwhere(inside), img.affine)
         if matrices:
             out.append({"measure": meas, "uri": svg_uri(connectome(matrices, centroids,
                                                                     meas)),

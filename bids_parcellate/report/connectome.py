@@ -72,6 +72,21 @@ def glass_brain(matrix: np.ndarray, centroids_mm: np.ndarray, width: int, height
     return np.asarray(agg.buffer_rgba())[..., :3].copy()
 
 
+def centroids_mm(labels: np.ndarray, voxels: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World coordinates (mm) of the centroids of parcels 1..max(labels), shape (n, 3).
+
+    ``labels``: a parcel label per voxel (0 for none); ``voxels``: their (n_voxels, 3)
+    voxel indices (``np.argwhere`` of the mask the labels run over).
+    """
+    import nibabel as nib
+
+    n = int(labels.max())
+    counts = np.maximum(np.bincount(labels, minlength=n + 1)[1:], 1)
+    mean = np.stack([np.bincount(labels, weights=voxels[:, d].astype(np.float64),
+                                 minlength=n + 1)[1:] / counts for d in range(3)], axis=1)
+    return nib.affines.apply_affine(affine, mean)
+
+
 def connectome(matrices: Mapping[int, np.ndarray], centroids: Mapping[int, np.ndarray],
                measure: str) -> bytes:
     """One row per scale: the matrix (diagonal blanked) and the graph on a glass brain.

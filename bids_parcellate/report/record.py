@@ -294,18 +294,13 @@ def _connectome_figure(kind: str, labels: dict, mask: np.ndarray, affine: np.nda
     """The first requested per-run measure, averaged over the unit's runs (nilearn's
     ``ConnectivityMeasure.mean_``), with nodes at the parcel centroids."""
     from bids_parcellate.connectome import group_connectomes
-    from bids_parcellate.report.connectome import connectome
+    from bids_parcellate.report.connectome import centroids_mm, connectome
 
-    coords = np.argwhere(mask).astype(np.float64)
+    voxels = np.argwhere(mask)
     matrices, centroids = {}, {}
     for scale, runs in zip(scales, series, strict=True):
         matrices[scale] = group_connectomes(runs, [kind])[kind][1]
-        lab = labels[scale]
-        n = int(lab.max())
-        counts = np.maximum(np.bincount(lab, minlength=n + 1)[1:], 1)
-        vox = np.stack([np.bincount(lab, weights=coords[:, d], minlength=n + 1)[1:] / counts
-                        for d in range(3)], axis=1)
-        centroids[scale] = nib.affines.apply_affine(affine, vox)
+        centroids[scale] = centroids_mm(labels[scale], voxels, affine)
     return connectome(matrices, centroids, kind), {"measure": kind,
                                                    "n_runs": len(series[0])}
 
