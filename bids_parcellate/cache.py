@@ -49,7 +49,7 @@ import numpy as np
 from bids_parcellate import __version__
 from bids_parcellate.config import Config
 from bids_parcellate.denoise import CleanRun, UnitMask
-from bids_parcellate.inputs import Run, Skipped
+from bids_parcellate.inputs import Run, Skipped, sidecar_path
 from bids_parcellate.outputs import json_default
 
 LOGGER = logging.getLogger("bids_parcellate")
@@ -95,14 +95,6 @@ def file_fingerprint(path: Path | None) -> list | None:
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def _sidecar(path: Path) -> Path:
-    name = path.name
-    for ext in (".nii.gz", ".nii", ".tsv"):
-        if name.endswith(ext):
-            return path.with_name(name[: -len(ext)] + ".json")
-    return path.with_suffix(".json")
-
-
 @lru_cache(maxsize=1)
 def _versions() -> dict:
     """Library versions, and a hash of our own code (a change of code that keeps the
@@ -128,8 +120,8 @@ def denoised_key(config: Config, runs: list[Run]) -> str:
     """Key of a unit's denoised data: input files, versions and parameters."""
     files = []
     for run in runs:
-        for path in (run.bold, _sidecar(run.bold), run.mask, run.confounds,
-                     _sidecar(run.confounds) if run.confounds else None):
+        for path in (run.bold, sidecar_path(run.bold), run.mask, run.confounds,
+                     sidecar_path(run.confounds) if run.confounds else None):
             files.append(file_fingerprint(path))
     runs_part = [[run.entities, run.tr] for run in runs]
     return make_key("denoised", CACHE_FORMAT, _versions(), files,

@@ -335,8 +335,17 @@ def _bold_filters(config: Config) -> dict:
     return filters
 
 
+def sidecar_path(path: Path) -> Path:
+    """The JSON sidecar of a BIDS data file (``.nii.gz``, ``.nii`` or ``.tsv``)."""
+    path = Path(path)
+    for ext in (".nii.gz", ".nii", ".tsv"):
+        if path.name.endswith(ext):
+            return path.with_name(path.name[: -len(ext)] + ".json")
+    return path.with_suffix(".json")
+
+
 def _sidecar(path: Path) -> dict:
-    sidecar = Path(str(path).removesuffix(".gz").removesuffix(".nii") + ".json")
+    sidecar = sidecar_path(path)
     if not sidecar.is_file():
         return {}
     try:
