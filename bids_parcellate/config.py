@@ -446,6 +446,11 @@ class Config:
         """Whether ``method`` learns network maps and extracts regions from them."""
         return self.method in DECOMPOSITION_METHODS
 
+    @property
+    def resamples(self) -> bool:
+        """Whether the data are resampled to a target grid (``--target-*``)."""
+        return self.target_resolution is not None or self.target_affine is not None
+
     # ------------------------------------------------------------------ hashing
     def hashed_parameters(self) -> dict:
         """Parameters that determine output values, JSON-serialisable and sorted.

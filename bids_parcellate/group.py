@@ -472,7 +472,7 @@ def _group_labels(config: Config, features: np.ndarray, gmask: GroupMask, n_volu
 def _space_res(units: dict[UnitKey, list[Run]], config: Config) -> tuple[str, str | None]:
     first_runs = next(iter(units.values()))
     first = first_runs[0].entities
-    if config.target_resolution is not None or config.target_affine is not None:
+    if config.resamples:
         return first.get("space", config.space), output_res(config, first_runs)
     resolutions = {run.entities.get("res") for runs in units.values() for run in runs}
     res = first.get("res") if len(resolutions) == 1 else None
@@ -586,8 +586,7 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
             sidecar["Resolution"] = (
                 f"res-{res}: the input BOLD resampled to {res} voxels (nilearn "
                 "resample_img: continuous interpolation for the BOLD, nearest neighbour "
-                "for masks)" if config.target_resolution is not None
-                or config.target_affine is not None
+                "for masks)" if config.resamples
                 else f"res-{res}: the resolution of the input BOLD grid")
         written.append(outputs.write_json(
             out / outputs.build_name("atlas_dseg", {**ents, "extension": ".json"}), sidecar))
