@@ -107,7 +107,7 @@ def load_unit_mask(runs: list[Run]) -> UnitMask:
             img = nib.load(run.mask)
             data = np.asanyarray(img.dataobj)
         except Exception as exc:
-            raise RunError(f"{run.mask}: cannot read mask ({_short(exc)})") from exc
+            raise RunError(f"{run.mask}: cannot read mask ({first_line(exc)})") from exc
         if data.ndim == 4 and data.shape[3] == 1:
             data = data[..., 0]
         if data.ndim != 3:
@@ -132,7 +132,8 @@ def load_unit_mask(runs: list[Run]) -> UnitMask:
     return UnitMask(mask=mask, affine=affine, n_voxels_per_run=counts)
 
 
-def _short(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
+    """The first line of an exception's message (its type when it has none)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -221,18 +222,23 @@ def open_bold(run: Run, unit_mask: UnitMask) -> tuple[nib.Nifti1Image, object]:
     try:
         img, stream = _open_image(run.bold)
     except Exception as exc:
-        raise RunError(f"{run.bold}: cannot read NIfTI ({_short(exc)})") from exc
-    shape = img.shape
-    problem = None
-    if len(shape) != 4:
-        problem = f"{run.bold}: BOLD must be 4D, got {len(shape)}D shape {shape}"
-    elif not _same_grid(shape, img.affine, unit_mask.mask.shape, unit_mask.affine):
-        problem = (f"{run.bold}: BOLD grid {shape[:3]} differs from its brain mask "
-                   f"{unit_mask.mask.shape} {run.mask.name}")
-    if problem:
+        raise RunError(f"{run.bold}: cannot read NIfTI ({first_line(exc)})") from exc
+    try:
+        check_bold_header(run, img, unit_mask.mask.shape, unit_mask.affine)
+    except RunError:
         stream.close()
-        raise RunError(problem)
+        raise
     return img, stream
+
+
+def check_bold_header(run: Run, img: nib.Nifti1Image, shape: tuple[int, ...],
+                      affine: np.ndarray) -> None:
+    """Refuse a BOLD that is not 4D or not on the grid ``shape``/``affine`` of its mask."""
+    if len(img.shape) != 4:
+        raise RunError(f"{run.bold}: BOLD must be 4D, got {len(img.shape)}D shape {img.shape}")
+    if not _same_grid(img.shape, img.affine, shape, affine):
+        raise RunError(f"{run.bold}: BOLD grid {img.shape[:3]} differs from its brain mask "
+                       f"{tuple(shape[:3])} {run.mask.name}")
 
 
 def read_bold(img: nib.Nifti1Image, stream, run: Run,
@@ -242,7 +248,7 @@ def read_bold(img: nib.Nifti1Image, stream, run: Run,
         try:
             series, total = _read_masked(img.dataobj, unit_mask.mask)
         except Exception as exc:  # truncated / corrupt gzip streams land here
-            raise RunError(f"{run.bold}: cannot read NIfTI data ({_short(exc)})") from exc
+            raise RunError(f"{run.bold}: cannot read NIfTI data ({first_line(exc)})") from exc
     check_series(run, series)
     return series, (total / img.shape[3]).astype(np.float32)
 
@@ -323,7 +329,7 @@ def load_confounds(run: Run, n_volumes: int, config: Config):
     except pd.errors.EmptyDataError:
         raise RunError(f"{run.confounds}: confounds TSV is empty") from None
     except Exception as exc:
-        raise RunError(f"{run.confounds}: cannot read confounds TSV ({_short(exc)})") from exc
+        raise RunError(f"{run.confounds}: cannot read confounds TSV ({first_line(exc)})") from exc
     if len(table) == 0:
         raise RunError(f"{run.confounds}: confounds TSV is empty")
     if len(table) != n_volumes:
@@ -342,7 +348,7 @@ def load_confounds(run: Run, n_volumes: int, config: Config):
     except Exception as exc:
         raise RunError(
             f"{run.confounds}: unusable for --denoise-strategy {config.denoise_strategy} "
-            f"({_short(exc)})"
+            f"({first_line(exc)})"
         ) from exc
     if sample_mask is None:
         sample_mask = everything

@@ -25,7 +25,9 @@ the selection).
 from __future__ import annotations
 
 import logging
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,11 +38,16 @@ from bids_parcellate.config import Config, UserError
 from bids_parcellate.denoise import (
     CleanRun,
     RunError,
+    SkipRun,
     UnitMask,
+    check_bold_header,
     check_series,
+    clean_run,
+    first_line,
     load_unit_mask,
 )
-from bids_parcellate.inputs import Run
+from bids_parcellate.inputs import Run, Skipped
+from bids_parcellate.outputs import source_prefix
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -112,7 +119,7 @@ def target_grid(config: Config, source: Grid) -> Grid | None:
                                  target_shape=target_shape, interpolation="nearest",
                                  force_resample=True, copy_header=True)
     except ValueError as exc:  # nilearn's BoundingBoxError: no data in the target grid
-        raise UserError(f"--target-affine/--target-shape: {_first_line(exc)}") from exc
+        raise UserError(f"--target-affine/--target-shape: {first_line(exc)}") from exc
     grid = Grid(tuple(int(n) for n in probe.shape[:3]), np.asarray(probe.affine, dtype=float))
     if min(grid.shape) < 1 or np.prod(grid.shape) < 8:
         raise UserError(f"--target-affine/--target-shape give an empty grid {grid.shape}")
@@ -179,7 +186,7 @@ def template_mask(strategy: str, grid: Grid, mask_args: dict | None) -> np.ndarr
                                      **(mask_args or {}))
     except (TypeError, ValueError) as exc:
         raise UserError(f"--mask-strategy {strategy} --mask-args {mask_args}: "
-                        f"{_first_line(exc)}") from exc
+                        f"{first_line(exc)}") from exc
     return np.asarray(img.dataobj) > 0
 
 
@@ -194,10 +201,10 @@ def data_mask(strategy: str, mean_img: nib.Nifti1Image, mask_args: dict | None,
             warnings.simplefilter("ignore")
             img = function(mean_img, **(mask_args or {}))
     except TypeError as exc:
-        raise UserError(f"--mask-args {mask_args}: {_first_line(exc)}") from exc
+        raise UserError(f"--mask-args {mask_args}: {first_line(exc)}") from exc
     except ValueError as exc:  # nilearn raises ValueError on empty masks
         raise RunError(f"{source}: nilearn {function.__name__} failed "
-                       f"({_first_line(exc)})") from exc
+                       f"({first_line(exc)})") from exc
     mask = np.asarray(img.dataobj) > 0
     if not mask.any():
         raise RunError(f"{source}: nilearn {function.__name__} gives an empty mask")
@@ -213,7 +220,7 @@ def load_user_mask(path: Path, grid: Grid) -> np.ndarray:
             warnings.simplefilter("ignore")
             data, affine = load_mask_img(str(path))
     except Exception as exc:
-        raise UserError(f"--mask {path}: not a usable mask image ({_first_line(exc)})") \
+        raise UserError(f"--mask {path}: not a usable mask image ({first_line(exc)})") \
             from exc
     own = Grid(tuple(data.shape), np.asarray(affine, dtype=float))
     if own.shape == grid.shape and np.allclose(own.affine, grid.affine, atol=1e-3):
@@ -233,11 +240,6 @@ def load_user_mask(path: Path, grid: Grid) -> np.ndarray:
 def _sizes(grid: Grid) -> str:
     sizes = [_mm(v).replace("p", ".") for v in grid.voxel_size]
     return sizes[0] if len(set(sizes)) == 1 else "x".join(sizes)
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- reading
@@ -269,17 +271,12 @@ class BoldReader:
         try:
             img = nib.load(run.bold)
         except Exception as exc:
-            raise RunError(f"{run.bold}: cannot read NIfTI ({_first_line(exc)})") from exc
-        if len(img.shape) != 4:
-            raise RunError(f"{run.bold}: BOLD must be 4D, got shape {img.shape}")
-        if tuple(img.shape[:3]) != self.source.shape or not np.allclose(
-                img.affine, self.source.affine, atol=1e-3):
-            raise RunError(f"{run.bold}: BOLD grid {img.shape[:3]} differs from its brain "
-                           f"mask {self.source.shape} {run.mask.name}")
+            raise RunError(f"{run.bold}: cannot read NIfTI ({first_line(exc)})") from exc
+        check_bold_header(run, img, self.source.shape, self.source.affine)
         try:
             data = img.get_fdata(dtype=np.float32)
         except Exception as exc:
-            raise RunError(f"{run.bold}: cannot read NIfTI data ({_first_line(exc)})") \
+            raise RunError(f"{run.bold}: cannot read NIfTI data ({first_line(exc)})") \
                 from exc
         mean_img = data.mean(axis=3, dtype=np.float64).astype(np.float32)
         if self.from_data:
@@ -374,6 +371,34 @@ def build_unit_mask(runs: list[Run], config: Config) -> UnitMask:
         }
     return UnitMask(mask=mask, affine=grid.affine, n_voxels_per_run=base.n_voxels_per_run,
                     description=", ".join(parts), grid=grid_info, reader=reader)
+
+
+def clean_runs(runs: list[Run], unit_mask: UnitMask, config: Config,
+               done: Callable[[str], None] | None = None
+               ) -> tuple[UnitMask, list[CleanRun], list[Skipped]]:
+    """Every run of a unit read once and cleaned on ``unit_mask`` (from
+    :func:`build_unit_mask`), runs with too few volumes skipped with a warning, then
+    :func:`finish_unit_mask`. ``done(message)`` after each run (progress lines)."""
+    cleaned: list[CleanRun] = []
+    skipped: list[Skipped] = []
+    for run in runs:
+        start = time.monotonic()
+        label = source_prefix(run.entities)
+        try:
+            clean = clean_run(run, unit_mask, config)
+        except SkipRun as exc:
+            LOGGER.warning("skipping %s: %s", run.bold.name, exc)
+            skipped.append(Skipped(run.bold, str(exc)))
+            message = f"{label}: skipped ({exc})"
+        else:
+            cleaned.append(clean)
+            message = (f"{label}: {clean.sample_mask.size}/{clean.n_volumes} volumes kept, "
+                       f"{len(clean.confounds)} regressors "
+                       f"({time.monotonic() - start:.1f} s)")
+        if done is not None:
+            done(message)
+    unit_mask, cleaned = finish_unit_mask(unit_mask, cleaned)
+    return unit_mask, cleaned, skipped
 
 
 def finish_unit_mask(unit_mask: UnitMask, cleaned: list[CleanRun]

@@ -36,6 +36,10 @@ class WorkerPlan:
     threads: int
     reason: str = ""
 
+    def in_process(self, n_tasks: int) -> bool:
+        """Whether :func:`map_units` runs ``n_tasks`` tasks in this process."""
+        return self.workers <= 1 or n_tasks <= 1
+
 
 def plan_workers(nprocs: int, n_units: int, unit_gb: float | None = None,
                  mem_gb: float | None = None) -> WorkerPlan:
@@ -140,7 +144,7 @@ def map_units(function: Callable, tasks: Sequence[tuple], plan: WorkerPlan, prog
     tasks that had not returned yet get a :class:`WorkerDied` instead of a result (the
     others keep theirs, so that a rerun resumes).
     """
-    if plan.workers <= 1 or len(tasks) <= 1:
+    if plan.in_process(len(tasks)):
         if plan.reason:
             LOGGER.info("running %d unit(s) one at a time (%s)", len(tasks), plan.reason)
         return [function(*task, progress=progress) for task in tasks]

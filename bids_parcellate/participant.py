@@ -24,13 +24,13 @@ from bids_parcellate.config import Config, UserError
 from bids_parcellate.connectome import measure_label, run_connectomes
 from bids_parcellate.connectome import sidecar as relmat_sidecar
 from bids_parcellate.consensus import consensus_parcellation
-from bids_parcellate.denoise import CleanRun, SkipRun, UnitMask, clean_run, strategies
+from bids_parcellate.denoise import CleanRun, UnitMask, strategies
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs import Run, Selection, Skipped
 from bids_parcellate.masking import (
     DATA_STRATEGIES,
     build_unit_mask,
-    finish_unit_mask,
+    clean_runs,
     output_res,
 )
 from bids_parcellate.parcellate import (
@@ -334,24 +334,7 @@ def denoise_unit(config: Config, runs: list[Run], progress: Progress
     if config.mask_strategy not in DATA_STRATEGIES:  # else the mask is known after reading
         check_scales(config.scales, unit_mask.n_voxels,
                      "--n-maps" if config.is_decomposition else "--n-parcels")
-    cleaned: list[CleanRun] = []
-    skipped: list[Skipped] = []
-    for run in runs:
-        start = time.monotonic()
-        label = outputs.source_prefix(run.entities)
-        try:
-            clean = clean_run(run, unit_mask, config)
-        except SkipRun as exc:
-            LOGGER.warning("skipping %s: %s", run.bold.name, exc)
-            skipped.append(Skipped(run.bold, str(exc)))
-            progress.run_done(f"{label}: skipped ({exc})")
-            continue
-        cleaned.append(clean)
-        progress.run_done(
-            f"{label}: {clean.sample_mask.size}/{clean.n_volumes} volumes kept, "
-            f"{len(clean.confounds)} regressors ({time.monotonic() - start:.1f} s)")
-    unit_mask, cleaned = finish_unit_mask(unit_mask, cleaned)
-    return unit_mask, cleaned, skipped
+    return clean_runs(runs, unit_mask, config, progress.run_done)
 
 
 def _dseg_description(config: Config, scale: int, n_regions: int,
@@ -759,7 +742,7 @@ def run_participant_level(config: Config, selection: Selection,
         elif plan.reason != "new":
             LOGGER.info("%s: recomputing (%s)", name, plan.reason)
     workers = parallel.plan_workers(config.nprocs, len(todo), unit_gb, config.mem_gb)
-    if workers.workers > 1 and len(todo) > 1:
+    if not workers.in_process(len(todo)):
         sidecar.stop()  # each worker process imports nilearn for itself
     # each unit's own threads (reading, cleaning, smoothing, Ward): the worker's share
     unit_config = replace(config, nprocs=workers.threads)

@@ -28,9 +28,8 @@ import numpy as np
 
 from bids_parcellate import __version__, outputs
 from bids_parcellate.config import Config, UserError
-from bids_parcellate.denoise import SkipRun, clean_run
 from bids_parcellate.inputs import Run
-from bids_parcellate.masking import build_unit_mask, finish_unit_mask, output_res
+from bids_parcellate.masking import build_unit_mask, clean_runs, output_res
 from bids_parcellate.parcellate import build_features
 
 LOGGER = logging.getLogger("bids_parcellate")
@@ -148,18 +147,11 @@ def compute_summary(config: Config, runs: list[Run]) -> Summary:
         When a file is unusable or no run is left.
     """
     # the participant level's mask and grid (--mask-strategy, --mask, --target-*)
-    unit_mask = build_unit_mask(runs, config)
-    cleaned, skipped = [], []
-    for run in runs:
-        try:
-            cleaned.append(clean_run(run, unit_mask, config))
-        except SkipRun as exc:
-            LOGGER.warning("skipping %s: %s", run.bold.name, exc)
-            skipped.append(f"{run.bold.name}: {exc}")
+    unit_mask, cleaned, skipped = clean_runs(runs, build_unit_mask(runs, config), config)
     if not cleaned:
         name = outputs.unit_prefix(*runs[0].unit)
-        raise UserError(f"{name}: no usable runs ({'; '.join(skipped)})")
-    unit_mask, cleaned = finish_unit_mask(unit_mask, cleaned)
+        reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in skipped)
+        raise UserError(f"{name}: no usable runs ({reasons})")
     data = [c.data for c in cleaned]
     used = [c.run for c in cleaned]
     del cleaned
