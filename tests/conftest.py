@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,9 +64,18 @@ def sha256_tree(root: Path, patterns=("*.nii.gz", "*.tsv")) -> dict[str, str]:
     return out
 
 
+def find_tool(name: str) -> str | None:
+    """A command installed beside the running interpreter (the test environment's
+    ``bin/``, whether or not it is activated), else the first one on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    return shutil.which(name)
+
+
 def validate(path: Path) -> dict:
     """Run bids-validator-deno on ``path``; return its JSON report (exit code included)."""
-    exe = shutil.which("bids-validator-deno")
+    exe = find_tool("bids-validator-deno")
     assert exe, "bids-validator-deno is not installed (pip install bids-validator-deno)"
     proc = subprocess.run([exe, "--no-color", "--format", "json", str(path)],
                           capture_output=True, text=True, timeout=300)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import signal
 import subprocess
-import time
 import warnings
 from pathlib import Path
 
@@ -149,13 +149,6 @@ def test_cli_with_the_helper_writes_what_one_process_writes(demo8, demo8_out, tm
     assert len(helper) == 10 and helper == single  # 2 dseg x (nii + tsv), 4 timeseries, 2 quality
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
 def gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -166,6 +159,10 @@ def gone(pid: int) -> bool:
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_the_helper_ends_with_the_run(demo8, tmp_path, how):
+    """The run says which process is its helper (-v); the test signals the run as soon as
+    that line is written, then reads stderr to its end, which comes only once every
+    process holding it has exited: the helper, spawned with the run's stderr, included.
+    No polling of /proc, no clock."""
     # one participant: processed in the main process, the helper serves it to the end
     # (with two, the units would go to workers and the helper would be stopped)
     proc = subprocess.Popen(cli_command(demo8.root, tmp_path / "out", "participant",
@@ -173,28 +170,21 @@ def test_the_helper_ends_with_the_run(demo8, tmp_path, how):
                                         "--nprocs", "2", "-v"),
                             env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    helper = None
-    deadline = time.monotonic() + 60
-    while helper is None and time.monotonic() < deadline and proc.poll() is None:
-        for pid in children(proc.pid):
-            try:
-                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    helper = pid
-            except FileNotFoundError:
-                pass
-        time.sleep(0.02)
-    assert helper is not None, "no helper process seen"
+    before, helper = [], None
+    for line in proc.stderr:  # blocks until the run writes a line, or ends
+        before.append(line)
+        if found := re.search(r"helper process (\d+) imports nilearn", line):
+            helper = int(found.group(1))
+            break
+    assert helper is not None, "".join(before)
     proc.send_signal(how)
-    proc.wait(timeout=60)
-    deadline = time.monotonic() + 30
-    while not gone(helper) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _, rest = proc.communicate(timeout=120)  # stderr to its end: run and helper gone
     assert gone(helper)
-    stderr = proc.stderr.read()
-    proc.stderr.close()
-    assert f"helper process {helper} imports nilearn" in stderr  # that one, not another
+    stderr = "".join(before) + rest
     if how == signal.SIGTERM:
         assert proc.returncode == 143 and "terminated (SIGTERM)" in stderr
+    else:
+        assert proc.returncode == -signal.SIGKILL
 
 
 def test_console_entry_freezes_the_heap_after_main(monkeypatch):
