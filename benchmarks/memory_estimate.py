@@ -1,4 +1,4 @@
-"""Measured peak memory vs the ``--mem-gb`` estimate (bids_parcellate.resources).
+"""Measured peak memory vs the ``--mem-gb`` estimate (bids_parcellate.runtime.resources).
 
     python benchmarks/memory_estimate.py [--workdir DIR] [--resolutions 8 4 2]
 

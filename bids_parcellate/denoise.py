@@ -371,7 +371,7 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
         raise RunError(
             f"{run.bold}: RepetitionTime missing or <= 0 in the sidecar and header"
         )
-    from bids_parcellate import sidecar
+    from bids_parcellate.runtime import helper_process
 
     if unit_mask.reader is not None:  # resampling / mask from the BOLD (masking.py)
         series, mean_img = load_bold(run, unit_mask)
@@ -382,8 +382,8 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
         # the helper process loads the confounds (its nilearn import started with the
         # participant level) while this one reads the BOLD; else the BOLD is
         # decompressed by a thread (GIL released) while this one does it
-        if sidecar.running():
-            wait = sidecar.call(denoising_plan, run, n_volumes, config)
+        if helper_process.running():
+            wait = helper_process.call(denoising_plan, run, n_volumes, config)
             series, mean_img = read_bold(img, stream, run, unit_mask)
             plan = wait()  # BOLD errors come first
         else:
@@ -418,7 +418,7 @@ def denoising_plan(run: Run, n_volumes: int, config: Config):
     """What :func:`clean_run` needs besides the BOLD: confounds (values and names),
     sample mask, framewise displacement and the cleaning operator.
 
-    Runs in the helper process when there is one (:mod:`bids_parcellate.sidecar`).
+    Runs in the helper process when there is one (:mod:`bids_parcellate.runtime.helper_process`).
 
     Raises
     ------
@@ -479,7 +479,7 @@ def apply_operator(operator: np.ndarray, series: np.ndarray, sample_mask: np.nda
     rounding); Butterworth filtering makes ``L`` full rank, and then it is applied as is.
     Blocks run on ``n_jobs`` threads (numpy releases the GIL in matrix products).
     """
-    from bids_parcellate.parallel import for_each_block
+    from bids_parcellate.runtime.parallel import for_each_block
 
     kept, n_volumes = operator.shape
     correction = operator.copy()

@@ -69,7 +69,7 @@ def standardize_parcels(block: np.ndarray, standardize: str | bool) -> np.ndarra
     The default ``zscore_sample`` is computed here with the same operations (equal to
     the last bit, tested): importing ``nilearn.signal`` imports scikit-learn and
     scipy.signal (about 1 s), which the participant level otherwise leaves to its helper
-    process (:mod:`bids_parcellate.sidecar`).
+    process (:mod:`bids_parcellate.runtime.helper_process`).
     """
     if not standardize:
         return block

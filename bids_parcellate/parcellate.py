@@ -8,7 +8,7 @@ keyword-only knobs of the method (ReNA's ``scaling`` and ``n_iter``, k-means'
 
 Hierarchical methods (ward, complete, average) build one tree and cut it at every
 requested scale: the tree does not depend on the number of clusters, so it can be kept
-across invocations (``memo``, see :mod:`bids_parcellate.cache`). Ward runs on
+across invocations (``memo``, see :mod:`bids_parcellate.runtime.cache`). Ward runs on
 supervoxels first when the grid is large (:mod:`bids_parcellate.ward`).
 
 Spatially constrained methods on a mask made of several disconnected pieces: the
@@ -66,7 +66,7 @@ def smooth_masked(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
     """
     import threading
 
-    from bids_parcellate.parallel import for_each_block
+    from bids_parcellate.runtime.parallel import for_each_block
 
     if not fwhm:
         return data
@@ -372,7 +372,7 @@ def parcellate(features: np.ndarray, mask: np.ndarray, method: str,
     random_state : int
     memo : callable, optional
         ``memo(name, compute) -> array``: returns a stored result or ``compute()``
-        (hierarchical methods keep their tree with it; see :mod:`bids_parcellate.cache`).
+        (hierarchical methods keep their tree with it; see :mod:`bids_parcellate.runtime.cache`).
     n_jobs : int
         Threads, where a method splits its own work (the labels do not depend on it).
     warn_pieces : bool

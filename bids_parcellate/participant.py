@@ -19,7 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import cache, outputs, parallel, quality, report, resume, sidecar
+from bids_parcellate import outputs, quality, report, resume
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.connectome import measure_label, run_connectomes
 from bids_parcellate.connectome import sidecar as relmat_sidecar
@@ -43,6 +43,7 @@ from bids_parcellate.parcellate import (
     prepare_runs,
 )
 from bids_parcellate.regions import RegionSet, auto_alpha, learn_regions, split_disconnected
+from bids_parcellate.runtime import cache, helper_process, parallel
 from bids_parcellate.summary import Summary, make_summary, write_summary
 
 LOGGER = logging.getLogger("bids_parcellate")
@@ -519,7 +520,7 @@ def _learn(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_mask,
     summary for the group level (built from the features, whatever the method).
 
     The features and the hierarchical trees come from ``store`` when an earlier
-    invocation stored them (:mod:`bids_parcellate.cache`); the smoothed runs are only
+    invocation stored them (:mod:`bids_parcellate.runtime.cache`); the smoothed runs are only
     prepared when something needs them, and kept (for the split-half fits of the
     quality figures, which reuse them) only when the quality figures need them.
     """
@@ -608,7 +609,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     ``plan_listed``: files of an earlier completion marker, removed before writing.
     With ``unit_log`` (warnings and skipped inputs of the unit), the report figures and
     record are written too (they are not among the unit's files: see ``report_files``).
-    With a ``store`` (:class:`bids_parcellate.cache.Cache`), the denoised runs, the
+    With a ``store`` (:class:`bids_parcellate.runtime.cache.Cache`), the denoised runs, the
     features and the hierarchical trees are reused from an earlier invocation when
     their inputs and parameters are unchanged, and stored otherwise.
     """
@@ -719,7 +720,7 @@ def run_participant_level(config: Config, selection: Selection,
     reports of the units whose files they name.
 
     With ``--nprocs`` > 1 and several units to compute, units run in parallel worker
-    processes (:mod:`bids_parcellate.parallel`), as many at once as ``--mem-gb`` holds
+    processes (:mod:`bids_parcellate.runtime.parallel`), as many at once as ``--mem-gb`` holds
     given ``unit_gb``, the estimated peak memory of the largest unit. Results are in unit
     order either way.
     """
@@ -743,7 +744,7 @@ def run_participant_level(config: Config, selection: Selection,
             LOGGER.info("%s: recomputing (%s)", name, plan.reason)
     workers = parallel.plan_workers(config.nprocs, len(todo), unit_gb, config.mem_gb)
     if not workers.in_process(len(todo)):
-        sidecar.stop()  # each worker process imports nilearn for itself
+        helper_process.stop()  # each worker process imports nilearn for itself
     # each unit's own threads (reading, cleaning, smoothing, Ward): the worker's share
     unit_config = replace(config, nprocs=workers.threads)
     tasks = [(unit_config, key, runs, selection.fmriprep_dirs, plans[key].listed,
@@ -768,7 +769,7 @@ def run_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
              earlier_warnings: list[str], progress) -> UnitResult:
     """:func:`process_unit` and the completion marker; an error becomes a failed result.
 
-    Runs in the main process or in a worker (:func:`bids_parcellate.parallel.map_units`).
+    Runs in the main process or in a worker (:func:`bids_parcellate.runtime.parallel.map_units`).
     ``listed``: files of an earlier completion marker; ``skipped_inputs`` and
     ``earlier_warnings``: the unit's runs skipped and warnings logged at selection (for
     its report).

@@ -444,7 +444,7 @@ def assess(runs_data: Sequence[np.ndarray], sample_masks: Sequence[np.ndarray],
         scale -> {column: value} for the columns of :data:`COLUMNS` that describe
         figures (the identifying columns are added by the caller).
     """
-    from bids_parcellate import sidecar
+    from bids_parcellate.runtime import helper_process
 
     scales = sorted(labels_by_scale)
     halves = split_halves(runs_data, sample_masks, trs)
@@ -455,7 +455,7 @@ def assess(runs_data: Sequence[np.ndarray], sample_masks: Sequence[np.ndarray],
     fits = (learn(halves.first, lambda arrays: halves.take(arrays, 0)),
             learn(halves.second, lambda arrays: halves.take(arrays, 1)))
     # scikit-learn's scores, in the helper process while this one computes the rest
-    agreements = sidecar.call(agreement, [(fits[0][s], fits[1][s]) for s in scales])
+    agreements = helper_process.call(agreement, [(fits[0][s], fits[1][s]) for s in scales])
     scorers = (Scorer(halves.first), Scorer(halves.second))
     out = fixed_figures(runs_data, labels_by_scale, connectivity, random_state, n_null)
     for scale, (ari, nmi) in zip(scales, agreements(), strict=True):

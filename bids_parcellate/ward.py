@@ -67,7 +67,7 @@ def ward_costs(centroids: np.ndarray, weights: np.ndarray, rows: np.ndarray,
     of squares caused by the merge. Blocks of edges run on ``n_jobs`` threads (the result
     does not depend on ``n_jobs``).
     """
-    from bids_parcellate.parallel import for_each_block
+    from bids_parcellate.runtime.parallel import for_each_block
 
     out = np.empty(rows.size, dtype=np.float64)
 

@@ -161,7 +161,7 @@ EOF
 [ "$rc" -eq 0 ] || die "bids-validator-deno exit $rc"
 
 # One participant with --nprocs 2 is processed in the main process, with the helper
-# process that imports nilearn and loads the confounds (bids_parcellate/sidecar.py),
+# process that imports nilearn and loads the confounds (bids_parcellate/runtime/helper_process.py),
 # under the same restrictions; its files equal those of the two-worker run above.
 mkdir -p "$WORK/out1"
 if [ "$(id -u)" -eq 0 ]; then chown "$RUN_UID:$RUN_GID" "$WORK/out1"; fi

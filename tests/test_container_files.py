@@ -17,9 +17,10 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from bids_parcellate import __version__
-from bids_parcellate.cli import THREAD_VARIABLES, build_parser, limit_threads
+from bids_parcellate.cli import build_parser
 from bids_parcellate.config import DENOISE_STRATEGIES, METHODS, STANDARDIZE_CHOICES
 from bids_parcellate.outputs import dataset_description, in_container
+from bids_parcellate.runtime.threads import THREAD_VARIABLES, limit_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 REGENERATE = "run `python scripts/make_descriptor.py` after changing the parser"
@@ -221,7 +222,7 @@ def test_limit_threads_restores_libraries_loaded_inside():
         "import os\n"
         "os.environ.pop('OMP_NUM_THREADS', None)\n"
         "from threadpoolctl import threadpool_info\n"
-        "from bids_parcellate.cli import limit_threads\n"
+        "from bids_parcellate.runtime.threads import limit_threads\n"
         "with limit_threads(1):\n"
         "    import sklearn.cluster\n"
         "    inside = {p['user_api']: p['num_threads'] for p in threadpool_info()}\n"

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from bids_parcellate.cli import build_parser
+from bids_parcellate.cli.slurm import processing_options
 from bids_parcellate.config import Config
 from bids_parcellate.inputs import collect_runs, index_layout
-from bids_parcellate.parallel import WorkerDied, WorkerPlan, map_units, plan_workers
-from bids_parcellate.slurm import processing_options
+from bids_parcellate.runtime.parallel import WorkerDied, WorkerPlan, map_units, plan_workers
 
 from .conftest import run_cli, sha256_tree
 
@@ -199,7 +199,7 @@ def test_nprocs_outputs_identical_progress_in_one_log(demo8, demo8_out, tmp_path
 
 
 def test_mem_gb_runs_fewer_units_at_once(demo8, demo8_out, tmp_path):
-    from bids_parcellate.resources import check_memory
+    from bids_parcellate.runtime.resources import check_memory
 
     config = Config(bids_dir=demo8.root, output_dir=tmp_path / "x",
                     work_dir=tmp_path / "work", n_parcels=(20, 50))

@@ -15,11 +15,11 @@ import pytest
 from nilearn.image import resample_img
 from nilearn.masking import compute_brain_mask, compute_epi_mask
 
-from bids_parcellate import cache as cache_module
 from bids_parcellate import denoise, parcellate
 from bids_parcellate.cli import build_parser, config_from_args, main
 from bids_parcellate.config import Config, ConfigError, UserError
 from bids_parcellate.demo import make_demo_dataset
+from bids_parcellate.runtime import cache as cache_module
 
 from .conftest import run_cli, sha256_tree, validate
 

@@ -58,7 +58,7 @@ LIBRARY_BYTES = 0.1 * GB
 
 
 #: Resident memory of the helper process that imports them instead, with ``--nprocs``
-#: >= 2 (:mod:`bids_parcellate.sidecar`; measured 0.17 GB with multiprocessing's
+#: >= 2 (:mod:`bids_parcellate.runtime.helper_process`; measured 0.17 GB with multiprocessing's
 #: resource tracker, the same at 4 and 2 mm: it holds only confounds and operators).
 HELPER_BYTES = 0.2 * GB
 
@@ -69,10 +69,10 @@ def base_bytes() -> float:
     import resource
     import sys
 
-    from bids_parcellate import sidecar
+    from bids_parcellate.runtime import helper_process
 
     kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
-    if sidecar.running():
+    if helper_process.running():
         libraries = HELPER_BYTES
     else:
         libraries = 0.0 if "nilearn.signal" in sys.modules else LIBRARY_BYTES
@@ -151,7 +151,7 @@ def check_memory(config: Config, units: dict) -> float | None:
     """Log each unit's estimate; raise :class:`UserError` when one is above ``--mem-gb``.
 
     Returns the largest estimate in GB (``None`` when none could be made), which
-    :func:`bids_parcellate.parallel.plan_workers` uses to run fewer units at once.
+    :func:`bids_parcellate.runtime.parallel.plan_workers` uses to run fewer units at once.
     """
     worst = None
     base = base_bytes()

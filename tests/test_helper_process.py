@@ -1,4 +1,5 @@
-"""The helper process that imports nilearn and loads confounds (bids_parcellate.sidecar)."""
+"""The helper process that imports nilearn and loads confounds
+(:mod:`bids_parcellate.runtime.helper_process`)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_parcellate import cli, denoise, resources, sidecar
+from bids_parcellate import cli, denoise
+from bids_parcellate.cli import run as cli_run
 from bids_parcellate.inputs import collect_runs
+from bids_parcellate.runtime import helper_process, resources
 
 from .conftest import sha256_tree
 from .test_reliability import cli_command, subprocess_env
@@ -26,10 +29,10 @@ LOGGER = logging.getLogger("bids_parcellate")
 
 @pytest.fixture
 def helper():
-    sidecar.start(force=True)  # this test process has nilearn imported already
-    assert sidecar.running()
-    yield sidecar._helper
-    sidecar.stop()
+    helper_process.start(force=True)  # this test process has nilearn imported already
+    assert helper_process.running()
+    yield helper_process._helper
+    helper_process.stop()
 
 
 @pytest.fixture
@@ -81,7 +84,7 @@ def test_helper_plan_is_the_in_process_plan(demo8, tmp_path, helper, strategy):
     run = runs[0]
     n_volumes = nib.load(run.bold).shape[3]
     here = denoise.denoising_plan(run, n_volumes, config)
-    there = sidecar.call(denoise.denoising_plan, run, n_volumes, config)()
+    there = helper_process.call(denoise.denoising_plan, run, n_volumes, config)()
     confounds, names, sample_mask, fd, operator = there
     assert names == here[1] and len(names) > 10
     assert operator.shape == (sample_mask.size, n_volumes)
@@ -92,7 +95,7 @@ def test_helper_plan_is_the_in_process_plan(demo8, tmp_path, helper, strategy):
 
 def test_call_runs_in_the_helper_and_replays_warnings_and_logs(helper, logged):
     with pytest.warns(UserWarning, match="warned in the helper 3"):
-        pid = sidecar.call(noisy, 3)()
+        pid = helper_process.call(noisy, 3)()
     assert pid == helper.process.pid != os.getpid()
     assert "logged in the helper 3" in logged
 
@@ -104,27 +107,27 @@ def test_errors_come_back_as_raised_in_process(demo8, tmp_path, helper):
     with pytest.raises(denoise.RunError) as in_process:
         denoise.denoising_plan(run, wrong, config)
     with pytest.raises(denoise.RunError) as in_helper:
-        sidecar.call(denoise.denoising_plan, run, wrong, config)()
+        helper_process.call(denoise.denoising_plan, run, wrong, config)()
     assert str(in_helper.value) == str(in_process.value)
     assert str(run.confounds) in str(in_helper.value)
     cause = in_helper.value.__cause__  # the helper's traceback, for -v
-    assert isinstance(cause, sidecar.RemoteTraceback) and "denoising_plan" in str(cause)
+    assert isinstance(cause, helper_process.RemoteTraceback) and "denoising_plan" in str(cause)
     with pytest.raises(RuntimeError, match="^Odd: one and two$"):
-        sidecar.call(raise_odd)()
+        helper_process.call(raise_odd)()
     # the helper still serves after an error, and after a call that was never collected
-    sidecar.call(noisy, 4)
+    helper_process.call(noisy, 4)
     with pytest.warns(UserWarning, match="warned in the helper 5"):
-        assert sidecar.call(noisy, 5)() == helper.process.pid
+        assert helper_process.call(noisy, 5)() == helper.process.pid
 
 
 def test_a_dead_helper_means_in_process(helper, logged):
     os.kill(helper.process.pid, signal.SIGKILL)
     helper.process.join(timeout=30)
     with pytest.warns(UserWarning, match="warned in the helper 6"):
-        pid = sidecar.call(noisy, 6)()
+        pid = helper_process.call(noisy, 6)()
     assert pid == os.getpid()
     assert any(m.startswith("helper process failed") for m in logged), logged
-    assert not sidecar.running()
+    assert not helper_process.running()
 
 
 def test_memory_estimate_counts_the_helper(helper):
@@ -189,7 +192,7 @@ def test_the_helper_ends_with_the_run(demo8, tmp_path, how):
 
 def test_console_entry_freezes_the_heap_after_main(monkeypatch):
     calls = []
-    monkeypatch.setattr(cli, "main", lambda: calls.append("main") or 7)
+    monkeypatch.setattr(cli_run, "main", lambda: calls.append("main") or 7)
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
-    assert cli.console_main() == 7
+    assert cli_run.console_main() == 7
     assert calls == ["main", "freeze"]

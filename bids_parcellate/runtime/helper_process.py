@@ -107,7 +107,7 @@ class Helper:
     """One helper process (spawned: no copy of this process's memory or threads)."""
 
     def __init__(self) -> None:
-        from bids_parcellate.cli import thread_variables
+        from bids_parcellate.runtime.threads import thread_variables
 
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
