@@ -34,9 +34,10 @@ from sklearn.metrics import adjusted_rand_score
 from bids_parcellate import quality
 from bids_parcellate.cli import build_parser, config_from_args
 from bids_parcellate.demo import make_demo_dataset
-from bids_parcellate.denoise import clean_run, load_unit_mask
-from bids_parcellate.inputs import collect_runs
-from bids_parcellate.parcellate import grid_connectivity
+from bids_parcellate.denoise import clean_run
+from bids_parcellate.inputs.bold import load_unit_mask
+from bids_parcellate.inputs.query import collect_runs
+from bids_parcellate.learn.features import grid_connectivity
 from bids_parcellate.participant import learn_parcellation
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "studyforrest"

@@ -21,7 +21,7 @@ imports included in the process wall time):
 4. ``all participants, reused database``: the query of every run (what
    ``--print-slurm`` and the group level do).
 
-Steps 2-4 run :func:`bids_parcellate.inputs.collect_runs`, exactly what the participant
+Steps 2-4 run :func:`bids_parcellate.inputs.query.collect_runs`, exactly what the participant
 level does before its first unit starts. Targets: step 3 within 5 s of process start;
 step 1 within 60 s on 2 cores. Prints a markdown table (and JSON with ``--json``).
 """
@@ -138,7 +138,7 @@ def _child(argv: list[str]) -> None:
     start = time.monotonic()
     cpu_start = time.process_time()
     from bids_parcellate.config import Config
-    from bids_parcellate.inputs import collect_runs, index_layout
+    from bids_parcellate.inputs.query import collect_runs, index_layout
 
     imported = time.monotonic()
     cpu_imported = time.process_time()

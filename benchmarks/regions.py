@@ -63,7 +63,7 @@ def _child_nilearn(data: str, method: str, n_maps: int) -> None:
     from nilearn.interfaces.fmriprep import load_confounds_strategy
     from nilearn.regions import RegionExtractor
 
-    from bids_parcellate.regions import auto_alpha
+    from bids_parcellate.learn.regions import auto_alpha
 
     warnings.simplefilter("ignore")
     bold = next(Path(data).rglob("*_desc-preproc_bold.nii.gz"))

@@ -29,13 +29,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import __version__, outputs
+from bids_parcellate import __version__
 from bids_parcellate.config import Config, UserError
-from bids_parcellate.denoise import SkipRun, UnitMask, clean_run, strategies
+from bids_parcellate.denoise import SkipRun, clean_run, strategies
+from bids_parcellate.derivatives import dataset, naming, writers
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
-from bids_parcellate.inputs import Run, Selection, read_dataset_description
-from bids_parcellate.masking import output_res, resampling_reader
-from bids_parcellate.parcellate import labels_to_volume, parcellate
+from bids_parcellate.inputs.bold import UnitMask
+from bids_parcellate.inputs.grids import output_res, resampling_reader
+from bids_parcellate.inputs.query import Run, Selection, read_dataset_description
+from bids_parcellate.learn.features import labels_to_volume
+from bids_parcellate.learn.methods import parcellate
+from bids_parcellate.learn.regions import RegionSet, learn_regions, split_disconnected
 from bids_parcellate.participant import (
     DSEG_COLUMNS,
     DSEG_COLUMNS_JSON,
@@ -47,7 +51,6 @@ from bids_parcellate.participant import (
     parcel_names,
     write_relmats,
 )
-from bids_parcellate.regions import RegionSet, learn_regions, split_disconnected
 from bids_parcellate.summary import (
     SummaryHeader,
     compute_summary,
@@ -100,7 +103,7 @@ def check_grids(units: dict[UnitKey, list[Run]]) -> tuple[tuple[int, ...], np.nd
     members: list[list[str]] = []
     by_unit: dict[str, set[int]] = {}
     for key, runs in units.items():
-        name = outputs.unit_prefix(*key)
+        name = naming.unit_prefix(*key)
         for run in runs:
             if run.error:  # no mask: reported by the level that processes it
                 continue
@@ -158,9 +161,9 @@ def atlas_label(config: Config) -> str:
     root = config.bids_dir.resolve()
     if root.parent.name == "derivatives":
         root = root.parent.parent
-    dataset = "".join(ch for ch in root.name if ch.isalnum()) or "dataset"
-    method = outputs.seg_label(config.method)
-    return dataset + method[:1].upper() + method[1:]
+    name = "".join(ch for ch in root.name if ch.isalnum()) or "dataset"
+    method = naming.seg_label(config.method)
+    return name + method[:1].upper() + method[1:]
 
 
 def _dataset_name(config: Config) -> str:
@@ -317,7 +320,7 @@ def _summaries(config: Config, units: dict[UnitKey, list[Run]], grid, source_dir
     paths: dict[str, SummaryHeader] = {}
     shape, affine = grid
     for key, runs in units.items():
-        name = outputs.unit_prefix(*key)
+        name = naming.unit_prefix(*key)
         first = runs[0].entities
         path = summary_path(config, key[0], key[1],
                             {"space": first.get("space", config.space),
@@ -334,7 +337,7 @@ def _summaries(config: Config, units: dict[UnitKey, list[Run]], grid, source_dir
         try:
             summary = compute_summary(config, runs)
             if not result.computed:
-                outputs.prepare_output_dir(config.output_dir, source_dirs)
+                dataset.prepare_output_dir(config.output_dir, source_dirs)
             result.files += write_summary(config, summary, source_dirs, runs)
             del summary
             header = read_header(path)
@@ -380,7 +383,7 @@ def run_group_level(config: Config, selection: Selection,
         if usable:
             units[key] = usable
         else:
-            result.errors[outputs.unit_prefix(*key)] = "no run with all its files"
+            result.errors[naming.unit_prefix(*key)] = "no run with all its files"
     if not units:
         raise UserError("group level: no participant left to combine")
     check_tangent(config, units)
@@ -418,7 +421,7 @@ def run_group_level(config: Config, selection: Selection,
     del features
     result.timings["parcellate"] = time.monotonic() - tic
 
-    outputs.prepare_output_dir(config.output_dir, source_dirs)
+    dataset.prepare_output_dir(config.output_dir, source_dirs)
     space, res = _space_res(units, config)
     result.files += write_atlas(config, result, gmask, labels, space, res, regions,
                                 n_volumes)
@@ -427,7 +430,7 @@ def run_group_level(config: Config, selection: Selection,
                 result.timings["parcellate"])
 
     tic = time.monotonic()
-    kept = {k: v for k, v in units.items() if outputs.unit_prefix(*k) in paths}
+    kept = {k: v for k, v in units.items() if naming.unit_prefix(*k) in paths}
     collected: list | None = [] if config.connectivity else None
     apply_atlas(config, result, kept, gmask, labels, space, res, source_dirs, collected,
                 reader)
@@ -487,7 +490,7 @@ def _atlas_entities(label: str, space: str, res: str | None, scale: int) -> dict
 def atlas_dseg_name(label: str, space: str, res: str | None, scale: int,
                     extension: str = ".nii.gz") -> str:
     """Relative path of the group atlas image (or table / sidecar) at one scale."""
-    return outputs.build_name("atlas_dseg", {**_atlas_entities(label, space, res, scale),
+    return naming.build_name("atlas_dseg", {**_atlas_entities(label, space, res, scale),
                                              "extension": extension})
 
 
@@ -519,39 +522,39 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
     if origin_column:
         columns = {"index": columns.pop("index"), "name": columns.pop("name"),
                    origin_column: ORIGIN_COLUMNS[origin_column], **columns}
-    dataset = _dataset_name(config)
-    written.append(outputs.write_json(
-        out / outputs.build_name("atlas_description", {"atlas": result.label,
+    dataset_name = _dataset_name(config)
+    written.append(writers.write_json(
+        out / naming.build_name("atlas_description", {"atlas": result.label,
                                                        "suffix": "description",
                                                        "extension": ".json"}),
         {
             "Name": f"{result.label}: {config.method} group parcellation"
-                    + (f" of {dataset}" if dataset else ""),
+                    + (f" of {dataset_name}" if dataset_name else ""),
             "Description": f"Data-driven {config.method} parcellation learned by "
                            f"bids_parcellate from the cleaned BOLD runs of "
                            f"{len(result.units)} participant unit(s), at scales "
                            f"{', '.join(map(str, sorted(labels)))}.",
-            "BIDSVersion": outputs.BIDS_VERSION,
+            "BIDSVersion": dataset.BIDS_VERSION,
             "SpatialReference": space,
             "DerivedFrom": "BOLD fMRI",
             "LevelType": "group",
-            "ReferencesAndLinks": [outputs.CODE_URL],
+            "ReferencesAndLinks": [dataset.CODE_URL],
             "Participants": result.units,
             "GroupMask": gmask.describe(),
             "Parameters": parameters,
             "ConfigHash": config.config_hash(),
             "GeneratedBy": [{"Name": "bids_parcellate", "Version": __version__,
-                             "CodeURL": outputs.CODE_URL}],
+                             "CodeURL": dataset.CODE_URL}],
         }))
     for scale in sorted(labels):
         ents = _atlas_entities(result.label, space, res, scale)
         img = nib.Nifti1Image(labels_to_volume(labels[scale], gmask.mask), gmask.affine)
         img.header.set_xyzt_units("mm")
         img.header.set_intent("label")
-        written.append(outputs.write_nifti(
-            out / outputs.build_name("atlas_dseg", {**ents, "extension": ".nii.gz"}), img))
-        written.append(outputs.write_tsv(
-            out / outputs.build_name("atlas_dseg", {**ents, "extension": ".tsv"}),
+        written.append(writers.write_nifti(
+            out / naming.build_name("atlas_dseg", {**ents, "extension": ".nii.gz"}), img))
+        written.append(writers.write_tsv(
+            out / naming.build_name("atlas_dseg", {**ents, "extension": ".tsv"}),
             list(columns), _dseg_table(labels[scale], gmask.mask, gmask.affine,
                                        regions[scale].origin if origin_column else None)))
         n_parcels = int(labels[scale].max())
@@ -588,8 +591,8 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
                 "resample_img: continuous interpolation for the BOLD, nearest neighbour "
                 "for masks)" if config.resamples
                 else f"res-{res}: the resolution of the input BOLD grid")
-        written.append(outputs.write_json(
-            out / outputs.build_name("atlas_dseg", {**ents, "extension": ".json"}), sidecar))
+        written.append(writers.write_json(
+            out / naming.build_name("atlas_dseg", {**ents, "extension": ".json"}), sidecar))
         maps = regions[scale].maps if scale in regions else None
         if maps is not None:
             written += _write_atlas_maps(config, result, gmask, ents, maps,
@@ -619,11 +622,11 @@ def _write_atlas_maps(config: Config, result: GroupResult, gmask: GroupMask, ent
         "RegionsPerMap": counts.tolist(),
         **{k: dseg_sidecar[k] for k in keep if k in dseg_sidecar},
     }
-    return [outputs.write_nifti(
-                out / outputs.build_name("atlas_probseg", {**ents, "extension": ".nii.gz"}),
+    return [writers.write_nifti(
+                out / naming.build_name("atlas_probseg", {**ents, "extension": ".nii.gz"}),
                 img),
-            outputs.write_json(
-                out / outputs.build_name("atlas_probseg", {**ents, "extension": ".json"}),
+            writers.write_json(
+                out / naming.build_name("atlas_probseg", {**ents, "extension": ".json"}),
                 sidecar)]
 
 
@@ -646,8 +649,8 @@ def _timeseries_sidecar(config: Config, run: Run, clean, parcellation: str,
         "Standardize": config.standardize,
         "Atlas": label,
         "Parcellation": parcellation,
-        "Sources": [outputs.bids_uri(run.bold, source_dirs),
-                    outputs.bids_uri(run.confounds, source_dirs) if run.confounds else None],
+        "Sources": [dataset.bids_uri(run.bold, source_dirs),
+                    dataset.bids_uri(run.confounds, source_dirs) if run.confounds else None],
         "ConfigHash": config.config_hash(),
     }
 
@@ -663,18 +666,18 @@ def apply_atlas(config: Config, result: GroupResult, units: dict[UnitKey, list[R
     ``collect``: when given, ``(unit, run, kept volumes, scale -> timeseries)`` of every
     run is appended to it (parcel timeseries only: small) for the connectomes.
     ``reader``: resamples each BOLD to the atlas grid (``--target-*``, see
-    :func:`bids_parcellate.masking.resampling_reader`).
+    :func:`bids_parcellate.inputs.grids.resampling_reader`).
     """
     unit_mask = UnitMask(mask=gmask.mask, affine=gmask.affine, n_voxels_per_run={},
                          reader=reader)
     progress = Progress(sum(len(r) for r in units.values()))
     for key, runs in units.items():
-        name = outputs.unit_prefix(*key)
+        name = naming.unit_prefix(*key)
         blocks = []
         try:
             for run in runs:
                 start = time.monotonic()
-                label = outputs.source_prefix(run.entities)
+                label = naming.source_prefix(run.entities)
                 try:
                     clean = clean_run(run, unit_mask, config)
                 except SkipRun as exc:
@@ -696,12 +699,12 @@ def apply_atlas(config: Config, result: GroupResult, units: dict[UnitKey, list[R
                 ents = {**run.entities, "space": space, "res": res, "atlas": result.label,
                         "scale": scale, "stat": "mean", "suffix": "timeseries"}
                 block = align_to_volumes(series[scale], clean.sample_mask, clean.n_volumes)
-                result.files.append(outputs.write_matrix_tsv(
-                    config.output_dir / outputs.build_name("timeseries",
+                result.files.append(writers.write_matrix_tsv(
+                    config.output_dir / naming.build_name("timeseries",
                                                            {**ents, "extension": ".tsv"}),
                     parcel_names(block.shape[1]), block))
-                result.files.append(outputs.write_json(
-                    config.output_dir / outputs.build_name("timeseries",
+                result.files.append(writers.write_json(
+                    config.output_dir / naming.build_name("timeseries",
                                                            {**ents, "extension": ".json"}),
                     _timeseries_sidecar(config, run, clean,
                                         atlas_dseg_name(result.label, space, res, scale),
@@ -717,7 +720,7 @@ def write_group_connectomes(config: Config, result: GroupResult, collected: list
     from bids_parcellate.connectome import connectivity, group_connectomes
 
     written = []
-    participants = sorted({outputs.unit_prefix(*key) for key, *_ in collected})
+    participants = sorted({naming.unit_prefix(*key) for key, *_ in collected})
     for scale in sorted(labels):
         series = [by_scale[scale] for *_, by_scale in collected]
         names = parcel_names(series[0].shape[1])
@@ -734,7 +737,7 @@ def write_group_connectomes(config: Config, result: GroupResult, collected: list
             written += write_relmats(
                 config, ents, names, per_run,
                 {"Parcellation": dseg, "Atlas": result.label,
-                 "Timeseries": outputs.build_name("timeseries", {
+                 "Timeseries": naming.build_name("timeseries", {
                      **ents, "stat": "mean", "suffix": "timeseries", "extension": ".tsv"}),
                  "NumberOfVolumes": n_kept})
         common = {"Parcellation": dseg, "Atlas": result.label, "NumberOfRuns": len(series),
@@ -766,10 +769,10 @@ def write_agreement(config: Config, result: GroupResult, units: dict[UnitKey, li
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     rows = []
-    seg = outputs.seg_label(config.method)
+    seg = naming.seg_label(config.method)
     for key in units:
         for scale in sorted(labels):
-            own_path = config.output_dir / outputs.build_name("dseg", {
+            own_path = config.output_dir / naming.build_name("dseg", {
                 "subject": key[0], "session": key[1], "space": space, "res": res, "seg": seg,
                 "scale": scale, "suffix": "dseg", "extension": ".nii.gz"})
             if not own_path.is_file():
@@ -793,11 +796,11 @@ def write_agreement(config: Config, result: GroupResult, units: dict[UnitKey, li
         rows = [row[:1] + row[2:] for row in rows]
     ents = {"atlas": result.label, "suffix": "agreement"}
     out = config.output_dir
-    written = [outputs.write_tsv(out / outputs.build_name("group_table",
+    written = [writers.write_tsv(out / naming.build_name("group_table",
                                                           {**ents, "extension": ".tsv"}),
                                  columns, rows)]
-    written.append(outputs.write_json(
-        out / outputs.build_name("group_table", {**ents, "extension": ".json"}),
+    written.append(writers.write_json(
+        out / naming.build_name("group_table", {**ents, "extension": ".json"}),
         {
             "Description": "Agreement of each participant's own parcellation (participant "
                            "level, same method and scale) with the group atlas "

@@ -19,30 +19,25 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import outputs, quality, report, resume
+from bids_parcellate import quality, report
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.connectome import measure_label, run_connectomes
 from bids_parcellate.connectome import sidecar as relmat_sidecar
-from bids_parcellate.consensus import consensus_parcellation
-from bids_parcellate.denoise import CleanRun, UnitMask, strategies
+from bids_parcellate.denoise import CleanRun, clean_runs, strategies
+from bids_parcellate.derivatives import dataset, markers, naming, writers
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
-from bids_parcellate.inputs import Run, Selection, Skipped
-from bids_parcellate.masking import (
-    DATA_STRATEGIES,
-    build_unit_mask,
-    clean_runs,
-    output_res,
-)
-from bids_parcellate.parcellate import (
-    LabelsByScale,
+from bids_parcellate.inputs.bold import UnitMask
+from bids_parcellate.inputs.grids import DATA_STRATEGIES, build_unit_mask, output_res
+from bids_parcellate.inputs.query import Run, Selection, Skipped
+from bids_parcellate.learn.consensus import consensus_parcellation
+from bids_parcellate.learn.features import (
     build_features,
-    check_scales,
     grid_connectivity,
     labels_to_volume,
-    parcellate,
     prepare_runs,
 )
-from bids_parcellate.regions import RegionSet, auto_alpha, learn_regions, split_disconnected
+from bids_parcellate.learn.methods import LabelsByScale, check_scales, parcellate
+from bids_parcellate.learn.regions import RegionSet, auto_alpha, learn_regions, split_disconnected
 from bids_parcellate.runtime import cache, helper_process, parallel
 from bids_parcellate.summary import Summary, make_summary, write_summary
 
@@ -112,7 +107,7 @@ class UnitResult:
 
     @property
     def name(self) -> str:
-        return outputs.unit_prefix(self.subject, self.session)
+        return naming.unit_prefix(self.subject, self.session)
 
     @property
     def missing_inputs(self) -> list[Skipped]:
@@ -237,11 +232,11 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
     space = first.entities.get("space", config.space)
     res = _unit_entities(config, result)["res"]
     resolution = _resolution(unit_mask, res)
-    seg = outputs.seg_label(config.method)
+    seg = naming.seg_label(config.method)
     inputs = [p for c in result.runs for p in (c.run.bold, c.run.mask)]
     if config.mask is not None:
         inputs.append(config.mask)
-    sources = sorted({outputs.bids_uri(p, source_dirs) for p in inputs})
+    sources = sorted({dataset.bids_uri(p, source_dirs) for p in inputs})
     written: list[Path] = []
     for scale in sorted(labels):
         ents = {"subject": result.subject, "session": result.session, "space": space,
@@ -250,8 +245,8 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
         img = nib.Nifti1Image(volume, unit_mask.affine)
         img.header.set_xyzt_units("mm")
         img.header.set_intent("label")
-        written.append(outputs.write_nifti(
-            out / outputs.build_name("dseg", {**ents, "extension": ".nii.gz"}), img))
+        written.append(writers.write_nifti(
+            out / naming.build_name("dseg", {**ents, "extension": ".nii.gz"}), img))
         origin_column = _origin_column(config)
         columns = dict(DSEG_COLUMNS)
         if origin_column:
@@ -259,8 +254,8 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
                        origin_column: ORIGIN_COLUMNS[origin_column], **columns}
         table = _dseg_table(labels[scale], unit_mask.mask, unit_mask.affine,
                             regions[scale].origin if origin_column else None)
-        written.append(outputs.write_tsv(
-            out / outputs.build_name("dseg", {**ents, "extension": ".tsv"}),
+        written.append(writers.write_tsv(
+            out / naming.build_name("dseg", {**ents, "extension": ".tsv"}),
             list(columns), table))
         sidecar = {
             "Description": _dseg_description(config, scale, int(labels[scale].max()),
@@ -279,8 +274,8 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
             sidecar["NumberOfMaps"] = scale
         if res is not None:
             sidecar["Resolution"] = resolution
-        written.append(outputs.write_json(
-            out / outputs.build_name("dseg", {**ents, "extension": ".json"}), sidecar))
+        written.append(writers.write_json(
+            out / naming.build_name("dseg", {**ents, "extension": ".json"}), sidecar))
 
     strategy_text = strategies()[config.denoise_strategy]["description"]
     for clean in result.runs:
@@ -291,11 +286,11 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
             block = align_to_volumes(series[run.bold][scale], clean.sample_mask,
                                      clean.n_volumes)
             names = parcel_names(block.shape[1])
-            written.append(outputs.write_matrix_tsv(
-                out / outputs.build_name("timeseries", {**ents, "extension": ".tsv"}),
+            written.append(writers.write_matrix_tsv(
+                out / naming.build_name("timeseries", {**ents, "extension": ".tsv"}),
                 names, block))
-            written.append(outputs.write_json(
-                out / outputs.build_name("timeseries", {**ents, "extension": ".json"}),
+            written.append(writers.write_json(
+                out / naming.build_name("timeseries", {**ents, "extension": ".json"}),
                 {
                     "Description": "Mean cleaned BOLD signal of each parcel; one row per "
                                    "BOLD volume, censored volumes are n/a.",
@@ -310,12 +305,12 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
                     "HighPass": config.high_pass,
                     "LowPass": config.low_pass,
                     "Standardize": config.standardize,
-                    "Parcellation": outputs.build_name(
+                    "Parcellation": naming.build_name(
                         "dseg", {"subject": result.subject, "session": result.session,
                                  "space": space, "res": res, "seg": seg,
                                  "scale": scale, "suffix": "dseg", "extension": ".nii.gz"}),
-                    "Sources": [outputs.bids_uri(run.bold, source_dirs),
-                                outputs.bids_uri(run.confounds, source_dirs)
+                    "Sources": [dataset.bids_uri(run.bold, source_dirs),
+                                dataset.bids_uri(run.confounds, source_dirs)
                                 if run.confounds else None],
                     "ConfigHash": config.config_hash(),
                 }))
@@ -329,7 +324,7 @@ DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.
 
 def denoise_unit(config: Config, runs: list[Run], progress: Progress
                  ) -> tuple[UnitMask, list[CleanRun], list[Skipped]]:
-    """The unit's mask and grid (:mod:`bids_parcellate.masking`), then every run read
+    """The unit's mask and grid (:mod:`bids_parcellate.inputs.grids`), then every run read
     once and cleaned; runs with too few volumes are skipped."""
     unit_mask = build_unit_mask(runs, config)
     if config.mask_strategy not in DATA_STRATEGIES:  # else the mask is known after reading
@@ -357,7 +352,7 @@ def _unit_entities(config: Config, result: UnitResult) -> dict:
     return {"subject": result.subject, "session": result.session,
             "space": first.entities.get("space", config.space),
             "res": output_res(config, [r.run for r in result.runs]),
-            "seg": outputs.seg_label(config.method)}
+            "seg": naming.seg_label(config.method)}
 
 
 def _resolution(unit_mask, res: str) -> str:
@@ -382,8 +377,8 @@ def _write_maps(config: Config, result: UnitResult, unit_mask,
         volume[unit_mask.mask] = maps.T
         img = nib.Nifti1Image(volume, unit_mask.affine)
         img.header.set_xyzt_units("mm")
-        written.append(outputs.write_nifti(
-            out / outputs.build_name("probseg", {**ents, "extension": ".nii.gz"}), img))
+        written.append(writers.write_nifti(
+            out / naming.build_name("probseg", {**ents, "extension": ".nii.gz"}), img))
         counts = np.bincount(regions[scale].origin, minlength=maps.shape[0] + 1)[1:]
         sidecar = {
             "Description": f"{maps.shape[0]} {config.method} network maps learned from "
@@ -394,15 +389,15 @@ def _write_maps(config: Config, result: UnitResult, unit_mask,
             "NumberOfMaps": int(maps.shape[0]),
             "RegionsPerMap": counts.tolist(),
             "Parameters": _parameters(config, _kept_volumes(result)),
-            "Sources": sorted({outputs.bids_uri(p, source_dirs)
+            "Sources": sorted({dataset.bids_uri(p, source_dirs)
                                for c in result.runs for p in (c.run.bold, c.run.mask)}),
             "SpatialReference": base["space"],
             "ConfigHash": config.config_hash(),
         }
         if base["res"] is not None:
             sidecar["Resolution"] = _resolution(unit_mask, base["res"])
-        written.append(outputs.write_json(
-            out / outputs.build_name("probseg", {**ents, "extension": ".json"}), sidecar))
+        written.append(writers.write_json(
+            out / naming.build_name("probseg", {**ents, "extension": ".json"}), sidecar))
     return written
 
 
@@ -414,11 +409,11 @@ def write_relmats(config: Config, entities: dict, names: list[str],
     written = []
     for measure, matrix in by_kind.items():
         ents = {**entities, "meas": measure_label(measure), "suffix": "relmat"}
-        written.append(outputs.write_matrix_tsv(
-            out / outputs.build_name(kind, {**ents, "extension": ".tsv"}),
+        written.append(writers.write_matrix_tsv(
+            out / naming.build_name(kind, {**ents, "extension": ".tsv"}),
             names, matrix, row_names=("node", names)))
-        written.append(outputs.write_json(
-            out / outputs.build_name(kind, {**ents, "extension": ".json"}),
+        written.append(writers.write_json(
+            out / naming.build_name(kind, {**ents, "extension": ".json"}),
             {**relmat_sidecar(measure),
              "NodeNames": "the node column and header: parcel names of the dseg table",
              **extra, "ConfigHash": config.config_hash()}))
@@ -435,10 +430,10 @@ def _write_connectomes(config: Config, result: UnitResult, series: dict,
         for scale, by_kind in sorted(matrices[run.bold].items()):
             ents = {**run.entities, "space": base["space"], "res": base["res"],
                     "seg": base["seg"], "scale": scale}
-            timeseries = outputs.build_name(
+            timeseries = naming.build_name(
                 "timeseries", {**ents, "stat": "mean", "suffix": "timeseries",
                                "extension": ".tsv"})
-            dseg = outputs.build_name("dseg", {**base, "scale": scale, "suffix": "dseg",
+            dseg = naming.build_name("dseg", {**base, "scale": scale, "suffix": "dseg",
                                                "extension": ".nii.gz"})
             written += write_relmats(
                 config, ents, parcel_names(series[run.bold][scale].shape[1]), by_kind,
@@ -590,7 +585,7 @@ def _write_quality(config: Config, result: UnitResult, figures: dict[int, dict]
     ents = _unit_entities(config, result)
     rows = quality.unit_rows(result.subject, result.session, config.method,
                              config.bootstrap, result.n_voxels, figures)
-    extra = {scale: {"Parcellation": outputs.build_name(
+    extra = {scale: {"Parcellation": naming.build_name(
                          "dseg", {**ents, "scale": scale, "suffix": "dseg",
                                   "extension": ".nii.gz"}),
                      "RandomSeed": config.random_seed,
@@ -634,7 +629,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     if found is not None:
         unit_mask, cleaned, skipped = found
         for clean in cleaned:
-            progress.run_done(f"{outputs.source_prefix(clean.run.entities)}: "
+            progress.run_done(f"{naming.source_prefix(clean.run.entities)}: "
                               f"{clean.sample_mask.size}/{clean.n_volumes} volumes kept "
                               "(cleaned data from the cache)")
         for skip in skipped:
@@ -672,10 +667,10 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
                 for bold, by_scale in series.items()} if config.connectivity else {}
     result.timings["connectome"] = time.monotonic() - tic
     tic = time.monotonic()
-    outputs.prepare_output_dir(config.output_dir, source_dirs)
+    dataset.prepare_output_dir(config.output_dir, source_dirs)
     # stale outputs of this unit (an interrupted run, or --overwrite) go first, the
     # completion marker before anything else; a failure while writing leaves nothing
-    outputs.remove_unit_outputs(config.output_dir, subject, session, plan_listed)
+    dataset.remove_unit_outputs(config.output_dir, subject, session, plan_listed)
     try:
         result.files = _write_unit(config, result, unit_mask, labels, series, source_dirs,
                                    regions)
@@ -688,7 +683,7 @@ def process_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         # level may rewrite it for other parameters without touching this unit's marker)
         write_summary(config, summary, source_dirs, runs)
     except BaseException:
-        outputs.remove_unit_outputs(config.output_dir, subject, session)
+        dataset.remove_unit_outputs(config.output_dir, subject, session)
         raise
     result.timings["write"] = time.monotonic() - tic
     LOGGER.debug("%s: stage times %s", result.name,
@@ -713,7 +708,7 @@ def run_participant_level(config: Config, selection: Selection,
                           selection_warnings: Sequence[str] = ()) -> list[UnitResult]:
     """Process every unit; a failing unit is reported and does not stop the others.
 
-    ``plans`` (from :func:`bids_parcellate.resume.plan_units`) says which units are
+    ``plans`` (from :func:`bids_parcellate.derivatives.markers.plan_units`) says which units are
     complete from an earlier run with the same parameters; those are not recomputed.
     A unit's completion marker is written after all of its files.
     ``selection_warnings`` (warnings logged while the inputs were queried) go to the
@@ -725,7 +720,7 @@ def run_participant_level(config: Config, selection: Selection,
     order either way.
     """
     units = selection.units()
-    plans = plans if plans is not None else resume.plan_units(config, selection)
+    plans = plans if plans is not None else markers.plan_units(config, selection)
     todo = {k: r for k, r in units.items() if plans[k].action != "skip"}
     progress = Progress(sum(len(r) for r in todo.values()))
     store = cache.Cache.from_config(config)
@@ -735,7 +730,7 @@ def run_participant_level(config: Config, selection: Selection,
     results = {}
     for key in units:
         plan = plans[key]
-        name = outputs.unit_prefix(*key)
+        name = naming.unit_prefix(*key)
         if plan.action == "skip":
             LOGGER.info("%s: complete from an earlier run with the same parameters, skipped "
                         "(--overwrite recomputes it)", name)
@@ -754,7 +749,7 @@ def run_participant_level(config: Config, selection: Selection,
     done = parallel.map_units(run_unit, tasks, workers, progress, config.verbosity)
     for key, result in zip(todo, done, strict=True):
         if isinstance(result, parallel.WorkerDied):
-            LOGGER.error("%s failed: %s", outputs.unit_prefix(*key), result)
+            LOGGER.error("%s failed: %s", naming.unit_prefix(*key), result)
             result = UnitResult(subject=key[0], session=key[1], error=str(result))
         results[key] = result
     ordered = [results[key] for key in units]
@@ -781,7 +776,7 @@ def run_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
     # OpenMP loops (k-means) keep their threads.
     from threadpoolctl import threadpool_limits
 
-    name = outputs.unit_prefix(*key)
+    name = naming.unit_prefix(*key)
     try:
         unit_log = report.UnitLog(skipped_inputs=skipped_inputs, earlier=earlier_warnings)
         with unit_log, threadpool_limits(limits=1, user_api="blas"):
@@ -790,8 +785,8 @@ def run_unit(config: Config, key: tuple[str, str | None], runs: list[Run],
         if not result.missing_inputs:
             # a unit with skipped incomplete runs is never marked complete: a rerun
             # recomputes it (and reports the missing file again) until it is fixed
-            resume.write_marker(config, key[0], key[1], result.files,
-                                resume.unit_sources(runs, source_dirs))
+            markers.write_marker(config, key[0], key[1], result.files,
+                                markers.unit_sources(runs, source_dirs))
         return result
     except UserError as exc:
         LOGGER.error("%s failed: %s", name, exc)

@@ -42,7 +42,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from bids_parcellate import outputs
+from bids_parcellate.derivatives import naming, writers
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -161,7 +161,7 @@ class Halves:
         piece z-scored per column: runs standardised per run are used as they are (a
         run split keeps whole runs); slices of a run (time split) are standardised
         copies."""
-        from bids_parcellate.parcellate import standardize_columns
+        from bids_parcellate.learn.features import standardize_columns
 
         if self.kind == "runs":
             return list(arrays[half::2])
@@ -561,11 +561,11 @@ def write_unit_tables(output_dir: Path, entities: Mapping, rows: Mapping[int, li
     written = []
     for scale, row in sorted(rows.items()):
         ents = {**entities, "scale": scale, "suffix": "quality"}
-        written.append(outputs.write_tsv(
-            output_dir / outputs.build_name("quality", {**ents, "extension": ".tsv"}),
+        written.append(writers.write_tsv(
+            output_dir / naming.build_name("quality", {**ents, "extension": ".tsv"}),
             list(COLUMNS), [row]))
-        written.append(outputs.write_json(
-            output_dir / outputs.build_name("quality", {**ents, "extension": ".json"}),
+        written.append(writers.write_json(
+            output_dir / naming.build_name("quality", {**ents, "extension": ".json"}),
             sidecar("Quality figures of one parcellation (one row); see Methods.",
                     extra.get(scale))))
     return written
@@ -612,7 +612,7 @@ def update_group_table(output_dir: Path, attempts: int = 5) -> Path | None:
     Path or None
         The group table, or ``None`` when there are no unit tables.
     """
-    tsv = output_dir / outputs.build_name("group_quality",
+    tsv = output_dir / naming.build_name("group_quality",
                                           {"suffix": "quality", "extension": ".tsv"})
     for _ in range(attempts):
         before = _signature(_unit_tables(output_dir))
@@ -624,8 +624,8 @@ def update_group_table(output_dir: Path, attempts: int = 5) -> Path | None:
                 rows.extend(_read_rows(Path(path)))
             except FileNotFoundError:  # replaced meanwhile: the next round reads it
                 continue
-        outputs.write_text(tsv, outputs.format_tsv(list(COLUMNS), rows))
-        outputs.write_json(tsv.with_suffix(".json"), sidecar(
+        writers.write_text(tsv, writers.format_tsv(list(COLUMNS), rows))
+        writers.write_json(tsv.with_suffix(".json"), sidecar(
             "Quality figures of every participant's parcellations, one row per "
             "participant (and session), method and scale; gathered from the "
             "sub-*/anat/*_quality.tsv files."))

@@ -26,11 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_parcellate import __version__, outputs
+from bids_parcellate import __version__
 from bids_parcellate.config import Config, UserError
-from bids_parcellate.inputs import Run
-from bids_parcellate.masking import build_unit_mask, clean_runs, output_res
-from bids_parcellate.parcellate import build_features
+from bids_parcellate.denoise import clean_runs
+from bids_parcellate.derivatives import dataset, naming, writers
+from bids_parcellate.inputs.grids import build_unit_mask, output_res
+from bids_parcellate.inputs.query import Run
+from bids_parcellate.learn.features import build_features
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -87,7 +89,7 @@ class Summary:
 
     @property
     def name(self) -> str:
-        return outputs.unit_prefix(self.subject, self.session)
+        return naming.unit_prefix(self.subject, self.session)
 
 
 def summary_parameters(config: Config, runs: list[Run]) -> dict:
@@ -149,7 +151,7 @@ def compute_summary(config: Config, runs: list[Run]) -> Summary:
     # the participant level's mask and grid (--mask-strategy, --mask, --target-*)
     unit_mask, cleaned, skipped = clean_runs(runs, build_unit_mask(runs, config), config)
     if not cleaned:
-        name = outputs.unit_prefix(*runs[0].unit)
+        name = naming.unit_prefix(*runs[0].unit)
         reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in skipped)
         raise UserError(f"{name}: no usable runs ({reasons})")
     data = [c.data for c in cleaned]
@@ -166,7 +168,7 @@ def compute_summary(config: Config, runs: list[Run]) -> Summary:
 # --------------------------------------------------------------------------- files
 def summary_path(config: Config, subject: str, session: str | None, entities: dict) -> Path:
     """Where a unit's summary lives in OUTPUT_DIR."""
-    return config.output_dir / outputs.build_name("summary", {
+    return config.output_dir / naming.build_name("summary", {
         "subject": subject, "session": session, **entities,
         "desc": "summary", "suffix": "features", "extension": ".npz"})
 
@@ -181,13 +183,13 @@ def write_summary(config: Config, summary: Summary, source_dirs: list[Path],
         "runs_used": summary.runs_used,
         "n_volumes": summary.n_volumes,
     }
-    written = [outputs.write_npz(path, {
+    written = [writers.write_npz(path, {
         "features": summary.features,
         "mask": summary.mask.astype(np.uint8),
         "affine": summary.affine,
         "header": np.array(json.dumps(header, sort_keys=True)),
     })]
-    written.append(outputs.write_json(path.with_name(path.name.replace(".npz", ".json")), {
+    written.append(writers.write_json(path.with_name(path.name.replace(".npz", ".json")), {
         "Description": "Group-level input (map step): clustering features of this unit's "
                        "cleaned runs on its brain mask; read by the group level instead of "
                        "the BOLD files. Arrays: features (voxels x components, float32, "
@@ -197,7 +199,7 @@ def write_summary(config: Config, summary: Summary, source_dirs: list[Path],
         "NumberOfComponents": int(summary.features.shape[1]),
         "NumberOfVolumes": summary.n_volumes,
         "Parameters": summary.parameters["parameters"],
-        "Sources": sorted(outputs.bids_uri(r.bold, source_dirs) for r in runs
+        "Sources": sorted(dataset.bids_uri(r.bold, source_dirs) for r in runs
                           if r.bold.name in summary.runs_used),
         "ConfigHash": config.config_hash(),
     }))

@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_info
 from bids_parcellate import __version__
 from bids_parcellate.cli import build_parser
 from bids_parcellate.config import DENOISE_STRATEGIES, METHODS, STANDARDIZE_CHOICES
-from bids_parcellate.outputs import dataset_description, in_container
+from bids_parcellate.derivatives.dataset import dataset_description, in_container
 from bids_parcellate.runtime.threads import THREAD_VARIABLES, limit_threads
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,8 @@ import pytest
 from nilearn import signal
 
 from bids_parcellate import denoise
-from bids_parcellate.inputs import Run
+from bids_parcellate.inputs import bold as bold_io
+from bids_parcellate.inputs.query import Run
 
 
 def write_bold(path, data, dtype, slope=None):
@@ -30,10 +31,10 @@ def test_blockwise_read_equals_nibabel(tmp_path, monkeypatch, dtype, slope, suff
     bold = write_bold(tmp_path / f"bold{suffix}", data, dtype, slope)
     mask = rng.random(shape[:3]) > 0.3
     # a few volumes per block, the last one partial
-    monkeypatch.setattr(denoise, "_READ_BLOCK_BYTES", 4 * mask.size * 5)
+    monkeypatch.setattr(bold_io, "READ_BLOCK_BYTES", 4 * mask.size * 5)
     run = Run(entities={"subject": "01"}, bold=bold, mask=bold, confounds=None, tr=2.0)
-    unit = denoise.UnitMask(mask=mask, affine=nib.load(bold).affine, n_voxels_per_run={})
-    series, mean_img = denoise.load_bold(run, unit)
+    unit = bold_io.UnitMask(mask=mask, affine=nib.load(bold).affine, n_voxels_per_run={})
+    series, mean_img = bold_io.load_bold(run, unit)
     reference = nib.load(bold).get_fdata(dtype=np.float32)
     assert series.dtype == np.float32 and series.shape == (23, mask.sum())
     np.testing.assert_allclose(series, reference[mask].T, rtol=1e-7)
@@ -45,10 +46,10 @@ def test_truncated_bold_is_a_run_error(tmp_path):
     bold = write_bold(tmp_path / "bold.nii.gz", data, np.float32)
     bold.write_bytes(bold.read_bytes()[: bold.stat().st_size // 2])
     run = Run(entities={"subject": "01"}, bold=bold, mask=bold, confounds=None, tr=2.0)
-    unit = denoise.UnitMask(mask=np.ones((6, 6, 6), bool), affine=np.diag([3.0] * 3 + [1]),
+    unit = bold_io.UnitMask(mask=np.ones((6, 6, 6), bool), affine=np.diag([3.0] * 3 + [1]),
                             n_voxels_per_run={})
-    with pytest.raises(denoise.RunError, match="cannot read NIfTI data"):
-        denoise.load_bold(run, unit)
+    with pytest.raises(bold_io.RunError, match="cannot read NIfTI data"):
+        bold_io.load_bold(run, unit)
 
 
 @pytest.mark.parametrize("high_pass, low_pass", [(None, None), (0.01, 0.08)])

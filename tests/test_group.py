@@ -18,9 +18,9 @@ from nilearn.maskers import NiftiLabelsMasker
 from sklearn.metrics import adjusted_rand_score
 
 from bids_parcellate.cli import main
-from bids_parcellate.denoise import UnitMask, load_bold
 from bids_parcellate.group import ComponentMerger
-from bids_parcellate.inputs import Run
+from bids_parcellate.inputs.bold import UnitMask, load_bold
+from bids_parcellate.inputs.query import Run
 
 from .conftest import run_cli, sha256_tree, validate
 

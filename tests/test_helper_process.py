@@ -18,7 +18,8 @@ import pytest
 
 from bids_parcellate import cli, denoise
 from bids_parcellate.cli import run as cli_run
-from bids_parcellate.inputs import collect_runs
+from bids_parcellate.inputs import bold
+from bids_parcellate.inputs.query import collect_runs
 from bids_parcellate.runtime import helper_process, resources
 
 from .conftest import sha256_tree
@@ -104,9 +105,9 @@ def test_errors_come_back_as_raised_in_process(demo8, tmp_path, helper):
     runs, config = runs_and_config(demo8.root, tmp_path)
     run = runs[0]
     wrong = nib.load(run.bold).shape[3] + 5  # the confounds have fewer rows
-    with pytest.raises(denoise.RunError) as in_process:
+    with pytest.raises(bold.RunError) as in_process:
         denoise.denoising_plan(run, wrong, config)
-    with pytest.raises(denoise.RunError) as in_helper:
+    with pytest.raises(bold.RunError) as in_helper:
         helper_process.call(denoise.denoising_plan, run, wrong, config)()
     assert str(in_helper.value) == str(in_process.value)
     assert str(run.confounds) in str(in_helper.value)

@@ -19,7 +19,7 @@ import pytest
 from bids_parcellate.cli import build_parser
 from bids_parcellate.cli.slurm import processing_options
 from bids_parcellate.config import Config
-from bids_parcellate.inputs import collect_runs, index_layout
+from bids_parcellate.inputs.query import collect_runs, index_layout
 from bids_parcellate.runtime.parallel import WorkerDied, WorkerPlan, map_units, plan_workers
 
 from .conftest import run_cli, sha256_tree

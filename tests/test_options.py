@@ -15,10 +15,13 @@ import pytest
 from nilearn.image import resample_img
 from nilearn.masking import compute_brain_mask, compute_epi_mask
 
-from bids_parcellate import denoise, parcellate
+from bids_parcellate import denoise
 from bids_parcellate.cli import build_parser, config_from_args, main
 from bids_parcellate.config import Config, ConfigError, UserError
 from bids_parcellate.demo import make_demo_dataset
+from bids_parcellate.inputs import bold
+from bids_parcellate.learn import features as learn_features
+from bids_parcellate.learn import methods
 from bids_parcellate.runtime import cache as cache_module
 
 from .conftest import run_cli, sha256_tree, validate
@@ -263,16 +266,16 @@ def test_disconnected_mask_warns_once(logged):
     mask[6:] = True  # two slabs, two voxels apart
     rng = np.random.default_rng(0)
     features = rng.standard_normal((int(mask.sum()), 10)).astype(np.float32)
-    labels = parcellate.parcellate(features, mask, "ward", [2, 5, 10], random_state=0)
+    labels = methods.parcellate(features, mask, "ward", [2, 5, 10], random_state=0)
     warned = [m for m in logged if "disconnected" in m]
     assert len(warned) == 1, warned
     assert "2 disconnected pieces" in warned[0] and "sizes 72, 72 voxels" in warned[0]
     assert "nilearn issue #1750" in warned[0]
     assert sorted(np.unique(labels[5])) == [1, 2, 3, 4, 5]
     logged.clear()
-    parcellate.parcellate(features, mask, "kmeans", [5], random_state=0)
+    methods.parcellate(features, mask, "kmeans", [5], random_state=0)
     assert not [m for m in logged if "disconnected" in m]
-    np.testing.assert_array_equal(parcellate.mask_pieces(mask), [72, 72])
+    np.testing.assert_array_equal(methods.mask_pieces(mask), [72, 72])
 
 
 def test_disconnected_user_mask_warns_once_per_unit(demo, tmp_path, capsys):
@@ -284,7 +287,7 @@ def test_disconnected_user_mask_warns_once_per_unit(demo, tmp_path, capsys):
     data[:, cut - 1:cut + 1] = False  # a 16 mm gap: two pieces
     user = tmp_path / "two_pieces.nii.gz"
     nib.save(nib.Nifti1Image(data.astype(np.uint8), brain.affine), user)
-    assert parcellate.mask_pieces(data).size == 2
+    assert methods.mask_pieces(data).size == 2
     assert run_cli(demo.root, tmp_path / "out", "--n-parcels", "10", "--mask", user,
                    "--bootstrap", "2") == 0
     warned = [m for m in capsys.readouterr().err.splitlines() if "disconnected pieces" in m]
@@ -334,11 +337,11 @@ def test_target_affine_and_shape(demo, tmp_path):
 def test_rena_n_iter_changes_cluster_counts():
     mask = np.ones((12, 12, 4), dtype=bool)
     data = np.random.default_rng(0).standard_normal((60, int(mask.sum()))).astype(np.float32)
-    features = parcellate.build_features([data], mask, np.eye(4), fwhm=0, n_components=60)
-    default = parcellate.parcellate(features, mask, "rena", [4], random_state=0)
+    features = learn_features.build_features([data], mask, np.eye(4), fwhm=0, n_components=60)
+    default = methods.parcellate(features, mask, "rena", [4], random_state=0)
     assert default[4].max() == 4
     # one iteration of nearest-neighbour agglomeration cannot get down to 4 clusters
-    once = parcellate.parcellate(features, mask, "rena", [4], random_state=0, n_iter=1)
+    once = methods.parcellate(features, mask, "rena", [4], random_state=0, n_iter=1)
     assert once[4].max() > 4
 
 
@@ -387,7 +390,8 @@ def test_knobs_reach_the_estimators(demo, tmp_path, monkeypatch):
 def counters(monkeypatch):
     """Counts BOLD reads (a file is opened by ``open_bold`` on its own grid, or by the
     resampling / data-mask reader) and trees built (scikit-learn's, or ward's own)."""
-    from bids_parcellate import masking, ward
+    from bids_parcellate.inputs import grids
+    from bids_parcellate.learn import ward
 
     counts = {"bold": 0, "tree": 0}
 
@@ -397,10 +401,10 @@ def counters(monkeypatch):
             return function(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(denoise, "open_bold", counting(denoise.open_bold, "bold"))
-    monkeypatch.setattr(masking.BoldReader, "__call__",
-                        counting(masking.BoldReader.__call__, "bold"))
-    monkeypatch.setattr(parcellate, "_tree", counting(parcellate._tree, "tree"))
+    monkeypatch.setattr(denoise, "open_bold", counting(bold.open_bold, "bold"))
+    monkeypatch.setattr(grids.BoldReader, "__call__",
+                        counting(grids.BoldReader.__call__, "bold"))
+    monkeypatch.setattr(methods, "_tree", counting(methods._tree, "tree"))
     monkeypatch.setattr(ward, "supervoxel_ward_tree",
                         counting(ward.supervoxel_ward_tree, "tree"))
 

@@ -6,15 +6,9 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
 
 from bids_parcellate.config import UserError
-from bids_parcellate.parcellate import (
-    METHODS,
-    build_features,
-    cut_tree,
-    grid_connectivity,
-    order_labels,
-    parcellate,
-    smooth_masked,
-)
+from bids_parcellate.learn.features import build_features, grid_connectivity, smooth_masked
+from bids_parcellate.learn.methods import METHODS, order_labels, parcellate
+from bids_parcellate.learn.ward import cut_tree
 
 
 @pytest.fixture

@@ -7,13 +7,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from bids_parcellate import quality
-from bids_parcellate.consensus import bagged_features, block_bootstrap, block_length
-from bids_parcellate.parcellate import (
-    build_features,
-    grid_connectivity,
-    parcellate,
-    standardize_columns,
-)
+from bids_parcellate.learn.consensus import bagged_features, block_bootstrap, block_length
+from bids_parcellate.learn.features import build_features, grid_connectivity, standardize_columns
+from bids_parcellate.learn.methods import parcellate
 
 
 @pytest.fixture
@@ -225,7 +221,7 @@ def test_bagged_features_apply_the_normalised_coassignment():
 
 
 def test_consensus_is_deterministic_and_contiguous(grid):
-    from bids_parcellate.consensus import consensus_parcellation
+    from bids_parcellate.learn.consensus import consensus_parcellation
 
     mask, truth = grid
     rng = np.random.default_rng(4)
@@ -244,7 +240,7 @@ def test_consensus_is_deterministic_and_contiguous(grid):
 
 
 def test_consensus_of_kmeans_resamples_is_contiguous(grid):
-    from bids_parcellate.consensus import consensus_parcellation
+    from bids_parcellate.learn.consensus import consensus_parcellation
 
     mask, truth = grid
     rng = np.random.default_rng(5)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bids_parcellate.parcellate import prepare_runs
-from bids_parcellate.regions import (
+from bids_parcellate.learn.features import prepare_runs
+from bids_parcellate.learn.regions import (
     auto_alpha,
     fit_maps,
     maps_to_regions,

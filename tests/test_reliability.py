@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_parcellate import outputs
 from bids_parcellate.demo import make_demo_dataset
+from bids_parcellate.derivatives import naming, writers
 
 from .conftest import run_cli, validate
 
@@ -51,9 +51,9 @@ def manifest(out: Path) -> list[dict]:
 def tree_state(root: Path) -> dict[str, tuple]:
     """(size, mtime_ns, sha256) of every file under ``root``: detects any write."""
     return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns,
-                                             outputs.sha256_file(p))
+                                             writers.sha256_file(p))
             for p in sorted(root.rglob("*")) if p.is_file()
-            # reports carry wall times: not data outputs (see outputs.is_report_file)
+            # reports carry wall times: not data outputs (see naming.is_report_file)
             and "figures" not in p.relative_to(root).parts and p.suffix != ".html"}
 
 
@@ -62,7 +62,7 @@ def check_every_file_is_valid(out: Path) -> int:
     returns the number of files outside ``logs/``."""
     n = 0
     for path in sorted(out.rglob("*")):
-        if not path.is_file() or outputs.is_temp(path) or path.name == ".manifest.lock":
+        if not path.is_file() or writers.is_temp(path) or path.name == ".manifest.lock":
             continue
         if path.name.endswith(".nii.gz"):
             np.asarray(nib.load(path).dataobj)
@@ -71,7 +71,7 @@ def check_every_file_is_valid(out: Path) -> int:
         elif path.suffix == ".json":
             json.loads(path.read_text())
         rel = path.relative_to(out)
-        n += "logs" not in rel.parts and not outputs.is_report_file(rel)
+        n += "logs" not in rel.parts and not naming.is_report_file(rel)
     return n
 
 
@@ -95,7 +95,7 @@ def test_rerun_skips_complete_units_and_overwrite_recomputes(small, tmp_path, ca
     # dseg nii/tsv/json + timeseries tsv/json + quality tsv/json
     assert len(marker["Files"]) == 7
     for rel, record in marker["Files"].items():
-        assert outputs.sha256_file(out / rel) == record["sha256"]
+        assert writers.sha256_file(out / rel) == record["sha256"]
     first = tree_state(out / "sub-01")
 
     assert run_cli(small.root, out, "--n-parcels", "10") == 0
@@ -153,9 +153,9 @@ def test_interrupted_unit_is_cleaned_and_recomputed(small, tmp_path, capsys):
     stale = out / "sub-01" / "anat" / ("sub-01_space-MNI152NLin2009cAsym_seg-ward_scale-99_"
                                        "dseg.nii.gz")
     stale.write_bytes(b"old")
-    temp = out / "sub-01" / "func" / f".x.tsv.tmp-{outputs._HOST}-999999999-abc.tsv"
+    temp = out / "sub-01" / "func" / f".x.tsv.tmp-{writers.HOST}-999999999-abc.tsv"
     temp.write_text("partial")
-    root_temp = out / f".README.md.tmp-{outputs._HOST}-999999999-abc.md"
+    root_temp = out / f".README.md.tmp-{writers.HOST}-999999999-abc.md"
     root_temp.write_text("partial")
     next((out / "sub-01" / "func").glob("*_timeseries.tsv")).unlink()
     capsys.readouterr()
@@ -187,7 +187,7 @@ def test_manifest_lists_every_output(small, tmp_path):
     listed = [r["path"] for r in rows]
     present = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
                      if p.is_file() and "logs" not in p.relative_to(out).parts
-                     and not outputs.is_report_file(p.relative_to(out)))
+                     and not naming.is_report_file(p.relative_to(out)))
     # per participant: dseg .nii.gz/.tsv/.json, timeseries .tsv/.json, completion marker,
     # group-level summary .npz/.json, quality table .tsv/.json; the group quality table
     assert listed == present and len(listed) == 3 + 2 * 10 + 2
@@ -196,7 +196,7 @@ def test_manifest_lists_every_output(small, tmp_path):
     for row in rows:
         path = out / row["path"]
         assert int(row["size"]) == path.stat().st_size
-        assert row["sha256"] == outputs.sha256_file(path)
+        assert row["sha256"] == writers.sha256_file(path)
 
 
 def test_outputs_do_not_depend_on_nprocs(small, tmp_path):
@@ -306,21 +306,21 @@ def test_failed_write_leaves_neither_final_nor_temporary_file(tmp_path, monkeypa
 
     monkeypatch.setattr(nib, "save", broken_save)
     with pytest.raises(OSError):
-        outputs.write_nifti(target, img)
+        writers.write_nifti(target, img)
     assert list(target.parent.iterdir()) == []
 
 
 def test_stale_temporary_files_of_dead_processes_only(tmp_path):
-    dead = tmp_path / f".a.json.tmp-{outputs._HOST}-999999999-x1.json"
-    alive = tmp_path / f".b.json.tmp-{outputs._HOST}-{os.getppid()}-x2.json"
+    dead = tmp_path / f".a.json.tmp-{writers.HOST}-999999999-x1.json"
+    alive = tmp_path / f".b.json.tmp-{writers.HOST}-{os.getppid()}-x2.json"
     other_host = tmp_path / ".c.json.tmp-otherhost-999999999-x3.json"
     final = tmp_path / "d.json"
     for path in (dead, alive, other_host, final):
         path.write_text("{}")
-    assert all(outputs.is_temp(p) for p in (dead, alive, other_host))
-    assert not outputs.is_temp(final)
-    assert outputs.remove_temps(tmp_path) == [dead]
-    assert sorted(outputs.remove_temps(tmp_path, any_process=True)) == sorted([alive,
+    assert all(writers.is_temp(p) for p in (dead, alive, other_host))
+    assert not writers.is_temp(final)
+    assert writers.remove_temps(tmp_path) == [dead]
+    assert sorted(writers.remove_temps(tmp_path, any_process=True)) == sorted([alive,
                                                                                other_host])
     assert [p.name for p in tmp_path.iterdir()] == ["d.json"]
 
@@ -341,7 +341,7 @@ def test_four_concurrent_participant_processes(four, tmp_path):
     results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     assert [code for code, _ in results] == [0, 0, 0, 0], [e[-2000:] for _, e in results]
     assert len(list((out / "logs").glob("participant-*.log"))) == 4
-    assert not [p for p in out.rglob("*") if outputs.is_temp(p)]
+    assert not [p for p in out.rglob("*") if writers.is_temp(p)]
     assert len(list(db.iterdir())) == 1  # one shared database, no leftovers
     assert manifest(out) == manifest(serial)
     assert check_every_file_is_valid(out) == len(manifest(out))
@@ -364,7 +364,7 @@ def test_kill_9_at_any_moment_leaves_no_partial_output(four, tmp_path):
         return set(out.glob(pattern)) if out.exists() else set()
 
     def temps_of(pid: int) -> list[Path]:
-        tag = f".tmp-{outputs._HOST}-{pid}-"
+        tag = f".tmp-{writers.HOST}-{pid}-"
         return [p for p in out.rglob("*") if tag in p.name] if out.exists() else []
 
     def kill_when(condition) -> dict:
@@ -419,6 +419,6 @@ def test_kill_9_at_any_moment_leaves_no_partial_output(four, tmp_path):
     proc = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert not [p for p in out.rglob("*") if outputs.is_temp(p)]
+    assert not [p for p in out.rglob("*") if writers.is_temp(p)]
     assert manifest(out) == expected
     assert check_every_file_is_valid(out) == len(expected)

@@ -1,4 +1,4 @@
-"""Ward on supervoxels (bids_parcellate.ward) against scikit-learn and known answers."""
+"""Ward on supervoxels (bids_parcellate.learn.ward) against scikit-learn and known answers."""
 
 import numpy as np
 import pytest
@@ -8,8 +8,9 @@ from sklearn.cluster import AgglomerativeClustering, ward_tree
 from sklearn.feature_extraction.image import grid_to_graph
 from sklearn.metrics import adjusted_rand_score
 
-from bids_parcellate import ward
-from bids_parcellate.parcellate import grid_connectivity, parcellate
+from bids_parcellate.learn import ward
+from bids_parcellate.learn.features import grid_connectivity
+from bids_parcellate.learn.methods import parcellate
 
 
 def grid(shape, holes=True, seed=0, n_features=6):

@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
     """Validate parsed arguments into a :class:`Config` (raises ``UserError``)."""
-    from bids_parcellate.inputs import read_bids_filters
+    from bids_parcellate.inputs.query import read_bids_filters
 
     bids_dir = args.bids_dir.absolute()
     output_dir = args.output_dir.absolute()

@@ -57,7 +57,7 @@ def setup_logging(verbosity: int) -> logging.handlers.MemoryHandler:
 def attach_log_file(memory: logging.handlers.MemoryHandler, output_dir: Path,
                     levels: tuple[str, ...]) -> Path:
     """Open ``OUTPUT_DIR/logs/<level>-<time>-<host>-<pid>.log``; replay buffered records."""
-    from bids_parcellate.outputs import log_path
+    from bids_parcellate.derivatives.naming import log_path
 
     path = log_path(output_dir, levels, time.strftime("%Y%m%d-%H%M%S"))
     try:
@@ -79,10 +79,10 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     """Run the analysis levels of ``config``; return the exit code."""
     from bids_parcellate import report
     from bids_parcellate.denoise import check_strategy_options
-    from bids_parcellate.inputs import collect_runs
-    from bids_parcellate.outputs import check_output_dir, write_manifest
+    from bids_parcellate.derivatives.dataset import check_output_dir, write_manifest
+    from bids_parcellate.derivatives.markers import plan_units
+    from bids_parcellate.inputs.query import collect_runs
     from bids_parcellate.participant import run_participant_level
-    from bids_parcellate.resume import plan_units
     from bids_parcellate.runtime.resources import check_memory
 
     check_strategy_options(config)
@@ -105,7 +105,7 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
                                       for s, x in units), len(selection.skipped))
     if config.print_slurm:
         from bids_parcellate.cli.slurm import batch_script
-        from bids_parcellate.outputs import in_container
+        from bids_parcellate.derivatives.dataset import in_container
 
         labels = sorted({run.entities["subject"] for run in selection.runs})
         sys.stdout.write(batch_script(config, labels, in_container()))

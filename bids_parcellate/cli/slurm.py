@@ -106,7 +106,7 @@ def batch_script(config: Config, labels: list[str], container: dict | None = Non
     str
         A bash script with ``#SBATCH`` directives.
     """
-    from bids_parcellate.cli import build_parser
+    from bids_parcellate.cli.parser import build_parser
 
     parser = build_parser()
     args = parser.parse_args(list(config.command_line[1:]))

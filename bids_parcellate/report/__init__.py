@@ -41,7 +41,7 @@ def finish_participant_level(config: Config, results: Sequence) -> None:
     results : sequence of UnitResult
         Units of this invocation; those that failed have no report record.
     """
-    from bids_parcellate import outputs
+    from bids_parcellate.derivatives import naming
     from bids_parcellate.report.assemble import load_unit_records, write_participant_report
     from bids_parcellate.report.methods import write_citation
 
@@ -51,7 +51,7 @@ def finish_participant_level(config: Config, results: Sequence) -> None:
     # records still belong to this invocation's methods text
     reused = {(r.subject, r.session) for r in results if getattr(r, "reused", False)}
     if reused:
-        seg = outputs.seg_label(config.method)
+        seg = naming.seg_label(config.method)
         records += [r for r in load_unit_records(config.output_dir,
                                                  sorted({s for s, _ in reused}))
                     if (r["subject"], r.get("session")) in reused and r.get("seg") == seg]

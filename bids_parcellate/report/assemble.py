@@ -31,8 +31,9 @@ from urllib.parse import quote
 import jinja2
 from markupsafe import Markup
 
-from bids_parcellate import __version__, outputs
+from bids_parcellate import __version__
 from bids_parcellate.config import UserError
+from bids_parcellate.derivatives import naming, writers
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -228,7 +229,7 @@ def write_participant_report(output_dir: Path, subject: str) -> Path:
     html = render_page("participant.html.j2", subject=subject, units=units, methods=methods,
                        n_runs=sum(len(r["runs"]) for r in records),
                        n_skipped=sum(len(r["skipped"]) for r in records))
-    path = outputs.write_text(outputs.participant_report_path(output_dir, subject), html)
+    path = writers.write_text(naming.participant_report_path(output_dir, subject), html)
     LOGGER.info("report %s (%d unit(s), %.1f s)", path.name, len(units),
                 time.monotonic() - tic)
     return path
@@ -391,7 +392,7 @@ def write_group_report(output_dir: Path) -> Path:
         participants.setdefault(pid, {})
     rows = []
     for pid in sorted(participants):
-        report = outputs.participant_report_path(output_dir, pid.removeprefix("sub-"))
+        report = naming.participant_report_path(output_dir, pid.removeprefix("sub-"))
         rows.append({"participant_id": pid, **participants[pid],
                      "report": report.name if report.is_file() else None,
                      "extra": [" / ".join(extra.get(pid, {}).get(c, []))
@@ -399,7 +400,7 @@ def write_group_report(output_dir: Path) -> Path:
     methods = render_methods(records) if records else None
     html = render_page("group.html.j2", atlases=atlases, participants=rows,
                        extra_columns=extra_columns, tables=tables, methods=methods)
-    path = outputs.write_text(outputs.group_report_path(output_dir), html)
+    path = writers.write_text(naming.group_report_path(output_dir), html)
     LOGGER.info("report %s (%d atlas(es), %d participant(s), %.1f s)", path.name,
                 len(atlases), len(rows), time.monotonic() - tic)
     return path

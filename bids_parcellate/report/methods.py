@@ -19,8 +19,8 @@ from importlib import resources
 import jinja2
 from markupsafe import Markup, escape
 
-from bids_parcellate import outputs
 from bids_parcellate.config import KMEANS_DEFAULTS, Config
+from bids_parcellate.derivatives import dataset, naming, writers
 
 TEMPLATE = "methods.md.j2"
 CITATION = re.compile(r"\[(-?@[\w-]+(?:\s*;\s*-?@[\w-]+)*)\]")
@@ -212,7 +212,7 @@ def methods_context(records: Sequence[dict], quality: bool = False) -> dict:
         ).preset_strategies["scrubbing"]["std_dvars_threshold"]
     hashes = sorted({r["ConfigHash"] for r in records})
     return {
-        "code_url": outputs.CODE_URL,
+        "code_url": dataset.CODE_URL,
         "software": first["software"],
         "n_runs": len(runs),
         "participants_text": participants_text,
@@ -347,7 +347,7 @@ def planned_records(config: Config, selection) -> list[dict]:
             "session": session,
             "space": runs[0].entities.get("space", config.space),
             "res": runs[0].entities.get("res"),
-            "runs": [{"label": outputs.source_prefix(r.entities), "entities": r.entities,
+            "runs": [{"label": naming.source_prefix(r.entities), "entities": r.entities,
                       "task_name": r.metadata.get("TaskName"), "tr": r.tr,
                       "files": {"bold": display_path(r.bold, config)}} for r in runs],
             "skipped": skipped,
@@ -461,8 +461,8 @@ def write_citation(output_dir, records: Sequence[dict], quality: bool = False) -
     from bids_parcellate.report.assemble import render_page
 
     methods = render_methods(records, quality=quality)
-    paths = outputs.citation_paths(output_dir)
+    paths = naming.citation_paths(output_dir)
     page = render_page("citation.html.j2", methods=methods)
-    return [outputs.write_text(paths["md"], methods.markdown),
-            outputs.write_text(paths["html"], page),
-            outputs.write_text(paths["bib"], methods.bibtex)]
+    return [writers.write_text(paths["md"], methods.markdown),
+            writers.write_text(paths["html"], page),
+            writers.write_text(paths["bib"], methods.bibtex)]

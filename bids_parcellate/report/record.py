@@ -27,8 +27,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import __version__, outputs
+from bids_parcellate import __version__
 from bids_parcellate.config import Config
+from bids_parcellate.derivatives import naming, writers
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -107,7 +108,7 @@ def fd_threshold(config: Config) -> float | None:
 
 def fmriprep_versions(source_dirs: Sequence[Path]) -> list[str]:
     """Versions of fMRIPrep recorded in the derivatives' ``dataset_description.json``."""
-    from bids_parcellate.inputs import InputError, read_dataset_description
+    from bids_parcellate.inputs.query import InputError, read_dataset_description
 
     found = []
     for path in source_dirs:
@@ -127,7 +128,7 @@ def _entity(name: str, key: str) -> str | None:
 
 
 def skipped_of_unit(skipped: Sequence, subject: str, session: str | None) -> list:
-    """The runs skipped at selection (:class:`~bids_parcellate.inputs.Skipped`) of a unit."""
+    """The runs skipped at selection (:class:`~bids_parcellate.inputs.query.Skipped`) of a unit."""
     return [s for s in skipped if _entity(s.bold.name, "sub") == subject
             and _entity(s.bold.name, "ses") == session]
 
@@ -214,7 +215,7 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
                   series: dict, threshold: float | None) -> dict[str, tuple[bytes, dict]]:
     """Every figure of a unit: name -> (SVG bytes, extra record fields)."""
     from bids_parcellate.extract import align_to_volumes
-    from bids_parcellate.parcellate import labels_to_volume
+    from bids_parcellate.learn.features import labels_to_volume
     from bids_parcellate.report import figures
 
     mask, affine = unit_mask.mask, unit_mask.affine
@@ -243,7 +244,7 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
         rebuilt[s] = _volume(approx, mask, affine)
         titles[s] = f"{s} parcel means (R\N{SUPERSCRIPT TWO} {r2[s]:.2f})"
     volume = int(first.sample_mask[index])
-    run_label = outputs.source_prefix(first.run.entities)
+    run_label = naming.source_prefix(first.run.entities)
     out["compressed"] = (
         figures.compressed(_volume(original, mask, affine), rebuilt, slicer, titles,
                            f"cleaned signal, volume {volume} of {run_label} "
@@ -253,7 +254,7 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
     sizes = {s: np.bincount(labels[s])[1:] for s in scales}
     out["sizes"] = (figures.parcel_sizes(sizes, int(mask.sum())), {})
 
-    run_labels = [outputs.source_prefix(c.run.entities) for c in cleaned]
+    run_labels = [naming.source_prefix(c.run.entities) for c in cleaned]
     matrices, orders = {}, {}
     for s in scales:
         kept = np.concatenate([_zscore(series[c.run.bold][s]) for c in cleaned])
@@ -284,7 +285,7 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
 
 def _mask_description(unit_mask) -> str:
     """How the unit's mask was made (``--mask-strategy``, ``--mask``; see
-    :mod:`bids_parcellate.masking`)."""
+    :mod:`bids_parcellate.inputs.grids`)."""
     return getattr(unit_mask, "description",
                    "intersection of the runs' fMRIPrep brain masks")
 
@@ -352,7 +353,7 @@ def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, lab
     first = result.runs[0].run
     space = first.entities.get("space", config.space)
     res = first.entities.get("res")
-    seg = outputs.seg_label(config.method)
+    seg = naming.seg_label(config.method)
     unit_ents = {"subject": result.subject, "session": result.session, "space": space,
                  "seg": seg, "res": res}
     threshold = fd_threshold(config)
@@ -365,9 +366,9 @@ def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, lab
     figure_entries = {}
     for name, (svg, extra) in drawn.items():
         desc, suffix = FIGURE_FILES[name]
-        rel = outputs.build_name("figure", {**unit_ents, "desc": desc, "suffix": suffix,
+        rel = naming.build_name("figure", {**unit_ents, "desc": desc, "suffix": suffix,
                                             "extension": ".svg"})
-        files.append(outputs.write_bytes(config.output_dir / rel, svg))
+        files.append(writers.write_bytes(config.output_dir / rel, svg))
         figure_entries[name] = {"file": rel, **extra}
     timings = dict(result.timings)
     timings["report_figures"] = time.monotonic() - tic
@@ -379,7 +380,7 @@ def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, lab
         run = summary.run
         clean = by_bold[run.bold]
         runs.append({
-            "label": outputs.source_prefix(run.entities),
+            "label": naming.source_prefix(run.entities),
             "entities": run.entities,
             "task_name": run.metadata.get("TaskName"),
             "files": {k: display_path(p, config) for k, p in
@@ -408,7 +409,7 @@ def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, lab
         scales.append({
             "scale": s,
             "n_parcels": int(labels[s].max()),
-            "dseg": outputs.build_name("dseg", {**unit_ents, "scale": s, "suffix": "dseg",
+            "dseg": naming.build_name("dseg", {**unit_ents, "scale": s, "suffix": "dseg",
                                                 "extension": ".nii.gz"}),
             "size_min": int(sizes.min()), "size_median": float(np.median(sizes)),
             "size_max": int(sizes.max()),
@@ -446,9 +447,9 @@ def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, lab
     }
     timings["report_record"] = time.monotonic() - tic
     record["timings"] = {k: round(v, 3) for k, v in timings.items()}
-    rel = outputs.build_name("report_data", {**unit_ents, "desc": "summary",
+    rel = naming.build_name("report_data", {**unit_ents, "desc": "summary",
                                              "suffix": "report", "extension": ".json"})
-    files.append(outputs.write_json(config.output_dir / rel, record))
+    files.append(writers.write_json(config.output_dir / rel, record))
     result.timings.update({k: timings[k] for k in ("report_figures", "report_record")})
     return files, record
 
@@ -457,7 +458,7 @@ def _dictlearning_alpha(config: Config, result) -> float | None:
     """The DictLearning sparsity used for this unit (``auto`` depends on its volumes)."""
     if config.method != "dictlearning":
         return None
-    from bids_parcellate.regions import auto_alpha
+    from bids_parcellate.learn.regions import auto_alpha
 
     return config.dictlearning_alpha or auto_alpha(
         sum(int(r.sample_mask.size) for r in result.runs))

@@ -48,14 +48,15 @@ import numpy as np
 
 from bids_parcellate import __version__
 from bids_parcellate.config import Config
-from bids_parcellate.denoise import CleanRun, UnitMask
-from bids_parcellate.inputs import Run, Skipped, sidecar_path
-from bids_parcellate.outputs import json_default
+from bids_parcellate.denoise import CleanRun
+from bids_parcellate.derivatives.writers import json_default
+from bids_parcellate.inputs.bold import UnitMask
+from bids_parcellate.inputs.query import Run, Skipped, sidecar_path
 
 LOGGER = logging.getLogger("bids_parcellate")
 
 #: Bump when the layout or the meaning of an entry changes (2: ward's tree entry packs
-#: the supervoxels with the tree, see :func:`bids_parcellate.ward.supervoxel_ward_tree`).
+#: the supervoxels with the tree, see :func:`bids_parcellate.learn.ward.supervoxel_ward_tree`).
 CACHE_FORMAT = 2
 
 #: Hashed parameters that do not change a stage's result (they act later).

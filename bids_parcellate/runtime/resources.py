@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass
 
 from bids_parcellate.config import Config, UserError
-from bids_parcellate.inputs import Run
+from bids_parcellate.inputs.query import Run
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -120,10 +120,10 @@ def estimate_unit_memory(runs: list[Run], config: Config,
         # image is held next to the one read
         mask_voxels = int(np.ceil(mask_voxels * ratio))
         grid = int(grid * (1 + ratio))
-    from bids_parcellate.masking import DATA_STRATEGIES
+    from bids_parcellate.inputs.grids import DATA_STRATEGIES
 
     if ratio is None and config.mask_strategy not in DATA_STRATEGIES:
-        grid = 0  # streamed (denoise.read_bold)
+        grid = 0  # streamed (bold.read_bold)
     features = mask_voxels * min(volumes, config.n_components)
     factor = FEATURE_FACTOR.get(config.method, DEFAULT_FEATURE_FACTOR)
     base = base_bytes() if base is None else base

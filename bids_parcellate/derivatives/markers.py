@@ -25,9 +25,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from bids_parcellate import __version__, outputs
+from bids_parcellate import __version__
 from bids_parcellate.config import Config, UserError
-from bids_parcellate.inputs import Run, Selection
+from bids_parcellate.derivatives import dataset, naming, writers
+from bids_parcellate.inputs.query import Run, Selection
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -44,7 +45,7 @@ class UnitPlan:
 def unit_sources(runs: list[Run], source_dirs: list[Path]) -> list[str]:
     """BIDS URIs of every input file of a unit (sorted)."""
     paths = {p for run in runs for p in (run.bold, run.mask, run.confounds) if p is not None}
-    return sorted(outputs.bids_uri(p, source_dirs) for p in paths)
+    return sorted(dataset.bids_uri(p, source_dirs) for p in paths)
 
 
 def read_marker(path: Path) -> dict | None:
@@ -68,7 +69,7 @@ def _incomplete_reason(marker: dict, output_dir: Path) -> str | None:
             return f"{rel} is missing"
         if not isinstance(record, dict) or size != record.get("size"):
             return f"{rel} has changed size"
-        if outputs.sha256_file(path) != record.get("sha256"):
+        if writers.sha256_file(path) != record.get("sha256"):
             return f"{rel} has changed content"
     return None
 
@@ -93,16 +94,16 @@ def plan_units(config: Config, selection: Selection) -> dict[tuple[str, str | No
     plans: dict[tuple[str, str | None], UnitPlan] = {}
     conflicts: dict[str, dict] = {}
     for key, runs in selection.units().items():
-        marker_path = outputs.completion_marker(config.output_dir, *key)
+        marker_path = naming.completion_marker(config.output_dir, *key)
         marker = read_marker(marker_path) if marker_path.is_file() else None
         listed = tuple(sorted(marker.get("Files", {}))) if marker and isinstance(
             marker.get("Files"), dict) else ()
         if marker is None:
-            has_files = outputs.unit_dir(config.output_dir, *key).is_dir()
+            has_files = naming.unit_dir(config.output_dir, *key).is_dir()
             plans[key] = UnitPlan("compute", "left incomplete by an earlier run"
                                   if has_files else "new")
         elif marker.get("ConfigHash") != current:
-            conflicts[outputs.unit_prefix(*key)] = marker
+            conflicts[naming.unit_prefix(*key)] = marker
             plans[key] = UnitPlan("compute", "--overwrite: made with config hash "
                                   f"{marker.get('ConfigHash')}", listed)
         elif config.overwrite:
@@ -145,9 +146,9 @@ def write_marker(config: Config, subject: str, session: str | None, files: list[
     for path in sorted(set(files)):
         path = Path(path)
         records[path.relative_to(output_dir).as_posix()] = {
-            "sha256": outputs.sha256_file(path), "size": path.stat().st_size}
-    return outputs.write_json(
-        outputs.completion_marker(output_dir, subject, session),
+            "sha256": writers.sha256_file(path), "size": path.stat().st_size}
+    return writers.write_json(
+        naming.completion_marker(output_dir, subject, session),
         {
             "Description": "bids_parcellate completion marker: the unit's outputs are "
                            "complete; written after all of them.",

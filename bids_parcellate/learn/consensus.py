@@ -39,13 +39,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bids_parcellate.parcellate import (
-    LabelsByScale,
-    build_features,
-    parcellate,
-    smooth_masked,
-    warn_disconnected,
-)
+from bids_parcellate.learn.features import build_features, smooth_masked
+from bids_parcellate.learn.methods import LabelsByScale, parcellate, warn_disconnected
 
 LOGGER = logging.getLogger("bids_parcellate")
 

@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from bids_parcellate.config import UserError
-from bids_parcellate.parcellate import order_labels
+from bids_parcellate.learn.methods import order_labels
 
 LOGGER = logging.getLogger("bids_parcellate")
 

@@ -25,29 +25,23 @@ the selection).
 from __future__ import annotations
 
 import logging
-import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from bids_parcellate.config import Config, UserError
-from bids_parcellate.denoise import (
-    CleanRun,
+from bids_parcellate.inputs.bold import (
     RunError,
-    SkipRun,
     UnitMask,
     check_bold_header,
     check_series,
-    clean_run,
     first_line,
     load_unit_mask,
 )
-from bids_parcellate.inputs import Run, Skipped
-from bids_parcellate.outputs import source_prefix
+from bids_parcellate.inputs.query import Run
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -373,53 +367,5 @@ def build_unit_mask(runs: list[Run], config: Config) -> UnitMask:
                     description=", ".join(parts), grid=grid_info, reader=reader)
 
 
-def clean_runs(runs: list[Run], unit_mask: UnitMask, config: Config,
-               done: Callable[[str], None] | None = None
-               ) -> tuple[UnitMask, list[CleanRun], list[Skipped]]:
-    """Every run of a unit read once and cleaned on ``unit_mask`` (from
-    :func:`build_unit_mask`), runs with too few volumes skipped with a warning, then
-    :func:`finish_unit_mask`. ``done(message)`` after each run (progress lines)."""
-    cleaned: list[CleanRun] = []
-    skipped: list[Skipped] = []
-    for run in runs:
-        start = time.monotonic()
-        label = source_prefix(run.entities)
-        try:
-            clean = clean_run(run, unit_mask, config)
-        except SkipRun as exc:
-            LOGGER.warning("skipping %s: %s", run.bold.name, exc)
-            skipped.append(Skipped(run.bold, str(exc)))
-            message = f"{label}: skipped ({exc})"
-        else:
-            cleaned.append(clean)
-            message = (f"{label}: {clean.sample_mask.size}/{clean.n_volumes} volumes kept, "
-                       f"{len(clean.confounds)} regressors "
-                       f"({time.monotonic() - start:.1f} s)")
-        if done is not None:
-            done(message)
-    unit_mask, cleaned = finish_unit_mask(unit_mask, cleaned)
-    return unit_mask, cleaned, skipped
 
 
-def finish_unit_mask(unit_mask: UnitMask, cleaned: list[CleanRun]
-                     ) -> tuple[UnitMask, list[CleanRun]]:
-    """With a mask computed from the BOLD: intersect the cleaned runs' masks and keep
-    those voxels of every run. Otherwise return the arguments unchanged."""
-    reader = unit_mask.reader
-    if not isinstance(reader, BoldReader) or not reader.from_data or not cleaned:
-        return unit_mask, cleaned
-    masks = [reader.run_masks[c.run.bold] for c in cleaned]
-    final = np.logical_and.reduce(masks)
-    if not final.any():
-        raise RunError(f"{cleaned[0].run.bold}: the intersection of the runs' "
-                       f"{reader.strategy} masks is empty")
-    out = [replace(c, data=np.ascontiguousarray(c.data[:, final[m]]))
-           for c, m in zip(cleaned, masks, strict=True)]
-    if reader.user_mask is not None:
-        computed = np.logical_and.reduce([reader.computed_masks[c.run.bold] for c in cleaned])
-        LOGGER.warning("--mask keeps %d of the %d voxels of the %s mask", int(final.sum()),
-                       int(computed.sum()), reader.strategy)
-    counts = {c.run.bold.name: int(m.sum()) for c, m in zip(cleaned, masks, strict=True)}
-    LOGGER.info("%s mask: %d voxels (runs: %s)", reader.strategy, int(final.sum()),
-                ", ".join(str(n) for n in counts.values()))
-    return replace(unit_mask, mask=final, n_voxels_per_run=counts), out
