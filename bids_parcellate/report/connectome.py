@@ -1,6 +1,6 @@
 """Connectome figure: the matrix and the graph on a glass brain, one row per scale.
 
-Drawn with the report's own SVG canvas (:mod:`bids_parcellate.report.figures`): the
+Drawn with the report's own SVG canvas (:mod:`bids_parcellate.report.canvas`): the
 matrix is a raster panel like the correlation figure; the graph is nilearn's
 ``plot_connectome`` (nodes at the parcel centroids, the strongest edges), rendered by
 matplotlib's Agg backend into an RGB raster placed in the SVG. matplotlib and
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from bids_parcellate.report.figures import GRID, MAX_MATRIX, WIDTH, Canvas, quantize
+from bids_parcellate.report.canvas import GRID, WIDTH, Canvas, block_average, quantize
 
 #: Height of one row (a scale) in CSS pixels.
 ROW = 230
@@ -114,11 +114,8 @@ def connectome(matrices: Mapping[int, np.ndarray], centroids: Mapping[int, np.nd
         shown = _off_diagonal(matrices[scale])
         limit = _limit(shown)
         title = f"scale {scale}: {len(shown)} parcels, {measure}"
-        block = -(-len(shown) // MAX_MATRIX)
-        if block > 1:  # more parcels than pixels: average blocks
-            n = len(shown) // block * block
-            shown = shown[:n, :n].reshape(n // block, block, n // block, block).mean(
-                axis=(1, 3))
+        shown, block = block_average(shown)  # more parcels than pixels: block means
+        if block > 1:
             title += f" ({block}×{block} blocks averaged)"
         canvas.image(10, top, panel, panel,
                      indexed=quantize((shown / limit + 1) / 2, "RdBu_r"))

@@ -19,214 +19,28 @@ Drawing is deterministic: the same inputs give the same bytes.
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
 
 import nibabel as nib
 import numpy as np
 
+from bids_parcellate.report.canvas import (
+    GRID,
+    MUTED,
+    SCALE_COLORS,
+    WIDTH,
+    Axes,
+    Canvas,
+    block_average,
+    colormap,
+    nice_ticks,
+    quantize,
+)
+
 #: Axial cuts per brain figure.
 N_CUTS = 7
-#: Width of every figure in CSS pixels.
-WIDTH = 960
-#: Largest correlation matrix drawn pixel for pixel; larger ones are block-averaged.
-MAX_MATRIX = 500
-FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
-INK, MUTED, GRID = "#1f2933", "#616e7c", "#d9e2ec"
-#: Colours of successive scales (Okabe-Ito, distinguishable with colour blindness).
-SCALE_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
-
-#: Colour maps as (position, RGB) anchors, interpolated linearly.
-COLORMAPS = {
-    # like nilearn's cold_hot: cyan-blue for negative values, black at 0, red-yellow
-    "cold_hot": ((0.0, (0, 255, 255)), (0.25, (0, 0, 255)), (0.5, (0, 0, 0)),
-                 (0.75, (255, 0, 0)), (1.0, (255, 255, 0))),
-    # ColorBrewer RdBu, reversed (blue for negative correlations)
-    "RdBu_r": ((0.0, (5, 48, 97)), (0.1, (33, 102, 172)), (0.2, (67, 147, 195)),
-               (0.3, (146, 197, 222)), (0.4, (209, 229, 240)), (0.5, (247, 247, 247)),
-               (0.6, (253, 219, 199)), (0.7, (244, 165, 130)), (0.8, (214, 96, 77)),
-               (0.9, (178, 24, 43)), (1.0, (103, 0, 31))),
-    "gray": ((0.0, (0, 0, 0)), (1.0, (255, 255, 255))),
-}
-
-
-def colormap(name: str, values: np.ndarray) -> np.ndarray:
-    """RGB (uint8) of ``values`` in [0, 1] (clipped) through a colour map of :data:`COLORMAPS`."""
-    anchors = COLORMAPS[name]
-    positions = [a[0] for a in anchors]
-    values = np.clip(np.nan_to_num(values, nan=0.0), 0, 1)
-    rgb = np.stack([np.interp(values, positions, [a[1][c] for a in anchors])
-                    for c in range(3)], axis=-1)
-    return np.round(rgb).astype(np.uint8)
-
-
-def _hex(rgb) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
-
-
-def png(rgb: np.ndarray) -> bytes:
-    """PNG bytes of an RGB uint8 image (Pillow, no metadata: deterministic)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB").save(
-        buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def png_indexed(index: np.ndarray, palette: np.ndarray) -> bytes:
-    """PNG of a palette image (one byte per pixel): 3-4 times smaller than RGB for the
-    noisy carpet and correlation panels."""
-    from PIL import Image
-
-    image = Image.fromarray(np.ascontiguousarray(index, dtype=np.uint8), "P")
-    image.putpalette(np.asarray(palette, dtype=np.uint8).ravel().tolist())
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def quantize(values: np.ndarray, cmap: str, levels: int = 64,
-             nan_color=(192, 57, 43)) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (0..levels-1, ``levels`` for NaN) and palette of values in [0, 1]."""
-    index = np.round(np.clip(np.nan_to_num(values, nan=0.0), 0, 1) * (levels - 1))
-    index = np.where(np.isnan(values), levels, index).astype(np.uint8)
-    palette = np.vstack([colormap(cmap, np.linspace(0, 1, levels)), nan_color])
-    return index, palette
-
-
-# --------------------------------------------------------------------------- drawing
-@dataclass
-class Canvas:
-    """A figure: a list of SVG elements rendered by ``figure.svg.j2``."""
-
-    width: float
-    height: float
-    background: str = "#ffffff"
-    items: list[dict] = field(default_factory=list)
-    gradients: list[dict] = field(default_factory=list)
-
-    def image(self, x, y, w, h, rgb: np.ndarray | None = None,
-              indexed: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        data = png(rgb) if indexed is None else png_indexed(*indexed)
-        href = "data:image/png;base64," + base64.b64encode(data).decode()
-        self.items.append({"kind": "image", "x": x, "y": y, "w": w, "h": h, "href": href})
-
-    def line(self, x1, y1, x2, y2, color=INK, width=1.0, dash=None, opacity=1.0) -> None:
-        self.items.append({"kind": "line", "x1": x1, "y1": y1, "x2": x2, "y2": y2,
-                           "color": color, "width": width, "dash": dash,
-                           "opacity": opacity})
-
-    def polyline(self, xs, ys, color=INK, width=1.2) -> None:
-        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
-        self.items.append({"kind": "polyline", "points": points, "color": color,
-                           "width": width})
-
-    def polygon(self, xs, ys, fill, opacity=1.0) -> None:
-        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
-        self.items.append({"kind": "polygon", "points": points, "fill": fill,
-                           "opacity": opacity})
-
-    def marker(self, x, y, color) -> None:
-        self.items.append({"kind": "marker", "x": x, "y": y, "color": color})
-
-    def rect(self, x, y, w, h, fill="none", stroke=None, opacity=1.0) -> None:
-        self.items.append({"kind": "rect", "x": x, "y": y, "w": w, "h": h, "fill": fill,
-                           "stroke": stroke, "opacity": opacity})
-
-    def text(self, x, y, text, size=11, color=INK, anchor="start", rotate=False,
-             box=None) -> None:
-        self.items.append({"kind": "text", "x": x, "y": y, "text": str(text), "size": size,
-                           "color": color, "anchor": anchor, "rotate": rotate, "box": box})
-
-    def colorbar(self, x, y, w, h, cmap: str, ticks: Sequence[tuple[float, str]],
-                 label: str = "", color=INK) -> None:
-        """Vertical colour bar; ``ticks`` are (position in [0, 1], label) pairs."""
-        gid = f"cbar{len(self.gradients)}"
-        stops = [(round(p, 3), _hex(c)) for p, c in COLORMAPS[cmap]]
-        self.gradients.append({"id": gid, "stops": stops})
-        self.items.append({"kind": "gradient", "x": x, "y": y, "w": w, "h": h, "id": gid})
-        self.rect(x, y, w, h, stroke=color)
-        for position, text in ticks:
-            ty = y + h * (1 - position)
-            self.line(x + w, ty, x + w + 3, ty, color=color)
-            self.text(x + w + 5, ty + 3.5, text, size=9, color=color)
-        if label:
-            self.text(x + w + 34, y + h / 2, label, size=10, color=color, anchor="middle",
-                      rotate=True)
-
-    def svg(self) -> bytes:
-        from bids_parcellate.report.assemble import _environment
-
-        return _environment().get_template("figure.svg.j2").render(
-            canvas=self, font=FONT).encode("utf-8")
-
-
-def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
-    """Round tick values (steps of 1, 2 or 5 x 10^k) covering [lo, hi]."""
-    if not np.isfinite([lo, hi]).all() or hi <= lo:
-        return [lo]
-    raw = (hi - lo) / target
-    base = 10 ** math.floor(math.log10(raw))
-    step = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def tick_label(value: float) -> str:
-    return f"{value:g}"
-
-
-@dataclass
-class Axes:
-    """Data-to-pixel mapping of one plotting area of a :class:`Canvas`."""
-
-    canvas: Canvas
-    x0: float
-    y0: float
-    w: float
-    h: float
-    xlim: tuple[float, float]
-    ylim: tuple[float, float]
-    xlog: bool = False
-
-    def x(self, value):
-        lo, hi = self.xlim
-        value = np.asarray(value, dtype=float)
-        if self.xlog:
-            value, lo, hi = np.log10(value), math.log10(lo), math.log10(hi)
-        return self.x0 + (value - lo) / (hi - lo) * self.w
-
-    def y(self, value):
-        lo, hi = self.ylim
-        return self.y0 + self.h - (np.asarray(value, dtype=float) - lo) / (hi - lo) * self.h
-
-    def frame(self, xlabel: str = "", ylabel: str = "", xticks=None, yticks=None,
-              xtick_labels=None) -> None:
-        """Left and bottom spines, ticks and labels."""
-        c = self.canvas
-        bottom = self.y0 + self.h
-        c.line(self.x0, bottom, self.x0 + self.w, bottom, color=MUTED)
-        c.line(self.x0, self.y0, self.x0, bottom, color=MUTED)
-        for i, value in enumerate(xticks if xticks is not None else []):
-            px = float(self.x(value))
-            c.line(px, bottom, px, bottom + 4, color=MUTED)
-            label = xtick_labels[i] if xtick_labels else tick_label(value)
-            c.text(px, bottom + 15, label, size=10, color=MUTED, anchor="middle")
-        for value in yticks if yticks is not None else []:
-            py = float(self.y(value))
-            c.line(self.x0 - 4, py, self.x0, py, color=MUTED)
-            c.text(self.x0 - 6, py + 3.5, tick_label(value), size=10, color=MUTED,
-                   anchor="end")
-        if xlabel:
-            c.text(self.x0 + self.w / 2, bottom + 31, xlabel, size=11, anchor="middle")
-        if ylabel:
-            c.text(self.x0 - 38, self.y0 + self.h / 2, ylabel, size=11, anchor="middle",
-                   rotate=True)
 
 
 # --------------------------------------------------------------------------- slices
@@ -492,11 +306,8 @@ def correlation(matrices: Mapping[int, np.ndarray],
         order = orders[scale]
         matrix = np.nan_to_num(matrices[scale])[np.ix_(order, order)]
         title = f"{scale} parcels"
-        block = math.ceil(len(matrix) / MAX_MATRIX)
-        if block > 1:  # more parcels than pixels: average blocks (bounded size and cost)
-            n = len(matrix) // block * block
-            matrix = matrix[:n, :n].reshape(n // block, block, n // block, block).mean(
-                axis=(1, 3))
+        matrix, block = block_average(matrix)  # bounded size and cost
+        if block > 1:
             title += f" ({block}×{block} blocks averaged)"
         canvas.image(x, 26, panel, panel, indexed=quantize((matrix + 1) / 2, "RdBu_r"))
         canvas.rect(x, 26, panel, panel, stroke=GRID)

@@ -21,6 +21,14 @@ from markupsafe import Markup, escape
 
 from bids_parcellate import outputs
 from bids_parcellate.config import KMEANS_DEFAULTS, Config
+from bids_parcellate.report.record import (
+    display_path,
+    fd_threshold,
+    fmriprep_versions,
+    skipped_of_unit,
+    software_versions,
+)
+from bids_parcellate.report.templates import render_page
 
 TEMPLATE = "methods.md.j2"
 CITATION = re.compile(r"\[(-?@[\w-]+(?:\s*;\s*-?@[\w-]+)*)\]")
@@ -327,14 +335,6 @@ def _knobs_text(params: dict) -> str:
 
 def planned_records(config: Config, selection) -> list[dict]:
     """Unit records from the input query alone (``--boilerplate-only``: nothing is read)."""
-    from bids_parcellate.report.record import (
-        display_path,
-        fd_threshold,
-        fmriprep_versions,
-        skipped_of_unit,
-        software_versions,
-    )
-
     versions = software_versions()
     fmriprep = fmriprep_versions(selection.fmriprep_dirs)
     records = []
@@ -458,8 +458,6 @@ def render_methods(records: Sequence[dict], quality: bool = False) -> Methods:
 
 def write_citation(output_dir, records: Sequence[dict], quality: bool = False) -> list:
     """Write ``logs/CITATION.md``, ``.html`` and ``.bib`` (each atomically)."""
-    from bids_parcellate.report.assemble import render_page
-
     methods = render_methods(records, quality=quality)
     paths = outputs.citation_paths(output_dir)
     page = render_page("citation.html.j2", methods=methods)

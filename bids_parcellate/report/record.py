@@ -29,6 +29,8 @@ import numpy as np
 
 from bids_parcellate import __version__, outputs
 from bids_parcellate.config import Config
+from bids_parcellate.report import figures
+from bids_parcellate.report.connectome import centroids_mm, connectome
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -215,7 +217,6 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
     """Every figure of a unit: name -> (SVG bytes, extra record fields)."""
     from bids_parcellate.extract import align_to_volumes
     from bids_parcellate.parcellate import labels_to_volume
-    from bids_parcellate.report import figures
 
     mask, affine = unit_mask.mask, unit_mask.affine
     scales = sorted(labels)
@@ -294,7 +295,6 @@ def _connectome_figure(kind: str, labels: dict, mask: np.ndarray, affine: np.nda
     """The first requested per-run measure, averaged over the unit's runs (nilearn's
     ``ConnectivityMeasure.mean_``), with nodes at the parcel centroids."""
     from bids_parcellate.connectome import group_connectomes
-    from bids_parcellate.report.connectome import centroids_mm, connectome
 
     voxels = np.argwhere(mask)
     matrices, centroids = {}, {}
