@@ -21,6 +21,7 @@ from markupsafe import Markup, escape
 
 from bids_parcellate import outputs
 from bids_parcellate.config import KMEANS_DEFAULTS, Config
+from bids_parcellate.masking import output_res
 from bids_parcellate.report.record import (
     display_path,
     fd_threshold,
@@ -229,7 +230,9 @@ def methods_context(records: Sequence[dict], quality: bool = False) -> dict:
         "fmriprep_versions": sorted({v for r in records for v in r.get("fmriprep_versions",
                                                                           [])}),
         "space": first["space"],
-        "res": first.get("res"),
+        # the selected BOLD's res (the text says later when it was resampled); the
+        # record's own res is that of the outputs
+        "res": runs[0]["entities"].get("res") if runs else first.get("res"),
         "filters": filters,
         "skipped": [s for r in records for s in r.get("skipped", [])],
         "by_session": any(r.get("session") for r in records),
@@ -346,7 +349,7 @@ def planned_records(config: Config, selection) -> list[dict]:
             "subject": subject,
             "session": session,
             "space": runs[0].entities.get("space", config.space),
-            "res": runs[0].entities.get("res"),
+            "res": output_res(config, runs),  # of the outputs (--target-*)
             "runs": [{"label": outputs.source_prefix(r.entities), "entities": r.entities,
                       "task_name": r.metadata.get("TaskName"), "tr": r.tr,
                       "files": {"bold": display_path(r.bold, config)}} for r in runs],

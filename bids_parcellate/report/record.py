@@ -29,6 +29,7 @@ import numpy as np
 
 from bids_parcellate import __version__, outputs
 from bids_parcellate.config import Config
+from bids_parcellate.masking import output_res
 from bids_parcellate.report import figures
 from bids_parcellate.report.connectome import centroids_mm, connectome
 
@@ -319,6 +320,30 @@ FIGURE_FILES = {
 
 
 # --------------------------------------------------------------------------- record
+def unit_entities(config: Config, result) -> dict:
+    """Entities of the unit's outputs, as the participant level names its dseg files.
+
+    ``res`` is that of the outputs (:func:`bids_parcellate.masking.output_res`): the
+    ``--target-*`` grid's label when the data were resampled, else the input BOLD's.
+
+    Parameters
+    ----------
+    config : Config
+    result : UnitResult
+        The unit (its subject, session and runs).
+
+    Returns
+    -------
+    dict
+        ``subject``, ``session``, ``space``, ``res`` (None when the outputs have none)
+        and ``seg``.
+    """
+    runs = [r.run for r in result.runs]
+    return {"subject": result.subject, "session": result.session,
+            "space": runs[0].entities.get("space", config.space),
+            "res": output_res(config, runs), "seg": outputs.seg_label(config.method)}
+
+
 def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, labels: dict,
                            series: dict, source_dirs: Sequence[Path],
                            unit_log: UnitLog) -> tuple[list[Path], dict]:
@@ -349,12 +374,9 @@ def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, lab
         The record (also used for the methods text of this invocation).
     """
     tic = time.monotonic()
-    first = result.runs[0].run
-    space = first.entities.get("space", config.space)
-    res = first.entities.get("res")
-    seg = outputs.seg_label(config.method)
-    unit_ents = {"subject": result.subject, "session": result.session, "space": space,
-                 "seg": seg, "res": res}
+    # the names the participant level gave the unit's outputs (res of the output grid)
+    unit_ents = unit_entities(config, result)
+    space, res, seg = unit_ents["space"], unit_ents["res"], unit_ents["seg"]
     threshold = fd_threshold(config)
     # numerical notices while drawing (e.g. a constant parcel's correlation) are about
     # the figures, not the data: not in the report
