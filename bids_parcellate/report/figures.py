@@ -1,20 +1,45 @@
 """Report figures, drawn while a unit's cleaned data are in memory; each returns SVG bytes.
 
-Every figure is a small SVG document (``report/templates/figure.svg.j2``): axes, ticks,
-lines and text are vector elements, and image-like panels (brain slices, carpet plots,
-correlation matrices) are PNG rasters at their native resolution (one pixel per voxel,
-volume or parcel pair) embedded in the SVG and scaled up by the browser without
-smoothing.
-
-Why not matplotlib / nilearn.plotting: on the 4 mm studyforrest run (one participant,
-three scales, six figures) importing them and drawing with them cost 0.85-0.9 s of CPU,
-26-27 % of the participant's processing, above the 20 % budget of the report; these
-figures cost 0.16-0.24 s (``benchmarks/report_cost.py`` measures the whole report). They
-keep nilearn's conventions for brain slices:
-axial cuts in neurological orientation (left on the left, anterior up) at the same world
-z for every scale, and a ``cold_hot`` colour map for signed signal.
-
+Every figure is an SVG document drawn on the report's own canvas
+(:mod:`bids_parcellate.report.canvas`): vector axes, lines and text, with image-like
+panels (brain slices, carpet plots, correlation matrices) as PNG rasters at their
+native resolution (one pixel per voxel, volume or parcel pair). Brain slices keep
+nilearn's conventions: axial cuts in neurological orientation (left on the left,
+anterior up) at the same world z for every scale, ``cold_hot`` for signed signal.
 Drawing is deterministic: the same inputs give the same bytes.
+
+Why not matplotlib / nilearn.plotting (issue 16, point 7: prefer them where they draw
+the same figure, unless a measured reason says otherwise). Measured on 2 shared cores
+(median CPU time of 7 draws after a warm-up; matplotlib 3.11.2 with the ``Agg`` and
+SVG backends, ``svg.fonttype = none``, no metadata, deterministic; nilearn 0.14.1), on
+data of the size of the 4 mm studyforrest run: scales 100, 200 and 400, 156 volumes,
+30,000-42,000 voxels. Figure: this module | matplotlib SVG | matplotlib PNG.
+
+- ``parcel_sizes`` (histograms): 0.7 ms, 5.0 kB | 158-176 ms, 20.6 kB | 138 ms,
+  26.3 kB (81 ms with fixed axes instead of ``tight_layout``);
+- ``framewise_displacement`` (line, bands): 0.7 ms, 5.8 kB | 53 ms, 15.8 kB | 60 ms,
+  42.5 kB (28 ms with fixed axes);
+- ``quality`` (three line panels): 1.2 ms, 6.9 kB | 239-249 ms, 31.5 kB | 217 ms,
+  28.9 kB;
+- ``carpet`` (``imshow`` panels): 5 ms, 113 kB | 111-124 ms, 170 kB | 128 ms, 136 kB;
+- ``correlation`` (``imshow`` panels): 22 ms, 146 kB | 81 ms, 227 kB | 84 ms, 200 kB;
+- ``label_maps`` (3 scales) and ``brain_mask`` against nilearn's ``plot_roi`` (7 axial
+  cuts, as here): 10 ms, 106 kB and 4 ms, 36 kB | 285 ms, 200 kB and 99 ms, 63 kB |
+  284 ms, 132 kB and 102 ms, 39 kB (``compressed``, like ``plot_stat_map``, is the
+  same mosaic).
+
+Importing them in a fresh process (median of 5, beyond numpy, nibabel, Pillow and
+jinja2, which the report imports anyway): matplotlib (``Figure`` with the Agg and SVG
+backends) +0.26-0.28 s CPU, nilearn.plotting +1.63 s. The participant level would
+pay one import and every draw for each unit: about +0.7 s with matplotlib for the four
+plots that do not show a brain, +2.3 s more with nilearn.plotting for the three that
+do, against 0.03 s for all seven here. ``benchmarks/report_cost.py`` on the
+studyforrest run (same machine): processing 1.67 s, the whole report 0.34 s (figures
+0.21 s, assembly 0.11 s) = 20.3 %, at the report's budget of 20 % already; matplotlib
+alone would bring it to about 60 %. Every figure is also 1.3-4 times larger with them.
+So every figure here stays hand-drawn; matplotlib and nilearn.plotting are used where
+nothing simple replaces them: the glass-brain graph of
+:mod:`bids_parcellate.report.connectome` (only with ``--connectivity``).
 """
 
 from __future__ import annotations
