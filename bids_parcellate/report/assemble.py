@@ -42,7 +42,20 @@ MAX_TABLE_ROWS = 500
 
 # --------------------------------------------------------------------------- records
 def load_unit_records(output_dir: Path, subjects: Sequence[str] = ()) -> list[dict]:
-    """Unit records found in OUTPUT_DIR (all participants, or those in ``subjects``)."""
+    """Unit records found in OUTPUT_DIR (all participants, or those in ``subjects``).
+
+    Parameters
+    ----------
+    output_dir : Path
+    subjects : sequence of str
+        Participant labels (without ``sub-``); all when empty.
+
+    Returns
+    -------
+    list of dict
+        The records (unreadable ones skipped with a warning), by subject, session and
+        ``seg``; each with ``_path``, its path relative to ``output_dir``.
+    """
     found = []
     for path in sorted(Path(output_dir).glob(RECORD_GLOB)):
         try:
@@ -80,6 +93,18 @@ def quality_slot(output_dir: Path, record: dict) -> dict:
     reproducibility and homogeneity against its null across scales (drawn from the
     tables, so ``--reports-only`` shows the same). ``*_desc-quality*`` figures under
     ``sub-<label>/figures/`` are shown as they are.
+
+    Parameters
+    ----------
+    output_dir : Path
+    record : dict
+        The unit's record (:func:`load_unit_records`).
+
+    Returns
+    -------
+    dict
+        ``scales``, ``measures`` (name, description, a value per scale), ``chart`` (its
+        data URI, or None), ``images`` (name, data URI) and ``available``.
     """
     output_dir = Path(output_dir)
     rows: list[dict] = []
@@ -157,6 +182,17 @@ def _unit_view(output_dir: Path, record: dict) -> dict:
 def write_participant_report(output_dir: Path, subject: str) -> Path:
     """Assemble ``OUTPUT_DIR/sub-<subject>.html`` from the unit records and figures.
 
+    Parameters
+    ----------
+    output_dir : Path
+    subject : str
+        Participant label without ``sub-``.
+
+    Returns
+    -------
+    Path
+        The report written.
+
     Raises
     ------
     UserError
@@ -186,7 +222,18 @@ ATLAS_PATTERN = re.compile(
 
 
 def find_group_atlases(output_dir: Path) -> list[dict]:
-    """Group atlases under ``tpl-*/``: one entry per (template, atlas, res) with its scales."""
+    """Group atlases under ``tpl-*/``: one entry per (template, atlas, res).
+
+    Parameters
+    ----------
+    output_dir : Path
+
+    Returns
+    -------
+    list of dict
+        ``template``, ``atlas``, ``res`` (None without ``res-``) and ``files`` (scale ->
+        dseg path; 0 for a file without ``scale-``).
+    """
     groups: dict[tuple, dict] = {}
     for path in sorted(Path(output_dir).glob("tpl-*/tpl-*_dseg.nii*")):
         match = ATLAS_PATTERN.match(path.name)
@@ -272,6 +319,15 @@ def write_group_report(output_dir: Path) -> Path:
     censored, and the agreement of each participant with the group atlas from the
     ``group*agreement*.tsv`` tables) with links to the participant reports, and every
     ``group*.tsv`` table.
+
+    Parameters
+    ----------
+    output_dir : Path
+
+    Returns
+    -------
+    Path
+        The report written.
 
     Raises
     ------

@@ -120,7 +120,8 @@ def png_indexed(index: np.ndarray, palette: np.ndarray) -> bytes:
 
 
 def quantize(values: np.ndarray, cmap: str, levels: int = 64,
-             nan_color=(192, 57, 43)) -> tuple[np.ndarray, np.ndarray]:
+             nan_color: tuple[int, int, int] = (192, 57, 43)
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Palette image of ``values`` through a colour map, NaN in its own colour.
 
     Parameters

@@ -49,6 +49,16 @@ def glass_brain(matrix: np.ndarray, centroids_mm: np.ndarray, width: int, height
         Raster size in pixels.
     limit : float
         Edge colour range is [-limit, limit].
+
+    Returns
+    -------
+    ndarray
+        uint8, shape (height, width, 3).
+
+    Raises
+    ------
+    ValueError
+        When there is not one centroid per node.
     """
     import matplotlib
 
@@ -73,10 +83,21 @@ def glass_brain(matrix: np.ndarray, centroids_mm: np.ndarray, width: int, height
 
 
 def centroids_mm(labels: np.ndarray, voxels: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """World coordinates (mm) of the centroids of parcels 1..max(labels), shape (n, 3).
+    """World coordinates (mm) of the centroids of parcels 1..max(labels).
 
-    ``labels``: a parcel label per voxel (0 for none); ``voxels``: their (n_voxels, 3)
-    voxel indices (``np.argwhere`` of the mask the labels run over).
+    Parameters
+    ----------
+    labels : ndarray of int, shape (n_voxels,)
+        A parcel label per voxel (0 for none).
+    voxels : ndarray, shape (n_voxels, 3)
+        Their voxel indices (``np.argwhere`` of the mask the labels run over).
+    affine : ndarray, shape (4, 4)
+        Voxel to world.
+
+    Returns
+    -------
+    ndarray, shape (max(labels), 3)
+        Centroids in mm (a label without voxels is put at voxel (0, 0, 0)).
     """
     import nibabel as nib
 

@@ -70,7 +70,19 @@ N_CUTS = 7
 
 # --------------------------------------------------------------------------- slices
 def canonical(img: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
-    """Data and affine of ``img`` in RAS+ voxel order (nibabel's closest canonical)."""
+    """Data and affine of ``img`` in RAS+ voxel order (nibabel's closest canonical).
+
+    Parameters
+    ----------
+    img : Nifti1Image
+
+    Returns
+    -------
+    data : ndarray
+        The voxels, reordered.
+    affine : ndarray, shape (4, 4)
+        Their affine.
+    """
     img = nib.as_closest_canonical(img)
     return np.asanyarray(img.dataobj), img.affine
 
@@ -106,10 +118,24 @@ class Slicer:
 
     @property
     def tile_width(self) -> int:
+        """Width of one cut in voxels (the mask's bounding box in x)."""
         return self.box[0].stop - self.box[0].start
 
-    def strip(self, data: np.ndarray, fill=0) -> np.ndarray:
-        """The cuts of a canonical 3D (or 3D x channels) array side by side, anterior up."""
+    def strip(self, data: np.ndarray, fill: float = 0) -> np.ndarray:
+        """The cuts of a volume side by side, anterior up.
+
+        Parameters
+        ----------
+        data : ndarray
+            Canonical (RAS+) 3D array, or 3D x channels, on the mask's grid.
+        fill : scalar
+            Value of the gaps between cuts.
+
+        Returns
+        -------
+        ndarray
+            Shape (y extent, cuts x x extent + gaps[, channels]).
+        """
         tiles = []
         for k in self.planes:
             tile = np.swapaxes(data[self.box[0], self.box[1], k], 0, 1)[::-1]
@@ -127,8 +153,23 @@ def _gray(bg: np.ndarray, inside: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def label_colors(n_labels: int, random_state: int = 0) -> np.ndarray:
-    """RGB in [0, 1] of labels 0..n (0 black): evenly spaced hues in a seeded random order
-    and brightness, so that neighbouring parcels (close label values) differ."""
+    """Colours of labels 0..n (0 black).
+
+    Evenly spaced hues in a seeded random order and brightness, so that neighbouring
+    parcels (close label values) differ.
+
+    Parameters
+    ----------
+    n_labels : int
+        Largest label.
+    random_state : int
+        Seed of the order.
+
+    Returns
+    -------
+    ndarray
+        RGB in [0, 1], shape (n_labels + 1, 3); cached, do not modify.
+    """
     rng = np.random.default_rng(random_state)
     hue = np.linspace(0, 1, n_labels, endpoint=False)[rng.permutation(n_labels)]
     value = rng.uniform(0.6, 1.0, size=n_labels)
@@ -183,7 +224,24 @@ def _mosaic(rows: Sequence[tuple[str, np.ndarray]], slicer: Slicer,
 
 def label_maps(labels_imgs: Mapping[int, nib.Nifti1Image], bg_img: nib.Nifti1Image | None,
                slicer: Slicer, alpha: float = 0.7) -> bytes:
-    """One row of axial cuts per scale: the parcels over the participant's mean BOLD."""
+    """One row of axial cuts per scale: the parcels over the participant's mean BOLD.
+
+    Parameters
+    ----------
+    labels_imgs : mapping
+        scale -> label image (0 outside parcels) on the grid of ``slicer``.
+    bg_img : Nifti1Image or None
+        Background (black when None).
+    slicer : Slicer
+        Cuts and bounding box.
+    alpha : float
+        Opacity of the parcel colours.
+
+    Returns
+    -------
+    bytes
+        SVG document.
+    """
     inside = slicer.mask
     gray = (_gray(canonical(bg_img)[0].astype(np.float64), inside) if bg_img is not None
             else np.zeros(inside.shape))
@@ -200,9 +258,27 @@ def label_maps(labels_imgs: Mapping[int, nib.Nifti1Image], bg_img: nib.Nifti1Ima
 
 def brain_mask(bg_img: nib.Nifti1Image | None, slicer: Slicer, title: str,
                alpha: float = 0.35) -> bytes:
-    """One row of axial cuts: the brain mask that was parcellated (``slicer.mask``,
-    tinted and outlined) over the participant's mean BOLD, with what lies outside it in
-    its bounding box."""
+    """One row of axial cuts: the brain mask that was parcellated over the mean BOLD.
+
+    The mask (``slicer.mask``) is tinted and outlined, with what lies outside it in its
+    bounding box.
+
+    Parameters
+    ----------
+    bg_img : Nifti1Image or None
+        Background (black when None).
+    slicer : Slicer
+        Built from the mask.
+    title : str
+        Row title.
+    alpha : float
+        Opacity of the tint.
+
+    Returns
+    -------
+    bytes
+        SVG document.
+    """
     inside = slicer.mask
     gray = (_gray(canonical(bg_img)[0].astype(np.float64), inside) if bg_img is not None
             else np.zeros(inside.shape))
@@ -216,7 +292,26 @@ def brain_mask(bg_img: nib.Nifti1Image | None, slicer: Slicer, title: str,
 
 def compressed(original: nib.Nifti1Image, rebuilt: Mapping[int, nib.Nifti1Image],
                slicer: Slicer, titles: Mapping[int, str], original_title: str) -> bytes:
-    """A cleaned volume, then the same volume rebuilt from parcel means at each scale."""
+    """A cleaned volume, then the same volume rebuilt from parcel means at each scale.
+
+    Parameters
+    ----------
+    original : Nifti1Image
+        The cleaned volume (3D).
+    rebuilt : mapping
+        scale -> the volume with each voxel replaced by its parcel's mean.
+    slicer : Slicer
+    titles : mapping
+        scale -> row title.
+    original_title : str
+        Title of the first row.
+
+    Returns
+    -------
+    bytes
+        SVG document (``cold_hot``, symmetric about 0 at the 98th percentile of
+        ``|original|`` in the mask).
+    """
     first = canonical(original)[0]
     values = first[slicer.mask]
     vmax = float(np.percentile(np.abs(values), 98)) if values.any() else 1.0
@@ -230,7 +325,20 @@ def compressed(original: nib.Nifti1Image, rebuilt: Mapping[int, nib.Nifti1Image]
 
 # --------------------------------------------------------------------------- plots
 def parcel_sizes(sizes: Mapping[int, np.ndarray], n_voxels: int) -> bytes:
-    """Histogram of parcel sizes (voxels, log axis), one outline per scale."""
+    """Histogram of parcel sizes (voxels, log axis), one outline per scale.
+
+    Parameters
+    ----------
+    sizes : mapping
+        scale -> voxels of each parcel.
+    n_voxels : int
+        Voxels in the mask (a dotted line marks ``n_voxels / scale``).
+
+    Returns
+    -------
+    bytes
+        SVG document.
+    """
     canvas = Canvas(640, 300)
     smallest = min(int(s.min()) for s in sizes.values())
     largest = max(int(s.max()) for s in sizes.values())
@@ -277,6 +385,11 @@ def carpet(series: Mapping[int, np.ndarray], orders: Mapping[int, np.ndarray],
     run_labels : sequence of str
     tr : float or None
         Repetition time for the time axis label (volumes are plotted by index).
+
+    Returns
+    -------
+    bytes
+        SVG document.
     """
     scales = sorted(series)
     heights = [max(60.0, min(180.0, series[s].shape[1] * 0.45)) for s in scales]
@@ -310,7 +423,18 @@ def carpet(series: Mapping[int, np.ndarray], orders: Mapping[int, np.ndarray],
 
 
 def cluster_order(corr: np.ndarray) -> np.ndarray:
-    """Parcel order of an average-linkage clustering of a correlation matrix (1 - r)."""
+    """Parcel order of an average-linkage clustering of a correlation matrix.
+
+    Parameters
+    ----------
+    corr : ndarray, shape (n, n)
+        Correlations (NaN as 0); the distance is 1 - r.
+
+    Returns
+    -------
+    ndarray
+        Indices 0..n-1, the leaves of the dendrogram in order.
+    """
     from scipy.cluster import hierarchy
     from scipy.spatial.distance import squareform
 
@@ -322,7 +446,21 @@ def cluster_order(corr: np.ndarray) -> np.ndarray:
 
 def correlation(matrices: Mapping[int, np.ndarray],
                 orders: Mapping[int, np.ndarray]) -> bytes:
-    """Parcel correlation matrices, one panel per scale, parcels in clustering order."""
+    """Parcel correlation matrices, one panel per scale, parcels in clustering order.
+
+    Parameters
+    ----------
+    matrices : mapping
+        scale -> (n_parcels, n_parcels) correlation matrix.
+    orders : mapping
+        scale -> order of the parcels (:func:`cluster_order`).
+
+    Returns
+    -------
+    bytes
+        SVG document (matrices of more than
+        :data:`~bids_parcellate.report.canvas.MAX_MATRIX` parcels block-averaged).
+    """
     scales = sorted(matrices)
     panel = min(260.0, (WIDTH - 110) / len(scales) - 20)
     canvas = Canvas(WIDTH, panel + 40)
@@ -345,7 +483,24 @@ def correlation(matrices: Mapping[int, np.ndarray],
 
 def framewise_displacement(fd: Sequence[np.ndarray | None], censored: Sequence[Sequence[int]],
                            run_labels: Sequence[str], threshold: float | None) -> bytes:
-    """FD of every run in order, threshold line, censored volumes marked."""
+    """FD of every run in order, threshold line, censored volumes marked.
+
+    Parameters
+    ----------
+    fd : sequence of ndarray or None
+        Framewise displacement of each run (None: not in its confounds).
+    censored : sequence of sequence of int
+        Censored volume indices of each run.
+    run_labels : sequence of str
+        Shown above each run when there are several.
+    threshold : float or None
+        FD threshold of the censoring (dashed line), when there is one.
+
+    Returns
+    -------
+    bytes
+        SVG document.
+    """
     lengths = [len(v) if v is not None else 0 for v in fd]
     total = max(sum(lengths), 1)
     values = np.concatenate([v for v in fd if v is not None]) if any(lengths) else np.zeros(1)
@@ -462,7 +617,20 @@ def quality(rows: Sequence[Mapping]) -> bytes | None:
 
 def atlas_maps(labels_imgs: Mapping[int, nib.Nifti1Image],
                bg_img: nib.Nifti1Image | None) -> bytes:
-    """Group atlas at every scale (rows), axial cuts over ``bg_img`` (on the atlas grid)."""
+    """Group atlas at every scale (rows), axial cuts over ``bg_img``.
+
+    Parameters
+    ----------
+    labels_imgs : mapping
+        scale -> atlas image, all on one grid.
+    bg_img : Nifti1Image or None
+        Background on the atlas grid (e.g. the MNI152 template), or None.
+
+    Returns
+    -------
+    bytes
+        SVG document.
+    """
     first = labels_imgs[min(labels_imgs)]
     mask = nib.Nifti1Image((np.asarray(first.dataobj) > 0).astype(np.uint8), first.affine)
     return label_maps(labels_imgs, bg_img, Slicer(mask))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -32,6 +33,11 @@ from bids_parcellate.config import Config
 from bids_parcellate.masking import output_res
 from bids_parcellate.report import figures
 from bids_parcellate.report.connectome import centroids_mm, connectome
+
+if TYPE_CHECKING:  # annotations only (bids_parcellate.participant imports this package)
+    from bids_parcellate.denoise import CleanRun, UnitMask
+    from bids_parcellate.inputs import Skipped
+    from bids_parcellate.participant import UnitResult
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -56,7 +62,13 @@ _IGNORED_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarn
 
 
 def software_versions() -> dict[str, str]:
-    """Versions of Python, bids_parcellate and the libraries that shape the results."""
+    """Versions of Python, bids_parcellate and the libraries that shape the results.
+
+    Returns
+    -------
+    dict
+        Name -> version (``not installed`` for a library that is not).
+    """
     versions = {"python": platform.python_version(), "bids_parcellate": __version__}
     for name, dist in SOFTWARE.items():
         try:
@@ -67,7 +79,19 @@ def software_versions() -> dict[str, str]:
 
 
 def display_path(path: Path | str, config: Config) -> str:
-    """A path for humans: relative to BIDS_DIR when inside it, else absolute."""
+    """A path for humans: relative to BIDS_DIR when inside it, else as given.
+
+    Parameters
+    ----------
+    path : Path or str
+    config : Config
+        Its ``bids_dir``.
+
+    Returns
+    -------
+    str
+        POSIX path.
+    """
     path = Path(path)
     try:
         return path.resolve().relative_to(config.bids_dir.resolve()).as_posix()
@@ -76,7 +100,17 @@ def display_path(path: Path | str, config: Config) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    """sha256 of a file's bytes (read in chunks)."""
+    """sha256 of a file's bytes (read in chunks).
+
+    Parameters
+    ----------
+    path : Path
+
+    Returns
+    -------
+    str
+        Hex digest.
+    """
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
@@ -87,7 +121,19 @@ def _sidecar(path: Path) -> Path:
 
 
 def input_checksums(files: Sequence[Path], config: Config) -> dict[str, str]:
-    """sha256 of every input file and its JSON sidecar (when present), by display path."""
+    """sha256 of every input file and its JSON sidecar (when present).
+
+    Parameters
+    ----------
+    files : sequence of Path
+    config : Config
+        For the display paths (:func:`display_path`).
+
+    Returns
+    -------
+    dict
+        Display path -> hex digest, sorted by path.
+    """
     out = {}
     for path in files:
         for candidate in (Path(path), _sidecar(Path(path))):
@@ -97,7 +143,18 @@ def input_checksums(files: Sequence[Path], config: Config) -> dict[str, str]:
 
 
 def fd_threshold(config: Config) -> float | None:
-    """FD threshold actually used for censoring (None when the strategy does not censor)."""
+    """FD threshold actually used for censoring.
+
+    Parameters
+    ----------
+    config : Config
+
+    Returns
+    -------
+    float or None
+        ``--fd-threshold``, else nilearn's preset for ``scrubbing``; None when the
+        strategy does not censor.
+    """
     if config.denoise_strategy != "scrubbing":
         return None
     if config.fd_threshold is not None:
@@ -109,7 +166,18 @@ def fd_threshold(config: Config) -> float | None:
 
 
 def fmriprep_versions(source_dirs: Sequence[Path]) -> list[str]:
-    """Versions of fMRIPrep recorded in the derivatives' ``dataset_description.json``."""
+    """Versions of fMRIPrep recorded in the derivatives' ``dataset_description.json``.
+
+    Parameters
+    ----------
+    source_dirs : sequence of Path
+        fMRIPrep folders (one without a readable description is left out).
+
+    Returns
+    -------
+    list of str
+        Distinct versions, sorted.
+    """
     from bids_parcellate.inputs import InputError, read_dataset_description
 
     found = []
@@ -129,14 +197,45 @@ def _entity(name: str, key: str) -> str | None:
     return found.group(1) if found else None
 
 
-def skipped_of_unit(skipped: Sequence, subject: str, session: str | None) -> list:
-    """The runs skipped at selection (:class:`~bids_parcellate.inputs.Skipped`) of a unit."""
+def skipped_of_unit(skipped: Sequence[Skipped], subject: str,
+                    session: str | None) -> list[Skipped]:
+    """The runs skipped at selection of a unit.
+
+    Parameters
+    ----------
+    skipped : sequence of Skipped
+        All runs skipped at selection.
+    subject : str
+        Label without ``sub-``.
+    session : str or None
+        Label without ``ses-``; None for a unit without sessions.
+
+    Returns
+    -------
+    list of Skipped
+        Those whose BOLD file belongs to the unit.
+    """
     return [s for s in skipped if _entity(s.bold.name, "sub") == subject
             and _entity(s.bold.name, "ses") == session]
 
 
-def warnings_of_unit(messages: Sequence[str], subject: str, session: str | None) -> list:
-    """The messages that name a file of the unit (``sub-<subject>[_ses-<session>]``)."""
+def warnings_of_unit(messages: Sequence[str], subject: str,
+                     session: str | None) -> list[str]:
+    """The messages that name a file of the unit (``sub-<subject>[_ses-<session>]``).
+
+    Parameters
+    ----------
+    messages : sequence of str
+        Warnings logged before the units were processed.
+    subject : str
+        Label without ``sub-``.
+    session : str or None
+        Label without ``ses-``; None keeps the messages of every session.
+
+    Returns
+    -------
+    list of str
+    """
     return [m for m in messages if _entity(m, "sub") == subject
             and (session is None or _entity(m, "ses") == session)]
 
@@ -320,7 +419,7 @@ FIGURE_FILES = {
 
 
 # --------------------------------------------------------------------------- record
-def unit_entities(config: Config, result) -> dict:
+def unit_entities(config: Config, result: UnitResult) -> dict:
     """Entities of the unit's outputs, as the participant level names its dseg files.
 
     ``res`` is that of the outputs (:func:`bids_parcellate.masking.output_res`): the
@@ -344,8 +443,10 @@ def unit_entities(config: Config, result) -> dict:
             "res": output_res(config, runs), "seg": outputs.seg_label(config.method)}
 
 
-def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, labels: dict,
-                           series: dict, source_dirs: Sequence[Path],
+def write_unit_report_data(config: Config, result: UnitResult, unit_mask: UnitMask,
+                           cleaned: list[CleanRun], labels: dict[int, np.ndarray],
+                           series: dict[Path, dict[int, np.ndarray]],
+                           source_dirs: Sequence[Path],
                            unit_log: UnitLog) -> tuple[list[Path], dict]:
     """Draw a unit's figures and write its report record.
 
