@@ -281,6 +281,30 @@ def test_quality_tables_appear_in_the_report(demo8_out, tmp_path):
     assert "Each parcellation was evaluated with the criteria of Thirion" in text
 
 
+
+def test_record_names_the_files_written_with_target_resolution(demo8, tmp_path):
+    """With --target-resolution the outputs are named res-<label> of the new grid: the
+    record says so and every file it names exists (the record used to name the BOLD's
+    res, i.e. none, and dseg files that were never written)."""
+    out = tmp_path / "out"
+    assert run_cli(demo8.root, out, "--participant-label", "01", "--n-parcels", "10",
+                   "--target-resolution", "10") == 0
+    (path,) = (out / "sub-01" / "figures").glob("*_desc-summary_report.json")
+    record = json.loads(path.read_text())
+    written = sorted(p.name for p in (out / "sub-01" / "anat").glob("*_dseg.nii.gz"))
+    (res,) = {re.search(r"_res-([A-Za-z0-9]+)_", name).group(1) for name in written}
+    assert record["res"] == res == "10mm"
+    assert "_res-10mm_" in path.name
+    named = [s["dseg"] for s in record["scales"]] + [
+        f["file"] for f in record["figures"].values()]
+    assert named and [n for n in named if not (out / n).is_file()] == []
+    assert [Path(s["dseg"]).name for s in record["scales"]] == written
+    assert record["grid"]["voxel_size_mm"] == [10.0, 10.0, 10.0]
+    # the methods text: the BOLD selected as it was, then resampled to 10 mm
+    md = (out / "logs" / "CITATION.md").read_text()
+    assert "res-10mm" not in md and "resampled to 10 mm isotropic voxels" in md
+    assert "(res-10mm)" in (out / "sub-01.html").read_text()
+
 # --------------------------------------------------------------------------- escaping
 @pytest.fixture(scope="module")
 def hostile_out(tmp_path_factory):

@@ -1,12 +1,20 @@
 """Reports and methods boilerplate.
 
+Modules, each importing only those listed before it (imports point one way):
+
+- :mod:`~bids_parcellate.report.templates`: the jinja2 environment of
+  ``report/templates/``, page rendering, ``data:`` URIs;
+- :mod:`~bids_parcellate.report.canvas`: drawing primitives (SVG canvas, axes, colour
+  maps, PNG rasters);
+- :mod:`~bids_parcellate.report.figures`: the figures of a unit and of a group atlas;
+- :mod:`~bids_parcellate.report.connectome`: the connectome figure (matplotlib and
+  nilearn.plotting, imported only when it is drawn);
 - :mod:`~bids_parcellate.report.record`: during the participant level, the figures and
   a JSON record of each unit (under ``sub-<label>/figures/``);
-- :mod:`~bids_parcellate.report.assemble`: self-contained HTML reports built from those
-  files (``sub-<label>.html``, ``group.html``), also for ``--reports-only``;
 - :mod:`~bids_parcellate.report.methods`: the methods text (``logs/CITATION.*`` and the
   reports' methods section) from ``boilerplate/``;
-- :mod:`~bids_parcellate.report.figures`: the figures themselves.
+- :mod:`~bids_parcellate.report.assemble`: self-contained HTML reports built from those
+  files (``sub-<label>.html``, ``group.html``), also for ``--reports-only``.
 
 :func:`finish_participant_level`, :func:`reports_only` and :func:`boilerplate_only` are
 what the command line calls.
@@ -17,9 +25,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bids_parcellate.config import Config, UserError
+from bids_parcellate.derivatives import naming
+from bids_parcellate.report.assemble import (
+    load_unit_records,
+    write_group_report,
+    write_participant_report,
+)
+from bids_parcellate.report.methods import planned_records, write_citation
 from bids_parcellate.report.record import UnitLog, write_unit_report_data
+
+if TYPE_CHECKING:  # annotations only (bids_parcellate.participant imports this package)
+    from bids_parcellate.inputs.query import Selection
+    from bids_parcellate.participant import UnitResult
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -32,7 +53,7 @@ __all__ = [
 ]
 
 
-def finish_participant_level(config: Config, results: Sequence) -> None:
+def finish_participant_level(config: Config, results: Sequence[UnitResult]) -> None:
     """After the participant level: each participant's report and ``logs/CITATION.*``.
 
     Parameters
@@ -41,10 +62,6 @@ def finish_participant_level(config: Config, results: Sequence) -> None:
     results : sequence of UnitResult
         Units of this invocation; those that failed have no report record.
     """
-    from bids_parcellate.derivatives import naming
-    from bids_parcellate.report.assemble import load_unit_records, write_participant_report
-    from bids_parcellate.report.methods import write_citation
-
     records = [r.report for r in results if getattr(r, "report", None)]
     subjects = sorted({r["subject"] for r in records})
     # units complete from an earlier run (not recomputed) keep their reports; their
@@ -65,19 +82,27 @@ def finish_participant_level(config: Config, results: Sequence) -> None:
                 time.monotonic() - tic)
 
 
-def reports_only(config: Config) -> list:
+def reports_only(config: Config) -> list[Path]:
     """``--reports-only``: rebuild reports from OUTPUT_DIR without reading any input.
 
     Participant reports for the selected participants (all with report data when none
     is selected) when the participant level is requested; ``group.html`` when the group
     level is.
-    """
-    from bids_parcellate.report.assemble import (
-        load_unit_records,
-        write_group_report,
-        write_participant_report,
-    )
 
+    Parameters
+    ----------
+    config : Config
+
+    Returns
+    -------
+    list of Path
+        The reports written.
+
+    Raises
+    ------
+    UserError
+        When OUTPUT_DIR does not exist or has no report data for the selection.
+    """
     if not config.output_dir.is_dir():
         raise UserError(f"{config.output_dir}: OUTPUT_DIR does not exist (nothing to "
                         "report on)")
@@ -96,8 +121,18 @@ def reports_only(config: Config) -> list:
     return written
 
 
-def boilerplate_only(config: Config, selection) -> list:
-    """``--boilerplate-only``: write ``logs/CITATION.*`` from the input query alone."""
-    from bids_parcellate.report.methods import planned_records, write_citation
+def boilerplate_only(config: Config, selection: Selection) -> list[Path]:
+    """``--boilerplate-only``: write ``logs/CITATION.*`` from the input query alone.
 
+    Parameters
+    ----------
+    config : Config
+    selection : Selection
+        The runs selected by the input query (nothing is read from them).
+
+    Returns
+    -------
+    list of Path
+        ``logs/CITATION.md``, ``.html`` and ``.bib``.
+    """
     return write_citation(config.output_dir, planned_records(config, selection))

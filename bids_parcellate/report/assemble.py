@@ -6,34 +6,32 @@ and figures that the participant level left under ``sub-<label>/figures/`` (see
 from the group atlases under ``tpl-*/``, the group tables and the unit records. Nothing
 is recomputed from BOLD data, which is what ``--reports-only`` relies on.
 
-Pages are jinja2 templates (``report/templates/``, autoescaping on) with figures
-embedded as data URIs (SVG, with PNG rasters inside), the style sheet inline and no
-external resource, so they open from ``file://`` and from a copy of the output folder.
-A Content-Security-Policy allows only the page's own inline style and script (by hash)
-and ``data:`` images: an injected script would not run even if escaping failed.
+Pages are jinja2 templates rendered by
+:func:`~bids_parcellate.report.templates.render_page` (self-contained: figures embedded
+as data URIs, style and script inline, a Content-Security-Policy). This is the top
+layer of :mod:`bids_parcellate.report`: it uses :mod:`~bids_parcellate.report.templates`,
+:mod:`~bids_parcellate.report.figures`, :mod:`~bids_parcellate.report.connectome` and
+:mod:`~bids_parcellate.report.methods`, none of which imports it.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
 import re
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
-from urllib.parse import quote
 
-import jinja2
-from markupsafe import Markup
+import nibabel as nib
+import numpy as np
 
-from bids_parcellate import __version__
 from bids_parcellate.config import UserError
 from bids_parcellate.derivatives import naming, writers
+from bids_parcellate.report import figures
+from bids_parcellate.report.connectome import centroids_mm, connectome
+from bids_parcellate.report.methods import render_methods
+from bids_parcellate.report.templates import data_uri, render_page, svg_uri
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -42,60 +40,22 @@ RECORD_GLOB = "sub-*/figures/sub-*_desc-summary_report.json"
 MAX_TABLE_ROWS = 500
 
 
-# --------------------------------------------------------------------------- pages
-@lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("bids_parcellate.report", "templates"),
-        autoescape=True,  # every value is escaped unless marked safe here
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["seconds"] = lambda v: f"{v:.1f} s" if v is not None else "n/a"
-    return env
-
-
-@lru_cache(maxsize=1)
-def _assets() -> tuple[str, str]:
-    folder = resources.files("bids_parcellate.report").joinpath("templates")
-    return (folder.joinpath("report.css").read_text(encoding="utf-8"),
-            folder.joinpath("report.js").read_text(encoding="utf-8"))
-
-
-def _csp_hash(text: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
-
-
-def render_page(template: str, **context) -> str:
-    """Render a page template with the inline style, script and security policy."""
-    style, script = _assets()
-    csp = (f"default-src 'none'; img-src data:; style-src {_csp_hash(style)}; "
-           f"script-src {_csp_hash(script)}; base-uri 'none'; form-action 'none'")
-    return _environment().get_template(template).render(
-        style=Markup(style), script=Markup(script), csp=csp, version=__version__,
-        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), **context)
-
-
-def data_uri(path: Path) -> str:
-    """A figure file as a ``data:`` URI (SVG percent-encoded, other images base64)."""
-    path = Path(path)
-    if path.suffix == ".svg":
-        return svg_uri(path.read_bytes())
-    kind = {".png": "image/png", ".jpg": "image/jpeg"}[path.suffix]
-    return f"data:{kind};base64," + base64.b64encode(path.read_bytes()).decode()
-
-
-def svg_uri(svg: bytes) -> str:
-    """An SVG document as a percent-encoded ``data:`` URI: our SVGs are mostly base64
-    rasters, which need no encoding, so this is ~25 % smaller than base64 of the SVG."""
-    return "data:image/svg+xml;charset=utf-8," + quote(svg.decode("utf-8"),
-                                                      safe=" /:;=,.-_()+*!~@?$")
-
-
 # --------------------------------------------------------------------------- records
 def load_unit_records(output_dir: Path, subjects: Sequence[str] = ()) -> list[dict]:
-    """Unit records found in OUTPUT_DIR (all participants, or those in ``subjects``)."""
+    """Unit records found in OUTPUT_DIR (all participants, or those in ``subjects``).
+
+    Parameters
+    ----------
+    output_dir : Path
+    subjects : sequence of str
+        Participant labels (without ``sub-``); all when empty.
+
+    Returns
+    -------
+    list of dict
+        The records (unreadable ones skipped with a warning), by subject, session and
+        ``seg``; each with ``_path``, its path relative to ``output_dir``.
+    """
     found = []
     for path in sorted(Path(output_dir).glob(RECORD_GLOB)):
         try:
@@ -133,9 +93,19 @@ def quality_slot(output_dir: Path, record: dict) -> dict:
     reproducibility and homogeneity against its null across scales (drawn from the
     tables, so ``--reports-only`` shows the same). ``*_desc-quality*`` figures under
     ``sub-<label>/figures/`` are shown as they are.
-    """
-    from bids_parcellate.report import figures
 
+    Parameters
+    ----------
+    output_dir : Path
+    record : dict
+        The unit's record (:func:`load_unit_records`).
+
+    Returns
+    -------
+    dict
+        ``scales``, ``measures`` (name, description, a value per scale), ``chart`` (its
+        data URI, or None), ``images`` (name, data URI) and ``available``.
+    """
     output_dir = Path(output_dir)
     rows: list[dict] = []
     descriptions: dict[str, str] = {}
@@ -179,12 +149,12 @@ def quality_slot(output_dir: Path, record: dict) -> dict:
 
 def _unit_view(output_dir: Path, record: dict) -> dict:
     """Template data of one unit: the record plus embedded figures and quality."""
-    figures = {}
+    embedded = {}
     missing = []
     for name, entry in record.get("figures", {}).items():
         path = Path(output_dir) / entry["file"]
         if path.is_file():
-            figures[name] = {**entry, "uri": data_uri(path)}
+            embedded[name] = {**entry, "uri": data_uri(path)}
         else:
             missing.append(entry["file"])
     runs = record["runs"]
@@ -203,7 +173,7 @@ def _unit_view(output_dir: Path, record: dict) -> dict:
     n_kept = sum(r["n_kept"] for r in runs)
     n_volumes = sum(r["n_volumes"] for r in runs)
     timings = record.get("timings", {})
-    return {"record": record, "figures": figures, "missing_figures": missing,
+    return {"record": record, "figures": embedded, "missing_figures": missing,
             "quality": quality_slot(output_dir, record), "regressor_sets": regressor_sets,
             "anchor": anchor, "title": title, "n_kept": n_kept, "n_volumes": n_volumes,
             "timings": timings, "total_time": sum(timings.values())}
@@ -212,13 +182,22 @@ def _unit_view(output_dir: Path, record: dict) -> dict:
 def write_participant_report(output_dir: Path, subject: str) -> Path:
     """Assemble ``OUTPUT_DIR/sub-<subject>.html`` from the unit records and figures.
 
+    Parameters
+    ----------
+    output_dir : Path
+    subject : str
+        Participant label without ``sub-``.
+
+    Returns
+    -------
+    Path
+        The report written.
+
     Raises
     ------
     UserError
         When the participant has no unit record in OUTPUT_DIR.
     """
-    from bids_parcellate.report.methods import render_methods
-
     tic = time.monotonic()
     records = load_unit_records(output_dir, [subject])
     if not records:
@@ -243,7 +222,18 @@ ATLAS_PATTERN = re.compile(
 
 
 def find_group_atlases(output_dir: Path) -> list[dict]:
-    """Group atlases under ``tpl-*/``: one entry per (template, atlas, res) with its scales."""
+    """Group atlases under ``tpl-*/``: one entry per (template, atlas, res).
+
+    Parameters
+    ----------
+    output_dir : Path
+
+    Returns
+    -------
+    list of dict
+        ``template``, ``atlas``, ``res`` (None without ``res-``) and ``files`` (scale ->
+        dseg path; 0 for a file without ``scale-``).
+    """
     groups: dict[tuple, dict] = {}
     for path in sorted(Path(output_dir).glob("tpl-*/tpl-*_dseg.nii*")):
         match = ATLAS_PATTERN.match(path.name)
@@ -258,11 +248,6 @@ def find_group_atlases(output_dir: Path) -> list[dict]:
 
 
 def _atlas_view(output_dir: Path, atlas: dict) -> dict:
-    import nibabel as nib
-    import numpy as np
-
-    from bids_parcellate.report import figures
-
     imgs = {scale: nib.load(path) for scale, path in sorted(atlas["files"].items())}
     shown = {}
     rows = []
@@ -297,11 +282,6 @@ def _group_connectomes(output_dir: Path, atlas: dict) -> list[dict]:
     figure per measure: the matrix and the graph on a glass brain at every scale, nodes at
     the centroids of the atlas's parcels (read from the files, so ``--reports-only``
     shows the same)."""
-    import nibabel as nib
-    import numpy as np
-
-    from bids_parcellate.report.connectome import centroids_mm, connectome
-
     found: dict[str, dict[int, Path]] = {}
     for path in sorted(Path(output_dir).glob("group_atlas-*_relmat.tsv")):
         match = GROUP_RELMAT_PATTERN.match(path.name)
@@ -340,13 +320,20 @@ def write_group_report(output_dir: Path) -> Path:
     ``group*agreement*.tsv`` tables) with links to the participant reports, and every
     ``group*.tsv`` table.
 
+    Parameters
+    ----------
+    output_dir : Path
+
+    Returns
+    -------
+    Path
+        The report written.
+
     Raises
     ------
     UserError
         When OUTPUT_DIR holds neither group atlases nor participant report data.
     """
-    from bids_parcellate.report.methods import render_methods
-
     output_dir = Path(output_dir)
     tic = time.monotonic()
     atlases = [_atlas_view(output_dir, a) for a in find_group_atlases(output_dir)]

@@ -1,6 +1,6 @@
 """Connectome figure: the matrix and the graph on a glass brain, one row per scale.
 
-Drawn with the report's own SVG canvas (:mod:`bids_parcellate.report.figures`): the
+Drawn with the report's own SVG canvas (:mod:`bids_parcellate.report.canvas`): the
 matrix is a raster panel like the correlation figure; the graph is nilearn's
 ``plot_connectome`` (nodes at the parcel centroids, the strongest edges), rendered by
 matplotlib's Agg backend into an RGB raster placed in the SVG. matplotlib and
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from bids_parcellate.report.figures import GRID, MAX_MATRIX, WIDTH, Canvas, quantize
+from bids_parcellate.report.canvas import GRID, WIDTH, Canvas, block_average, quantize
 
 #: Height of one row (a scale) in CSS pixels.
 ROW = 230
@@ -49,6 +49,16 @@ def glass_brain(matrix: np.ndarray, centroids_mm: np.ndarray, width: int, height
         Raster size in pixels.
     limit : float
         Edge colour range is [-limit, limit].
+
+    Returns
+    -------
+    ndarray
+        uint8, shape (height, width, 3).
+
+    Raises
+    ------
+    ValueError
+        When there is not one centroid per node.
     """
     import matplotlib
 
@@ -73,10 +83,21 @@ def glass_brain(matrix: np.ndarray, centroids_mm: np.ndarray, width: int, height
 
 
 def centroids_mm(labels: np.ndarray, voxels: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """World coordinates (mm) of the centroids of parcels 1..max(labels), shape (n, 3).
+    """World coordinates (mm) of the centroids of parcels 1..max(labels).
 
-    ``labels``: a parcel label per voxel (0 for none); ``voxels``: their (n_voxels, 3)
-    voxel indices (``np.argwhere`` of the mask the labels run over).
+    Parameters
+    ----------
+    labels : ndarray of int, shape (n_voxels,)
+        A parcel label per voxel (0 for none).
+    voxels : ndarray, shape (n_voxels, 3)
+        Their voxel indices (``np.argwhere`` of the mask the labels run over).
+    affine : ndarray, shape (4, 4)
+        Voxel to world.
+
+    Returns
+    -------
+    ndarray, shape (max(labels), 3)
+        Centroids in mm (a label without voxels is put at voxel (0, 0, 0)).
     """
     import nibabel as nib
 
@@ -114,11 +135,8 @@ def connectome(matrices: Mapping[int, np.ndarray], centroids: Mapping[int, np.nd
         shown = _off_diagonal(matrices[scale])
         limit = _limit(shown)
         title = f"scale {scale}: {len(shown)} parcels, {measure}"
-        block = -(-len(shown) // MAX_MATRIX)
-        if block > 1:  # more parcels than pixels: average blocks
-            n = len(shown) // block * block
-            shown = shown[:n, :n].reshape(n // block, block, n // block, block).mean(
-                axis=(1, 3))
+        shown, block = block_average(shown)  # more parcels than pixels: block means
+        if block > 1:
             title += f" ({block}×{block} blocks averaged)"
         canvas.image(10, top, panel, panel,
                      indexed=quantize((shown / limit + 1) / 2, "RdBu_r"))

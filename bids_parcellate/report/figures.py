@@ -1,237 +1,88 @@
 """Report figures, drawn while a unit's cleaned data are in memory; each returns SVG bytes.
 
-Every figure is a small SVG document (``report/templates/figure.svg.j2``): axes, ticks,
-lines and text are vector elements, and image-like panels (brain slices, carpet plots,
-correlation matrices) are PNG rasters at their native resolution (one pixel per voxel,
-volume or parcel pair) embedded in the SVG and scaled up by the browser without
-smoothing.
-
-Why not matplotlib / nilearn.plotting: on the 4 mm studyforrest run (one participant,
-three scales, six figures) importing them and drawing with them cost 0.85-0.9 s of CPU,
-26-27 % of the participant's processing, above the 20 % budget of the report; these
-figures cost 0.16-0.24 s (``benchmarks/report_cost.py`` measures the whole report). They
-keep nilearn's conventions for brain slices:
-axial cuts in neurological orientation (left on the left, anterior up) at the same world
-z for every scale, and a ``cold_hot`` colour map for signed signal.
-
+Every figure is an SVG document drawn on the report's own canvas
+(:mod:`bids_parcellate.report.canvas`): vector axes, lines and text, with image-like
+panels (brain slices, carpet plots, correlation matrices) as PNG rasters at their
+native resolution (one pixel per voxel, volume or parcel pair). Brain slices keep
+nilearn's conventions: axial cuts in neurological orientation (left on the left,
+anterior up) at the same world z for every scale, ``cold_hot`` for signed signal.
 Drawing is deterministic: the same inputs give the same bytes.
+
+Why not matplotlib / nilearn.plotting (issue 16, point 7: prefer them where they draw
+the same figure, unless a measured reason says otherwise). Measured on 2 shared cores
+(median CPU time of 7 draws after a warm-up; matplotlib 3.11.2 with the ``Agg`` and
+SVG backends, ``svg.fonttype = none``, no metadata, deterministic; nilearn 0.14.1), on
+data of the size of the 4 mm studyforrest run: scales 100, 200 and 400, 156 volumes,
+30,000-42,000 voxels. Figure: this module | matplotlib SVG | matplotlib PNG.
+
+- ``parcel_sizes`` (histograms): 0.7 ms, 5.0 kB | 158-176 ms, 20.6 kB | 138 ms,
+  26.3 kB (81 ms with fixed axes instead of ``tight_layout``);
+- ``framewise_displacement`` (line, bands): 0.7 ms, 5.8 kB | 53 ms, 15.8 kB | 60 ms,
+  42.5 kB (28 ms with fixed axes);
+- ``quality`` (three line panels): 1.2 ms, 6.9 kB | 239-249 ms, 31.5 kB | 217 ms,
+  28.9 kB;
+- ``carpet`` (``imshow`` panels): 5 ms, 113 kB | 111-124 ms, 170 kB | 128 ms, 136 kB;
+- ``correlation`` (``imshow`` panels): 22 ms, 146 kB | 81 ms, 227 kB | 84 ms, 200 kB;
+- ``label_maps`` (3 scales) and ``brain_mask`` against nilearn's ``plot_roi`` (7 axial
+  cuts, as here): 10 ms, 106 kB and 4 ms, 36 kB | 285 ms, 200 kB and 99 ms, 63 kB |
+  284 ms, 132 kB and 102 ms, 39 kB (``compressed``, like ``plot_stat_map``, is the
+  same mosaic).
+
+Importing them in a fresh process (median of 5, beyond numpy, nibabel, Pillow and
+jinja2, which the report imports anyway): matplotlib (``Figure`` with the Agg and SVG
+backends) +0.26-0.28 s CPU, nilearn.plotting +1.63 s. The participant level would
+pay one import and every draw for each unit: about +0.7 s with matplotlib for the four
+plots that do not show a brain, +2.3 s more with nilearn.plotting for the three that
+do, against 0.03 s for all seven here. ``benchmarks/report_cost.py`` on the
+studyforrest run (same machine): processing 1.67 s, the whole report 0.34 s (figures
+0.21 s, assembly 0.11 s) = 20.3 %, at the report's budget of 20 % already; matplotlib
+alone would bring it to about 60 %. Every figure is also 1.3-4 times larger with them.
+So every figure here stays hand-drawn; matplotlib and nilearn.plotting are used where
+nothing simple replaces them: the glass-brain graph of
+:mod:`bids_parcellate.report.connectome` (only with ``--connectivity``).
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
 
 import nibabel as nib
 import numpy as np
 
+from bids_parcellate.report.canvas import (
+    GRID,
+    MUTED,
+    SCALE_COLORS,
+    WIDTH,
+    Axes,
+    Canvas,
+    block_average,
+    colormap,
+    nice_ticks,
+    quantize,
+)
+
 #: Axial cuts per brain figure.
 N_CUTS = 7
-#: Width of every figure in CSS pixels.
-WIDTH = 960
-#: Largest correlation matrix drawn pixel for pixel; larger ones are block-averaged.
-MAX_MATRIX = 500
-FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
-INK, MUTED, GRID = "#1f2933", "#616e7c", "#d9e2ec"
-#: Colours of successive scales (Okabe-Ito, distinguishable with colour blindness).
-SCALE_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
-
-#: Colour maps as (position, RGB) anchors, interpolated linearly.
-COLORMAPS = {
-    # like nilearn's cold_hot: cyan-blue for negative values, black at 0, red-yellow
-    "cold_hot": ((0.0, (0, 255, 255)), (0.25, (0, 0, 255)), (0.5, (0, 0, 0)),
-                 (0.75, (255, 0, 0)), (1.0, (255, 255, 0))),
-    # ColorBrewer RdBu, reversed (blue for negative correlations)
-    "RdBu_r": ((0.0, (5, 48, 97)), (0.1, (33, 102, 172)), (0.2, (67, 147, 195)),
-               (0.3, (146, 197, 222)), (0.4, (209, 229, 240)), (0.5, (247, 247, 247)),
-               (0.6, (253, 219, 199)), (0.7, (244, 165, 130)), (0.8, (214, 96, 77)),
-               (0.9, (178, 24, 43)), (1.0, (103, 0, 31))),
-    "gray": ((0.0, (0, 0, 0)), (1.0, (255, 255, 255))),
-}
-
-
-def colormap(name: str, values: np.ndarray) -> np.ndarray:
-    """RGB (uint8) of ``values`` in [0, 1] (clipped) through a colour map of :data:`COLORMAPS`."""
-    anchors = COLORMAPS[name]
-    positions = [a[0] for a in anchors]
-    values = np.clip(np.nan_to_num(values, nan=0.0), 0, 1)
-    rgb = np.stack([np.interp(values, positions, [a[1][c] for a in anchors])
-                    for c in range(3)], axis=-1)
-    return np.round(rgb).astype(np.uint8)
-
-
-def _hex(rgb) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
-
-
-def png(rgb: np.ndarray) -> bytes:
-    """PNG bytes of an RGB uint8 image (Pillow, no metadata: deterministic)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB").save(
-        buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def png_indexed(index: np.ndarray, palette: np.ndarray) -> bytes:
-    """PNG of a palette image (one byte per pixel): 3-4 times smaller than RGB for the
-    noisy carpet and correlation panels."""
-    from PIL import Image
-
-    image = Image.fromarray(np.ascontiguousarray(index, dtype=np.uint8), "P")
-    image.putpalette(np.asarray(palette, dtype=np.uint8).ravel().tolist())
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def quantize(values: np.ndarray, cmap: str, levels: int = 64,
-             nan_color=(192, 57, 43)) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (0..levels-1, ``levels`` for NaN) and palette of values in [0, 1]."""
-    index = np.round(np.clip(np.nan_to_num(values, nan=0.0), 0, 1) * (levels - 1))
-    index = np.where(np.isnan(values), levels, index).astype(np.uint8)
-    palette = np.vstack([colormap(cmap, np.linspace(0, 1, levels)), nan_color])
-    return index, palette
-
-
-# --------------------------------------------------------------------------- drawing
-@dataclass
-class Canvas:
-    """A figure: a list of SVG elements rendered by ``figure.svg.j2``."""
-
-    width: float
-    height: float
-    background: str = "#ffffff"
-    items: list[dict] = field(default_factory=list)
-    gradients: list[dict] = field(default_factory=list)
-
-    def image(self, x, y, w, h, rgb: np.ndarray | None = None,
-              indexed: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        data = png(rgb) if indexed is None else png_indexed(*indexed)
-        href = "data:image/png;base64," + base64.b64encode(data).decode()
-        self.items.append({"kind": "image", "x": x, "y": y, "w": w, "h": h, "href": href})
-
-    def line(self, x1, y1, x2, y2, color=INK, width=1.0, dash=None, opacity=1.0) -> None:
-        self.items.append({"kind": "line", "x1": x1, "y1": y1, "x2": x2, "y2": y2,
-                           "color": color, "width": width, "dash": dash,
-                           "opacity": opacity})
-
-    def polyline(self, xs, ys, color=INK, width=1.2) -> None:
-        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
-        self.items.append({"kind": "polyline", "points": points, "color": color,
-                           "width": width})
-
-    def polygon(self, xs, ys, fill, opacity=1.0) -> None:
-        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
-        self.items.append({"kind": "polygon", "points": points, "fill": fill,
-                           "opacity": opacity})
-
-    def marker(self, x, y, color) -> None:
-        self.items.append({"kind": "marker", "x": x, "y": y, "color": color})
-
-    def rect(self, x, y, w, h, fill="none", stroke=None, opacity=1.0) -> None:
-        self.items.append({"kind": "rect", "x": x, "y": y, "w": w, "h": h, "fill": fill,
-                           "stroke": stroke, "opacity": opacity})
-
-    def text(self, x, y, text, size=11, color=INK, anchor="start", rotate=False,
-             box=None) -> None:
-        self.items.append({"kind": "text", "x": x, "y": y, "text": str(text), "size": size,
-                           "color": color, "anchor": anchor, "rotate": rotate, "box": box})
-
-    def colorbar(self, x, y, w, h, cmap: str, ticks: Sequence[tuple[float, str]],
-                 label: str = "", color=INK) -> None:
-        """Vertical colour bar; ``ticks`` are (position in [0, 1], label) pairs."""
-        gid = f"cbar{len(self.gradients)}"
-        stops = [(round(p, 3), _hex(c)) for p, c in COLORMAPS[cmap]]
-        self.gradients.append({"id": gid, "stops": stops})
-        self.items.append({"kind": "gradient", "x": x, "y": y, "w": w, "h": h, "id": gid})
-        self.rect(x, y, w, h, stroke=color)
-        for position, text in ticks:
-            ty = y + h * (1 - position)
-            self.line(x + w, ty, x + w + 3, ty, color=color)
-            self.text(x + w + 5, ty + 3.5, text, size=9, color=color)
-        if label:
-            self.text(x + w + 34, y + h / 2, label, size=10, color=color, anchor="middle",
-                      rotate=True)
-
-    def svg(self) -> bytes:
-        from bids_parcellate.report.assemble import _environment
-
-        return _environment().get_template("figure.svg.j2").render(
-            canvas=self, font=FONT).encode("utf-8")
-
-
-def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
-    """Round tick values (steps of 1, 2 or 5 x 10^k) covering [lo, hi]."""
-    if not np.isfinite([lo, hi]).all() or hi <= lo:
-        return [lo]
-    raw = (hi - lo) / target
-    base = 10 ** math.floor(math.log10(raw))
-    step = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def tick_label(value: float) -> str:
-    return f"{value:g}"
-
-
-@dataclass
-class Axes:
-    """Data-to-pixel mapping of one plotting area of a :class:`Canvas`."""
-
-    canvas: Canvas
-    x0: float
-    y0: float
-    w: float
-    h: float
-    xlim: tuple[float, float]
-    ylim: tuple[float, float]
-    xlog: bool = False
-
-    def x(self, value):
-        lo, hi = self.xlim
-        value = np.asarray(value, dtype=float)
-        if self.xlog:
-            value, lo, hi = np.log10(value), math.log10(lo), math.log10(hi)
-        return self.x0 + (value - lo) / (hi - lo) * self.w
-
-    def y(self, value):
-        lo, hi = self.ylim
-        return self.y0 + self.h - (np.asarray(value, dtype=float) - lo) / (hi - lo) * self.h
-
-    def frame(self, xlabel: str = "", ylabel: str = "", xticks=None, yticks=None,
-              xtick_labels=None) -> None:
-        """Left and bottom spines, ticks and labels."""
-        c = self.canvas
-        bottom = self.y0 + self.h
-        c.line(self.x0, bottom, self.x0 + self.w, bottom, color=MUTED)
-        c.line(self.x0, self.y0, self.x0, bottom, color=MUTED)
-        for i, value in enumerate(xticks if xticks is not None else []):
-            px = float(self.x(value))
-            c.line(px, bottom, px, bottom + 4, color=MUTED)
-            label = xtick_labels[i] if xtick_labels else tick_label(value)
-            c.text(px, bottom + 15, label, size=10, color=MUTED, anchor="middle")
-        for value in yticks if yticks is not None else []:
-            py = float(self.y(value))
-            c.line(self.x0 - 4, py, self.x0, py, color=MUTED)
-            c.text(self.x0 - 6, py + 3.5, tick_label(value), size=10, color=MUTED,
-                   anchor="end")
-        if xlabel:
-            c.text(self.x0 + self.w / 2, bottom + 31, xlabel, size=11, anchor="middle")
-        if ylabel:
-            c.text(self.x0 - 38, self.y0 + self.h / 2, ylabel, size=11, anchor="middle",
-                   rotate=True)
 
 
 # --------------------------------------------------------------------------- slices
 def canonical(img: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
-    """Data and affine of ``img`` in RAS+ voxel order (nibabel's closest canonical)."""
+    """Data and affine of ``img`` in RAS+ voxel order (nibabel's closest canonical).
+
+    Parameters
+    ----------
+    img : Nifti1Image
+
+    Returns
+    -------
+    data : ndarray
+        The voxels, reordered.
+    affine : ndarray, shape (4, 4)
+        Their affine.
+    """
     img = nib.as_closest_canonical(img)
     return np.asanyarray(img.dataobj), img.affine
 
@@ -267,10 +118,24 @@ class Slicer:
 
     @property
     def tile_width(self) -> int:
+        """Width of one cut in voxels (the mask's bounding box in x)."""
         return self.box[0].stop - self.box[0].start
 
-    def strip(self, data: np.ndarray, fill=0) -> np.ndarray:
-        """The cuts of a canonical 3D (or 3D x channels) array side by side, anterior up."""
+    def strip(self, data: np.ndarray, fill: float = 0) -> np.ndarray:
+        """The cuts of a volume side by side, anterior up.
+
+        Parameters
+        ----------
+        data : ndarray
+            Canonical (RAS+) 3D array, or 3D x channels, on the mask's grid.
+        fill : scalar
+            Value of the gaps between cuts.
+
+        Returns
+        -------
+        ndarray
+            Shape (y extent, cuts x x extent + gaps[, channels]).
+        """
         tiles = []
         for k in self.planes:
             tile = np.swapaxes(data[self.box[0], self.box[1], k], 0, 1)[::-1]
@@ -288,8 +153,23 @@ def _gray(bg: np.ndarray, inside: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def label_colors(n_labels: int, random_state: int = 0) -> np.ndarray:
-    """RGB in [0, 1] of labels 0..n (0 black): evenly spaced hues in a seeded random order
-    and brightness, so that neighbouring parcels (close label values) differ."""
+    """Colours of labels 0..n (0 black).
+
+    Evenly spaced hues in a seeded random order and brightness, so that neighbouring
+    parcels (close label values) differ.
+
+    Parameters
+    ----------
+    n_labels : int
+        Largest label.
+    random_state : int
+        Seed of the order.
+
+    Returns
+    -------
+    ndarray
+        RGB in [0, 1], shape (n_labels + 1, 3); cached, do not modify.
+    """
     rng = np.random.default_rng(random_state)
     hue = np.linspace(0, 1, n_labels, endpoint=False)[rng.permutation(n_labels)]
     value = rng.uniform(0.6, 1.0, size=n_labels)
@@ -344,7 +224,24 @@ def _mosaic(rows: Sequence[tuple[str, np.ndarray]], slicer: Slicer,
 
 def label_maps(labels_imgs: Mapping[int, nib.Nifti1Image], bg_img: nib.Nifti1Image | None,
                slicer: Slicer, alpha: float = 0.7) -> bytes:
-    """One row of axial cuts per scale: the parcels over the participant's mean BOLD."""
+    """One row of axial cuts per scale: the parcels over the participant's mean BOLD.
+
+    Parameters
+    ----------
+    labels_imgs : mapping
+        scale -> label image (0 outside parcels) on the grid of ``slicer``.
+    bg_img : Nifti1Image or None
+        Background (black when None).
+    slicer : Slicer
+        Cuts and bounding box.
+    alpha : float
+        Opacity of the parcel colours.
+
+    Returns
+    -------
+    bytes
+        SVG document.
+    """
     inside = slicer.mask
     gray = (_gray(canonical(bg_img)[0].astype(np.float64), inside) if bg_img is not None
             else np.zeros(inside.shape))
@@ -361,9 +258,27 @@ def label_maps(labels_imgs: Mapping[int, nib.Nifti1Image], bg_img: nib.Nifti1Ima
 
 def brain_mask(bg_img: nib.Nifti1Image | None, slicer: Slicer, title: str,
                alpha: float = 0.35) -> bytes:
-    """One row of axial cuts: the brain mask that was parcellated (``slicer.mask``,
-    tinted and outlined) over the participant's mean BOLD, with what lies outside it in
-    its bounding box."""
+    """One row of axial cuts: the brain mask that was parcellated over the mean BOLD.
+
+    The mask (``slicer.mask``) is tinted and outlined, with what lies outside it in its
+    bounding box.
+
+    Parameters
+    ----------
+    bg_img : Nifti1Image or None
+        Background (black when None).
+    slicer : Slicer
+        Built from the mask.
+    title : str
+        Row title.
+    alpha : float
+        Opacity of the tint.
+
+    Returns
+    -------
+    bytes
+        SVG document.
+    """
     inside = slicer.mask
     gray = (_gray(canonical(bg_img)[0].astype(np.float64), inside) if bg_img is not None
             else np.zeros(inside.shape))
@@ -377,7 +292,26 @@ def brain_mask(bg_img: nib.Nifti1Image | None, slicer: Slicer, title: str,
 
 def compressed(original: nib.Nifti1Image, rebuilt: Mapping[int, nib.Nifti1Image],
                slicer: Slicer, titles: Mapping[int, str], original_title: str) -> bytes:
-    """A cleaned volume, then the same volume rebuilt from parcel means at each scale."""
+    """A cleaned volume, then the same volume rebuilt from parcel means at each scale.
+
+    Parameters
+    ----------
+    original : Nifti1Image
+        The cleaned volume (3D).
+    rebuilt : mapping
+        scale -> the volume with each voxel replaced by its parcel's mean.
+    slicer : Slicer
+    titles : mapping
+        scale -> row title.
+    original_title : str
+        Title of the first row.
+
+    Returns
+    -------
+    bytes
+        SVG document (``cold_hot``, symmetric about 0 at the 98th percentile of
+        ``|original|`` in the mask).
+    """
     first = canonical(original)[0]
     values = first[slicer.mask]
     vmax = float(np.percentile(np.abs(values), 98)) if values.any() else 1.0
@@ -391,7 +325,20 @@ def compressed(original: nib.Nifti1Image, rebuilt: Mapping[int, nib.Nifti1Image]
 
 # --------------------------------------------------------------------------- plots
 def parcel_sizes(sizes: Mapping[int, np.ndarray], n_voxels: int) -> bytes:
-    """Histogram of parcel sizes (voxels, log axis), one outline per scale."""
+    """Histogram of parcel sizes (voxels, log axis), one outline per scale.
+
+    Parameters
+    ----------
+    sizes : mapping
+        scale -> voxels of each parcel.
+    n_voxels : int
+        Voxels in the mask (a dotted line marks ``n_voxels / scale``).
+
+    Returns
+    -------
+    bytes
+        SVG document.
+    """
     canvas = Canvas(640, 300)
     smallest = min(int(s.min()) for s in sizes.values())
     largest = max(int(s.max()) for s in sizes.values())
@@ -438,6 +385,11 @@ def carpet(series: Mapping[int, np.ndarray], orders: Mapping[int, np.ndarray],
     run_labels : sequence of str
     tr : float or None
         Repetition time for the time axis label (volumes are plotted by index).
+
+    Returns
+    -------
+    bytes
+        SVG document.
     """
     scales = sorted(series)
     heights = [max(60.0, min(180.0, series[s].shape[1] * 0.45)) for s in scales]
@@ -471,7 +423,18 @@ def carpet(series: Mapping[int, np.ndarray], orders: Mapping[int, np.ndarray],
 
 
 def cluster_order(corr: np.ndarray) -> np.ndarray:
-    """Parcel order of an average-linkage clustering of a correlation matrix (1 - r)."""
+    """Parcel order of an average-linkage clustering of a correlation matrix.
+
+    Parameters
+    ----------
+    corr : ndarray, shape (n, n)
+        Correlations (NaN as 0); the distance is 1 - r.
+
+    Returns
+    -------
+    ndarray
+        Indices 0..n-1, the leaves of the dendrogram in order.
+    """
     from scipy.cluster import hierarchy
     from scipy.spatial.distance import squareform
 
@@ -483,7 +446,21 @@ def cluster_order(corr: np.ndarray) -> np.ndarray:
 
 def correlation(matrices: Mapping[int, np.ndarray],
                 orders: Mapping[int, np.ndarray]) -> bytes:
-    """Parcel correlation matrices, one panel per scale, parcels in clustering order."""
+    """Parcel correlation matrices, one panel per scale, parcels in clustering order.
+
+    Parameters
+    ----------
+    matrices : mapping
+        scale -> (n_parcels, n_parcels) correlation matrix.
+    orders : mapping
+        scale -> order of the parcels (:func:`cluster_order`).
+
+    Returns
+    -------
+    bytes
+        SVG document (matrices of more than
+        :data:`~bids_parcellate.report.canvas.MAX_MATRIX` parcels block-averaged).
+    """
     scales = sorted(matrices)
     panel = min(260.0, (WIDTH - 110) / len(scales) - 20)
     canvas = Canvas(WIDTH, panel + 40)
@@ -492,11 +469,8 @@ def correlation(matrices: Mapping[int, np.ndarray],
         order = orders[scale]
         matrix = np.nan_to_num(matrices[scale])[np.ix_(order, order)]
         title = f"{scale} parcels"
-        block = math.ceil(len(matrix) / MAX_MATRIX)
-        if block > 1:  # more parcels than pixels: average blocks (bounded size and cost)
-            n = len(matrix) // block * block
-            matrix = matrix[:n, :n].reshape(n // block, block, n // block, block).mean(
-                axis=(1, 3))
+        matrix, block = block_average(matrix)  # bounded size and cost
+        if block > 1:
             title += f" ({block}×{block} blocks averaged)"
         canvas.image(x, 26, panel, panel, indexed=quantize((matrix + 1) / 2, "RdBu_r"))
         canvas.rect(x, 26, panel, panel, stroke=GRID)
@@ -509,7 +483,24 @@ def correlation(matrices: Mapping[int, np.ndarray],
 
 def framewise_displacement(fd: Sequence[np.ndarray | None], censored: Sequence[Sequence[int]],
                            run_labels: Sequence[str], threshold: float | None) -> bytes:
-    """FD of every run in order, threshold line, censored volumes marked."""
+    """FD of every run in order, threshold line, censored volumes marked.
+
+    Parameters
+    ----------
+    fd : sequence of ndarray or None
+        Framewise displacement of each run (None: not in its confounds).
+    censored : sequence of sequence of int
+        Censored volume indices of each run.
+    run_labels : sequence of str
+        Shown above each run when there are several.
+    threshold : float or None
+        FD threshold of the censoring (dashed line), when there is one.
+
+    Returns
+    -------
+    bytes
+        SVG document.
+    """
     lengths = [len(v) if v is not None else 0 for v in fd]
     total = max(sum(lengths), 1)
     values = np.concatenate([v for v in fd if v is not None]) if any(lengths) else np.zeros(1)
@@ -626,7 +617,20 @@ def quality(rows: Sequence[Mapping]) -> bytes | None:
 
 def atlas_maps(labels_imgs: Mapping[int, nib.Nifti1Image],
                bg_img: nib.Nifti1Image | None) -> bytes:
-    """Group atlas at every scale (rows), axial cuts over ``bg_img`` (on the atlas grid)."""
+    """Group atlas at every scale (rows), axial cuts over ``bg_img``.
+
+    Parameters
+    ----------
+    labels_imgs : mapping
+        scale -> atlas image, all on one grid.
+    bg_img : Nifti1Image or None
+        Background on the atlas grid (e.g. the MNI152 template), or None.
+
+    Returns
+    -------
+    bytes
+        SVG document.
+    """
     first = labels_imgs[min(labels_imgs)]
     mask = nib.Nifti1Image((np.asarray(first.dataobj) > 0).astype(np.uint8), first.affine)
     return label_maps(labels_imgs, bg_img, Slicer(mask))

@@ -15,12 +15,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 from markupsafe import Markup, escape
 
 from bids_parcellate.config import KMEANS_DEFAULTS, Config
 from bids_parcellate.derivatives import dataset, naming, writers
+from bids_parcellate.inputs.grids import output_res
+from bids_parcellate.report.record import (
+    display_path,
+    fd_threshold,
+    fmriprep_versions,
+    skipped_of_unit,
+    software_versions,
+)
+from bids_parcellate.report.templates import render_page
+
+if TYPE_CHECKING:  # annotations only
+    from bids_parcellate.inputs.query import Selection
 
 TEMPLATE = "methods.md.j2"
 CITATION = re.compile(r"\[(-?@[\w-]+(?:\s*;\s*-?@[\w-]+)*)\]")
@@ -54,10 +68,12 @@ class Reference:
 
     @property
     def authors(self) -> list[str]:
+        """The ``author`` field split on ``and``."""
         return [a.strip() for a in self.fields.get("author", "").split(" and ") if a.strip()]
 
     @property
     def surnames(self) -> list[str]:
+        """Family names (before the comma) of :attr:`authors`."""
         return [a.split(",")[0].strip() for a in self.authors]
 
     @property
@@ -110,6 +126,16 @@ def parse_bib(text: str) -> dict[str, Reference]:
 
     A dedicated BibTeX library for the dozen entries of one file we write ourselves is
     not worth a dependency; this reads exactly that layout.
+
+    Parameters
+    ----------
+    text : str
+        BibTeX source.
+
+    Returns
+    -------
+    dict
+        Citation key -> :class:`Reference`, in file order.
     """
     refs = {}
     for match in re.finditer(r"@(\w+)\s*\{\s*([^,\s]+)\s*,", text):
@@ -128,7 +154,13 @@ def parse_bib(text: str) -> dict[str, Reference]:
 
 @lru_cache(maxsize=1)
 def references() -> dict[str, Reference]:
-    """The entries of ``boilerplate/references.bib``."""
+    """The entries of ``boilerplate/references.bib``.
+
+    Returns
+    -------
+    dict
+        Citation key -> :class:`Reference` (cached).
+    """
     return parse_bib(resources.files("bids_parcellate.boilerplate")
                      .joinpath("references.bib").read_text(encoding="utf-8"))
 
@@ -144,6 +176,19 @@ def methods_context(records: Sequence[dict], quality: bool = False) -> dict:
 
     Records of completed units carry volumes kept and regressors; records planned
     from the input query alone (``--boilerplate-only``) do not, and the text says less.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        Unit records (:mod:`bids_parcellate.report.record`), at least one; parameters,
+        space and software are those of the first.
+    quality : bool
+        Whether the quality measures were computed (a sentence and its citation).
+
+    Returns
+    -------
+    dict
+        Variables of ``boilerplate/methods.md.j2``.
     """
     first = records[0]
     params = first["parameters"]
@@ -221,7 +266,9 @@ def methods_context(records: Sequence[dict], quality: bool = False) -> dict:
         "fmriprep_versions": sorted({v for r in records for v in r.get("fmriprep_versions",
                                                                           [])}),
         "space": first["space"],
-        "res": first.get("res"),
+        # the selected BOLD's res (the text says later when it was resampled); the
+        # record's own res is that of the outputs
+        "res": runs[0]["entities"].get("res") if runs else first.get("res"),
         "filters": filters,
         "skipped": [s for r in records for s in r.get("skipped", [])],
         "by_session": any(r.get("session") for r in records),
@@ -325,16 +372,21 @@ def _knobs_text(params: dict) -> str:
     return ""
 
 
-def planned_records(config: Config, selection) -> list[dict]:
-    """Unit records from the input query alone (``--boilerplate-only``: nothing is read)."""
-    from bids_parcellate.report.record import (
-        display_path,
-        fd_threshold,
-        fmriprep_versions,
-        skipped_of_unit,
-        software_versions,
-    )
+def planned_records(config: Config, selection: Selection) -> list[dict]:
+    """Unit records from the input query alone (``--boilerplate-only``: nothing is read).
 
+    Parameters
+    ----------
+    config : Config
+    selection : Selection
+        The selected runs, by unit, and those skipped.
+
+    Returns
+    -------
+    list of dict
+        One record per unit, with what :func:`methods_context` needs and no volumes
+        kept, regressors or grid.
+    """
     versions = software_versions()
     fmriprep = fmriprep_versions(selection.fmriprep_dirs)
     records = []
@@ -346,7 +398,7 @@ def planned_records(config: Config, selection) -> list[dict]:
             "subject": subject,
             "session": session,
             "space": runs[0].entities.get("space", config.space),
-            "res": runs[0].entities.get("res"),
+            "res": output_res(config, runs),  # of the outputs (--target-*)
             "runs": [{"label": naming.source_prefix(r.entities), "entities": r.entities,
                       "task_name": r.metadata.get("TaskName"), "tr": r.tr,
                       "files": {"bold": display_path(r.bold, config)}} for r in runs],
@@ -424,7 +476,20 @@ def _inline_html(text: str) -> str:
 
 
 def render_methods(records: Sequence[dict], quality: bool = False) -> Methods:
-    """Render the methods text of ``records`` as Markdown, HTML and BibTeX."""
+    """Render the methods text of ``records`` as Markdown, HTML and BibTeX.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        Unit records (see :func:`methods_context`).
+    quality : bool
+        Whether the quality measures were computed.
+
+    Returns
+    -------
+    Methods
+        The text in every form, with the cited keys in reference-list order.
+    """
     context = methods_context(records, quality=quality)
     markdown_src = _environment(False).get_template(TEMPLATE).render(context)
     keys = _cited(markdown_src)
@@ -456,10 +521,23 @@ def render_methods(records: Sequence[dict], quality: bool = False) -> Methods:
     return Methods(markdown=markdown, html=Markup(html), bibtex=bibtex, keys=ordered)
 
 
-def write_citation(output_dir, records: Sequence[dict], quality: bool = False) -> list:
-    """Write ``logs/CITATION.md``, ``.html`` and ``.bib`` (each atomically)."""
-    from bids_parcellate.report.assemble import render_page
+def write_citation(output_dir: Path, records: Sequence[dict],
+                   quality: bool = False) -> list[Path]:
+    """Write ``logs/CITATION.md``, ``.html`` and ``.bib`` (each atomically).
 
+    Parameters
+    ----------
+    output_dir : Path
+    records : sequence of dict
+        Unit records (see :func:`methods_context`).
+    quality : bool
+        Whether the quality measures were computed.
+
+    Returns
+    -------
+    list of Path
+        The three files.
+    """
     methods = render_methods(records, quality=quality)
     paths = naming.citation_paths(output_dir)
     page = render_page("citation.html.j2", methods=methods)

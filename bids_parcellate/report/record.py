@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -30,6 +31,15 @@ import numpy as np
 from bids_parcellate import __version__
 from bids_parcellate.config import Config
 from bids_parcellate.derivatives import naming, writers
+from bids_parcellate.inputs.grids import output_res
+from bids_parcellate.report import figures
+from bids_parcellate.report.connectome import centroids_mm, connectome
+
+if TYPE_CHECKING:  # annotations only (bids_parcellate.participant imports this package)
+    from bids_parcellate.denoise import CleanRun
+    from bids_parcellate.inputs.bold import UnitMask
+    from bids_parcellate.inputs.query import Skipped
+    from bids_parcellate.participant import UnitResult
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -54,7 +64,13 @@ _IGNORED_CATEGORIES = (DeprecationWarning, PendingDeprecationWarning, FutureWarn
 
 
 def software_versions() -> dict[str, str]:
-    """Versions of Python, bids_parcellate and the libraries that shape the results."""
+    """Versions of Python, bids_parcellate and the libraries that shape the results.
+
+    Returns
+    -------
+    dict
+        Name -> version (``not installed`` for a library that is not).
+    """
     versions = {"python": platform.python_version(), "bids_parcellate": __version__}
     for name, dist in SOFTWARE.items():
         try:
@@ -65,7 +81,19 @@ def software_versions() -> dict[str, str]:
 
 
 def display_path(path: Path | str, config: Config) -> str:
-    """A path for humans: relative to BIDS_DIR when inside it, else absolute."""
+    """A path for humans: relative to BIDS_DIR when inside it, else as given.
+
+    Parameters
+    ----------
+    path : Path or str
+    config : Config
+        Its ``bids_dir``.
+
+    Returns
+    -------
+    str
+        POSIX path.
+    """
     path = Path(path)
     try:
         return path.resolve().relative_to(config.bids_dir.resolve()).as_posix()
@@ -74,7 +102,17 @@ def display_path(path: Path | str, config: Config) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    """sha256 of a file's bytes (read in chunks)."""
+    """sha256 of a file's bytes (read in chunks).
+
+    Parameters
+    ----------
+    path : Path
+
+    Returns
+    -------
+    str
+        Hex digest.
+    """
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
@@ -85,7 +123,19 @@ def _sidecar(path: Path) -> Path:
 
 
 def input_checksums(files: Sequence[Path], config: Config) -> dict[str, str]:
-    """sha256 of every input file and its JSON sidecar (when present), by display path."""
+    """sha256 of every input file and its JSON sidecar (when present).
+
+    Parameters
+    ----------
+    files : sequence of Path
+    config : Config
+        For the display paths (:func:`display_path`).
+
+    Returns
+    -------
+    dict
+        Display path -> hex digest, sorted by path.
+    """
     out = {}
     for path in files:
         for candidate in (Path(path), _sidecar(Path(path))):
@@ -95,7 +145,18 @@ def input_checksums(files: Sequence[Path], config: Config) -> dict[str, str]:
 
 
 def fd_threshold(config: Config) -> float | None:
-    """FD threshold actually used for censoring (None when the strategy does not censor)."""
+    """FD threshold actually used for censoring.
+
+    Parameters
+    ----------
+    config : Config
+
+    Returns
+    -------
+    float or None
+        ``--fd-threshold``, else nilearn's preset for ``scrubbing``; None when the
+        strategy does not censor.
+    """
     if config.denoise_strategy != "scrubbing":
         return None
     if config.fd_threshold is not None:
@@ -107,7 +168,18 @@ def fd_threshold(config: Config) -> float | None:
 
 
 def fmriprep_versions(source_dirs: Sequence[Path]) -> list[str]:
-    """Versions of fMRIPrep recorded in the derivatives' ``dataset_description.json``."""
+    """Versions of fMRIPrep recorded in the derivatives' ``dataset_description.json``.
+
+    Parameters
+    ----------
+    source_dirs : sequence of Path
+        fMRIPrep folders (one without a readable description is left out).
+
+    Returns
+    -------
+    list of str
+        Distinct versions, sorted.
+    """
     from bids_parcellate.inputs.query import InputError, read_dataset_description
 
     found = []
@@ -127,14 +199,45 @@ def _entity(name: str, key: str) -> str | None:
     return found.group(1) if found else None
 
 
-def skipped_of_unit(skipped: Sequence, subject: str, session: str | None) -> list:
-    """The runs skipped at selection (:class:`~bids_parcellate.inputs.query.Skipped`) of a unit."""
+def skipped_of_unit(skipped: Sequence[Skipped], subject: str,
+                    session: str | None) -> list[Skipped]:
+    """The runs skipped at selection of a unit.
+
+    Parameters
+    ----------
+    skipped : sequence of Skipped
+        All runs skipped at selection.
+    subject : str
+        Label without ``sub-``.
+    session : str or None
+        Label without ``ses-``; None for a unit without sessions.
+
+    Returns
+    -------
+    list of Skipped
+        Those whose BOLD file belongs to the unit.
+    """
     return [s for s in skipped if _entity(s.bold.name, "sub") == subject
             and _entity(s.bold.name, "ses") == session]
 
 
-def warnings_of_unit(messages: Sequence[str], subject: str, session: str | None) -> list:
-    """The messages that name a file of the unit (``sub-<subject>[_ses-<session>]``)."""
+def warnings_of_unit(messages: Sequence[str], subject: str,
+                     session: str | None) -> list[str]:
+    """The messages that name a file of the unit (``sub-<subject>[_ses-<session>]``).
+
+    Parameters
+    ----------
+    messages : sequence of str
+        Warnings logged before the units were processed.
+    subject : str
+        Label without ``sub-``.
+    session : str or None
+        Label without ``ses-``; None keeps the messages of every session.
+
+    Returns
+    -------
+    list of str
+    """
     return [m for m in messages if _entity(m, "sub") == subject
             and (session is None or _entity(m, "ses") == session)]
 
@@ -216,7 +319,6 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
     """Every figure of a unit: name -> (SVG bytes, extra record fields)."""
     from bids_parcellate.extract import align_to_volumes
     from bids_parcellate.learn.features import labels_to_volume
-    from bids_parcellate.report import figures
 
     mask, affine = unit_mask.mask, unit_mask.affine
     scales = sorted(labels)
@@ -285,7 +387,7 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
 
 def _mask_description(unit_mask) -> str:
     """How the unit's mask was made (``--mask-strategy``, ``--mask``; see
-    :mod:`bids_parcellate.inputs.grids`)."""
+    :mod:`bids_parcellate.masking`)."""
     return getattr(unit_mask, "description",
                    "intersection of the runs' fMRIPrep brain masks")
 
@@ -295,7 +397,6 @@ def _connectome_figure(kind: str, labels: dict, mask: np.ndarray, affine: np.nda
     """The first requested per-run measure, averaged over the unit's runs (nilearn's
     ``ConnectivityMeasure.mean_``), with nodes at the parcel centroids."""
     from bids_parcellate.connectome import group_connectomes
-    from bids_parcellate.report.connectome import centroids_mm, connectome
 
     voxels = np.argwhere(mask)
     matrices, centroids = {}, {}
@@ -320,8 +421,34 @@ FIGURE_FILES = {
 
 
 # --------------------------------------------------------------------------- record
-def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, labels: dict,
-                           series: dict, source_dirs: Sequence[Path],
+def unit_entities(config: Config, result: UnitResult) -> dict:
+    """Entities of the unit's outputs, as the participant level names its dseg files.
+
+    ``res`` is that of the outputs (:func:`bids_parcellate.masking.output_res`): the
+    ``--target-*`` grid's label when the data were resampled, else the input BOLD's.
+
+    Parameters
+    ----------
+    config : Config
+    result : UnitResult
+        The unit (its subject, session and runs).
+
+    Returns
+    -------
+    dict
+        ``subject``, ``session``, ``space``, ``res`` (None when the outputs have none)
+        and ``seg``.
+    """
+    runs = [r.run for r in result.runs]
+    return {"subject": result.subject, "session": result.session,
+            "space": runs[0].entities.get("space", config.space),
+            "res": output_res(config, runs), "seg": naming.seg_label(config.method)}
+
+
+def write_unit_report_data(config: Config, result: UnitResult, unit_mask: UnitMask,
+                           cleaned: list[CleanRun], labels: dict[int, np.ndarray],
+                           series: dict[Path, dict[int, np.ndarray]],
+                           source_dirs: Sequence[Path],
                            unit_log: UnitLog) -> tuple[list[Path], dict]:
     """Draw a unit's figures and write its report record.
 
@@ -350,12 +477,9 @@ def write_unit_report_data(config: Config, result, unit_mask, cleaned: list, lab
         The record (also used for the methods text of this invocation).
     """
     tic = time.monotonic()
-    first = result.runs[0].run
-    space = first.entities.get("space", config.space)
-    res = first.entities.get("res")
-    seg = naming.seg_label(config.method)
-    unit_ents = {"subject": result.subject, "session": result.session, "space": space,
-                 "seg": seg, "res": res}
+    # the names the participant level gave the unit's outputs (res of the output grid)
+    unit_ents = unit_entities(config, result)
+    space, res, seg = unit_ents["space"], unit_ents["res"], unit_ents["seg"]
     threshold = fd_threshold(config)
     # numerical notices while drawing (e.g. a constant parcel's correlation) are about
     # the figures, not the data: not in the report
