@@ -10,9 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from bids_parcellate import cache
-from bids_parcellate.denoise import CleanRun, UnitMask
-from bids_parcellate.inputs import Run, Skipped
+from bids_parcellate import cache, denoise, inputs
 from tests import helpers
 
 
@@ -96,7 +94,7 @@ def test_denoised_key_changes_with_runs_and_user_mask(tmp_path, unit):
     paths, run = unit
     cfg = config(tmp_path)
     base = cache.denoised_key(cfg, [run])
-    slower = Run(run.entities, run.bold, run.mask, run.confounds, tr=2.5)
+    slower = inputs.Run(run.entities, run.bold, run.mask, run.confounds, tr=2.5)
     assert cache.denoised_key(cfg, [slower]) != base
     other = helpers.make_run(helpers.add_run(tmp_path / "prep", "01", run=2), run="2")
     assert cache.denoised_key(cfg, [run, other]) != base
@@ -271,20 +269,20 @@ def cleaned_unit(tmp_path):
     runs = [helpers.make_run(helpers.add_run(tmp_path / "prep", "01", run=r), run=str(r))
             for r in (1, 2)]
     mask = helpers.box_mask()
-    unit_mask = UnitMask(mask=mask, affine=helpers.affine(),
+    unit_mask = denoise.UnitMask(mask=mask, affine=helpers.affine(),
                          n_voxels_per_run={r.bold.name: int(mask.sum()) for r in runs},
                          description="test mask", grid={"label": "2mm"})
     rng = np.random.default_rng(0)
     cleaned = [
-        CleanRun(run=runs[0], data=rng.standard_normal((28, 24)).astype(np.float32),
+        denoise.CleanRun(run=runs[0], data=rng.standard_normal((28, 24)).astype(np.float32),
                  sample_mask=np.arange(2, 30), n_volumes=30, confounds=["trans_x"],
                  mean_img=rng.random((5, 6, 4)).astype(np.float32),
                  framewise_displacement=rng.random(30)),
-        CleanRun(run=runs[1], data=rng.standard_normal((30, 24)).astype(np.float32),
+        denoise.CleanRun(run=runs[1], data=rng.standard_normal((30, 24)).astype(np.float32),
                  sample_mask=np.arange(30), n_volumes=30, confounds=[],
                  mean_img=rng.random((5, 6, 4)).astype(np.float32)),
     ]
-    skipped = [Skipped(tmp_path / "sub-01_run-3_bold.nii.gz", "too short")]
+    skipped = [inputs.Skipped(tmp_path / "sub-01_run-3_bold.nii.gz", "too short")]
     return runs, unit_mask, cleaned, skipped
 
 

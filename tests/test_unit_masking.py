@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from bids_parcellate import masking
+from bids_parcellate import denoise, masking
 from bids_parcellate.config import UserError
-from bids_parcellate.denoise import RunError
 from tests import helpers
 
 
@@ -163,7 +162,7 @@ def test_data_mask_epi_separates_bright_voxels(tmp_path):
 def test_data_mask_errors_name_the_file(tmp_path):
     bold = tmp_path / "sub-01_bold.nii.gz"
     empty = grid().image(np.zeros((10, 10, 10), dtype=np.float32))
-    with pytest.raises(RunError) as err:
+    with pytest.raises(denoise.RunError) as err:
         masking.data_mask("background", empty, None, bold)
     assert str(err.value) == f"{bold}: nilearn compute_background_mask gives an empty mask"
     with pytest.raises(UserError) as err:
@@ -384,7 +383,7 @@ def test_finish_unit_mask_empty_intersection(tmp_path):
     config = helpers.make_config(tmp_path, mask_strategy="background",
                                  denoise_strategy="none")
     unit = masking.build_unit_mask(runs, config)
-    with pytest.raises(RunError) as err:
+    with pytest.raises(denoise.RunError) as err:
         masking.clean_runs(runs, unit, config)
     assert str(err.value) == (f"{runs[0].bold}: the intersection of the runs' background "
                               "masks is empty")
