@@ -1,0 +1,346 @@
+"""Unit tests of bids_parcellate.inputs on small generated fMRIPrep-like datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bids_parcellate import inputs
+from tests import helpers
+
+
+# --------------------------------------------------------------------------- datasets
+def test_read_dataset_description_returns_the_object(tmp_path):
+    helpers.derivative_dataset(tmp_path)
+    data = inputs.read_dataset_description(tmp_path)
+    assert data["DatasetType"] == "derivative"
+    assert data["GeneratedBy"] == [{"Name": "fMRIPrep"}]
+
+
+def test_read_dataset_description_missing(tmp_path):
+    with pytest.raises(inputs.InputError) as err:
+        inputs.read_dataset_description(tmp_path)
+    assert str(err.value) == f"{tmp_path}: no dataset_description.json (not a BIDS dataset)"
+
+
+def test_read_dataset_description_not_json(tmp_path):
+    desc = tmp_path / "dataset_description.json"
+    desc.write_text("{not json")
+    with pytest.raises(inputs.InputError) as err:
+        inputs.read_dataset_description(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{desc}: not valid JSON (")
+    assert "\n" not in message
+
+
+def test_read_dataset_description_not_an_object(tmp_path):
+    desc = tmp_path / "dataset_description.json"
+    desc.write_text("[1, 2]")
+    with pytest.raises(inputs.InputError) as err:
+        inputs.read_dataset_description(tmp_path)
+    assert str(err.value) == f"{desc}: not a JSON object"
+
+
+def test_find_fmriprep_dirs_derivative_bids_dir(tmp_path):
+    root = helpers.derivative_dataset(tmp_path / "fmriprep")
+    config = helpers.make_config(tmp_path, bids_dir=root)
+    assert inputs.find_fmriprep_dirs(config) == [root]
+
+
+def test_find_fmriprep_dirs_raw_dataset_skips_outputs_and_non_datasets(tmp_path):
+    raw = helpers.raw_dataset(tmp_path / "bids")
+    deriv = raw / "derivatives"
+    fmriprep = helpers.derivative_dataset(deriv / "fmriprep")
+    helpers.derivative_dataset(deriv / "older_parcellations", name="bids_parcellate")
+    (deriv / "not_a_dataset").mkdir()
+    (deriv / "notes.txt").write_text("a file, not a dataset")
+    out = deriv / "parcellations"
+    out.mkdir()
+    config = helpers.make_config(tmp_path, bids_dir=raw, output_dir=out)
+    assert inputs.find_fmriprep_dirs(config) == [fmriprep]
+
+
+def test_find_fmriprep_dirs_raw_dataset_without_derivatives(tmp_path):
+    raw = helpers.raw_dataset(tmp_path / "bids")
+    config = helpers.make_config(tmp_path, bids_dir=raw)
+    with pytest.raises(inputs.InputError) as err:
+        inputs.find_fmriprep_dirs(config)
+    assert str(err.value) == (
+        f"{raw}: no fMRIPrep derivatives found (BIDS_DIR is a raw dataset without "
+        "derivatives/; pass --derivatives PATH)")
+
+
+def test_find_fmriprep_dirs_bids_dir_missing(tmp_path):
+    config = helpers.make_config(tmp_path, bids_dir=tmp_path / "absent")
+    with pytest.raises(inputs.InputError) as err:
+        inputs.find_fmriprep_dirs(config)
+    assert str(err.value) == f"{tmp_path / 'absent'}: BIDS_DIR does not exist or is not a folder"
+
+
+def test_find_fmriprep_dirs_explicit_derivatives(tmp_path):
+    raw = helpers.raw_dataset(tmp_path / "bids")
+    first = helpers.derivative_dataset(tmp_path / "prep1")
+    second = helpers.derivative_dataset(tmp_path / "prep2")
+    config = helpers.make_config(tmp_path, bids_dir=raw, derivatives=(second, first))
+    assert inputs.find_fmriprep_dirs(config) == [second, first]
+
+
+def test_find_fmriprep_dirs_derivatives_not_a_folder(tmp_path):
+    raw = helpers.raw_dataset(tmp_path / "bids")
+    missing = tmp_path / "nowhere"
+    config = helpers.make_config(tmp_path, bids_dir=raw, derivatives=(missing,))
+    with pytest.raises(inputs.InputError) as err:
+        inputs.find_fmriprep_dirs(config)
+    assert str(err.value) == f"--derivatives {missing}: not a folder"
+
+
+@pytest.mark.parametrize("where", ["same", "inside_input", "input_inside"])
+def test_find_fmriprep_dirs_refuses_overlap_with_output(tmp_path, where):
+    raw = helpers.raw_dataset(tmp_path / "bids")
+    prep = helpers.derivative_dataset(tmp_path / "prep")
+    out = {"same": prep, "inside_input": prep / "out", "input_inside": tmp_path}[where]
+    config = helpers.make_config(tmp_path, bids_dir=raw, derivatives=(prep,), output_dir=out)
+    with pytest.raises(inputs.InputError) as err:
+        inputs.find_fmriprep_dirs(config)
+    assert str(err.value) == (f"--derivatives {prep.resolve()}: overlaps OUTPUT_DIR "
+                              f"{out.resolve()}")
+
+
+# --------------------------------------------------------------------------- small helpers
+def test_read_bids_filters(tmp_path):
+    path = helpers.write_json(tmp_path / "filters.json", {"bold": {"session": "1"}})
+    assert inputs.read_bids_filters(path) == {"bold": {"session": "1"}}
+
+
+def test_read_bids_filters_errors(tmp_path):
+    missing = tmp_path / "absent.json"
+    with pytest.raises(inputs.InputError) as err:
+        inputs.read_bids_filters(missing)
+    assert str(err.value) == f"--bids-filter-file {missing}: file not found"
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(inputs.InputError) as err:
+        inputs.read_bids_filters(broken)
+    assert str(err.value).startswith(f"--bids-filter-file {broken}: not valid JSON (")
+
+    flat = helpers.write_json(tmp_path / "flat.json", {"session": "1"})
+    with pytest.raises(inputs.InputError) as err:
+        inputs.read_bids_filters(flat)
+    assert str(err.value) == (f"--bids-filter-file {flat}: expected an object of query "
+                              'objects, e.g. {"bold": {"session": "1"}}')
+
+
+@pytest.mark.parametrize("name, sidecar", [
+    ("sub-01_desc-preproc_bold.nii.gz", "sub-01_desc-preproc_bold.json"),
+    ("sub-01_desc-preproc_bold.nii", "sub-01_desc-preproc_bold.json"),
+    ("sub-01_desc-confounds_timeseries.tsv", "sub-01_desc-confounds_timeseries.json"),
+    ("sub-01_T1w.mgz", "sub-01_T1w.json"),
+])
+def test_sidecar_path(tmp_path, name, sidecar):
+    assert inputs.sidecar_path(tmp_path / "func" / name) == tmp_path / "func" / sidecar
+
+
+def test_selection_units_groups_and_sorts(tmp_path):
+    def run(subject, session, number):
+        ents = {"subject": subject, "task": "rest", "run": str(number)}
+        if session:
+            ents["session"] = session
+        return inputs.Run(entities=ents, bold=tmp_path / f"{subject}{session}{number}",
+                          mask=None, confounds=None, tr=2.0)
+
+    runs = [run("02", None, 1), run("01", "b", 1), run("01", "a", 2), run("01", "a", 1),
+            run("02", None, 2), run("01", None, 1)]
+    selection = inputs.Selection(fmriprep_dirs=[tmp_path], runs=runs, skipped=[])
+    units = selection.units()
+    assert list(units) == [("01", None), ("01", "a"), ("01", "b"), ("02", None)]
+    # runs keep their order within a unit
+    assert units[("01", "a")] == [runs[2], runs[3]]
+    assert units[("02", None)] == [runs[0], runs[4]]
+    assert runs[1].unit == ("01", "b")
+
+
+# --------------------------------------------------------------------------- collect_runs
+def test_collect_runs_pairs_each_bold_with_its_mask_and_confounds(tmp_path):
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    written = {(s, r): helpers.add_run(root, s, run=r, tr=tr, seed=r)
+               for s, tr in (("01", 2.0), ("02", 1.5)) for r in (1, 2)}
+    # an anatomical file and a boldref: never paired, never a run
+    helpers.save_nifti(root / "sub-01" / "anat" / "sub-01_desc-preproc_T1w.nii.gz",
+                       helpers.box_mask().astype("uint8"))
+    helpers.save_nifti(root / "sub-01" / "func" /
+                       f"sub-01_task-rest_run-1_space-{helpers.SPACE}_boldref.nii.gz",
+                       helpers.box_mask().astype("uint8"))
+    config = helpers.make_config(tmp_path, bids_dir=root)
+
+    selection = inputs.collect_runs(config)
+
+    assert selection.fmriprep_dirs == [root]
+    assert selection.skipped == []
+    assert [(r.entities["subject"], r.entities["run"]) for r in selection.runs] == [
+        ("01", "1"), ("01", "2"), ("02", "1"), ("02", "2")]
+    for run in selection.runs:
+        paths = written[(run.entities["subject"], int(run.entities["run"]))]
+        assert run.bold == paths["bold"]
+        assert run.mask == paths["mask"]
+        assert run.confounds == paths["confounds"]
+        assert run.error is None
+        assert run.entities == {"subject": run.entities["subject"], "task": "rest",
+                                "run": run.entities["run"], "space": helpers.SPACE}
+    assert [r.tr for r in selection.runs] == [2.0, 2.0, 1.5, 1.5]
+    assert selection.runs[2].metadata == {"RepetitionTime": 1.5, "TaskName": "rest"}
+    assert list(selection.units()) == [("01", None), ("02", None)]
+
+
+def test_collect_runs_selects_participants_sessions_and_filters(tmp_path):
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    for subject in ("01", "02"):
+        for session in ("a", "b"):
+            helpers.add_run(root, subject, session=session)
+    helpers.add_run(root, "01", session="a", task="motor")
+    filters = helpers.write_json(tmp_path / "filters.json", {"bold": {"session": "b"}})
+    config = helpers.make_config(tmp_path, bids_dir=root, participant_label=("02",),
+                                 bids_filters=inputs.read_bids_filters(filters))
+    selection = inputs.collect_runs(config)
+    assert [r.bold.name for r in selection.runs] == [
+        f"sub-02_ses-b_task-rest_run-1_space-{helpers.SPACE}_desc-preproc_bold.nii.gz"]
+    assert list(selection.units()) == [("02", "b")]
+
+    config = helpers.make_config(tmp_path, bids_dir=root, participant_label=("01",),
+                                 task=("motor",))
+    selection = inputs.collect_runs(config)
+    assert [(r.unit, r.entities["task"]) for r in selection.runs] == [(("01", "a"), "motor")]
+
+
+def test_collect_runs_records_missing_files_on_the_run(tmp_path):
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    no_mask = helpers.add_run(root, "01", mask=False)
+    no_confounds = helpers.add_run(root, "02", confounds=False)
+    bad_sidecar = helpers.add_run(root, "03", sidecar="{broken")
+    config = helpers.make_config(tmp_path, bids_dir=root)
+    runs = {r.entities["subject"]: r for r in inputs.collect_runs(config).runs}
+
+    assert runs["01"].mask is None
+    assert runs["01"].error == (f"{no_mask['bold']}: no matching "
+                                "*_desc-brain_mask.nii[.gz] next to it")
+    assert runs["02"].confounds is None
+    assert runs["02"].mask == no_confounds["mask"]
+    assert runs["02"].error == (f"{no_confounds['bold']}: no matching "
+                                "*_desc-confounds_timeseries.tsv (needed by "
+                                "--denoise-strategy simple)")
+    sidecar = inputs.sidecar_path(bad_sidecar["bold"])
+    assert runs["03"].error.startswith(f"{bad_sidecar['bold']}: {sidecar}: not valid JSON (")
+    assert runs["03"].metadata == {}
+    # the repetition time then comes from the header
+    assert runs["03"].tr == pytest.approx(2.0)
+
+
+def test_collect_runs_without_confounds_for_strategy_none(tmp_path):
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    helpers.add_run(root, "01", confounds=False)
+    config = helpers.make_config(tmp_path, bids_dir=root, denoise_strategy="none")
+    (run,) = inputs.collect_runs(config).runs
+    assert run.confounds is None
+    assert run.error is None
+
+
+@pytest.mark.parametrize("unit, expected", [("sec", 2.5), ("msec", 2.5)])
+def test_collect_runs_repetition_time_from_header(tmp_path, unit, expected):
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    helpers.add_run(root, "01", sidecar=None, tr=2500.0 if unit == "msec" else 2.5)
+    if unit == "msec":  # rewrite the header's time unit (add_run writes seconds)
+        import nibabel as nib
+
+        bold = next(root.rglob("*_bold.nii.gz"))
+        img = nib.load(bold)
+        img = type(img)(img.get_fdata(), img.affine, img.header)
+        img.header.set_xyzt_units("mm", "msec")
+        nib.save(img, bold)
+    config = helpers.make_config(tmp_path, bids_dir=root)
+    (run,) = inputs.collect_runs(config).runs
+    assert run.metadata == {}
+    assert run.tr == pytest.approx(expected)
+
+
+def test_collect_runs_two_resolutions_need_res(tmp_path):
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    helpers.add_run(root, "01", res="1")
+    two = helpers.add_run(root, "01", res="2", shape=(3, 3, 3))
+    config = helpers.make_config(tmp_path, bids_dir=root)
+    with pytest.raises(inputs.InputError) as err:
+        inputs.collect_runs(config)
+    first = f"sub-01_task-rest_run-1_space-{helpers.SPACE}_res-1_desc-preproc_bold.nii.gz"
+    assert str(err.value) == (f"{first}: several BOLD files for this run in space "
+                              f"{helpers.SPACE} (res 1, 2); choose with --res")
+
+    (run,) = inputs.collect_runs(helpers.make_config(tmp_path, bids_dir=root, res="2")).runs
+    assert run.bold == two["bold"]
+    assert run.mask == two["mask"]  # the mask of the same resolution
+    assert run.entities["res"] == "2"
+
+
+def test_collect_runs_errors(tmp_path):
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    helpers.add_run(root, "01")
+
+    config = helpers.make_config(tmp_path, bids_dir=root, participant_label=("01", "09"))
+    with pytest.raises(inputs.InputError) as err:
+        inputs.collect_runs(config)
+    assert str(err.value) == f"--participant-label 09: not found in {root}"
+
+    config = helpers.make_config(tmp_path, bids_dir=root, task=("motor",))
+    with pytest.raises(inputs.InputError) as err:
+        inputs.collect_runs(config)
+    assert str(err.value) == f"no runs left after filters (space {helpers.SPACE}, task motor)"
+
+    empty = helpers.derivative_dataset(tmp_path / "empty")
+    helpers.save_nifti(empty / "sub-01" / "anat" / "sub-01_desc-preproc_T1w.nii.gz",
+                       helpers.box_mask().astype("uint8"))
+    with pytest.raises(inputs.InputError) as err:
+        inputs.collect_runs(helpers.make_config(tmp_path, bids_dir=empty))
+    assert str(err.value) == (f"{empty}: no fMRIPrep derivatives found "
+                              "(no *_desc-preproc_bold.nii[.gz] under func/)")
+
+
+def test_index_layout_saves_its_database_in_the_work_dir(tmp_path):
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    helpers.add_run(root, "01")
+    helpers.add_run(root, "02")
+    work = tmp_path / "work"
+    config = helpers.make_config(tmp_path, bids_dir=root, work_dir=work,
+                                 participant_label=("02",))
+    first = inputs.collect_runs(config)
+    databases = list((work / "bids_db").glob("*/layout_index.sqlite"))
+    assert len(databases) == 1
+    # nothing was written into the input dataset, no temporary folder was left
+    assert not list(root.rglob("*.sqlite"))
+    assert [p.name for p in (work / "bids_db").iterdir()] == [databases[0].parent.name]
+    stamp = databases[0].stat().st_mtime_ns
+
+    again = inputs.collect_runs(config)
+    assert again.runs == first.runs
+    assert [r.entities["subject"] for r in again.runs] == ["02"]
+    assert databases[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+def test_index_layout_keys_the_database_by_participants(tmp_path):
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    helpers.add_run(root, "01")
+    helpers.add_run(root, "02")
+    work = tmp_path / "work"
+    for label in ("01", "02"):
+        config = helpers.make_config(tmp_path, bids_dir=root, work_dir=work,
+                                     participant_label=(label,))
+        (run,) = inputs.collect_runs(config).runs
+        assert run.entities["subject"] == label
+    assert len(list((work / "bids_db").glob("*/layout_index.sqlite"))) == 2
+
+
+def test_run_is_frozen_and_compares_without_metadata(tmp_path):
+    bold = Path(tmp_path / "b.nii.gz")
+    one = inputs.Run({"subject": "01"}, bold, None, None, 2.0, metadata={"a": 1})
+    two = inputs.Run({"subject": "01"}, bold, None, None, 2.0, metadata={"a": 2})
+    assert one == two
+    with pytest.raises(AttributeError):
+        one.tr = 3.0  # type: ignore[misc]
