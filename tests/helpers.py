@@ -12,8 +12,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate import inputs
 from bids_parcellate.config import Config
+from bids_parcellate.inputs import query
 
 SPACE = "MNI152NLin2009cAsym"
 
@@ -121,9 +121,9 @@ def make_config(tmp_path: Path, bids_dir: Path | None = None, **kwargs) -> Confi
 
 
 def make_run(paths: dict[str, Path], subject: str = "01", session: str | None = None,
-             tr: float | None = 2.0, **entities) -> inputs.Run:
-    """An :class:`inputs.Run` for files written by :func:`add_run`."""
+             tr: float | None = 2.0, **entities) -> query.Run:
+    """An :class:`query.Run` for files written by :func:`add_run`."""
     ents = {"subject": subject, **({"session": session} if session else {}),
             "task": "rest", "run": "1", "space": SPACE, **entities}
-    return inputs.Run(entities=ents, bold=paths["bold"], mask=paths.get("mask"),
+    return query.Run(entities=ents, bold=paths["bold"], mask=paths.get("mask"),
                       confounds=paths.get("confounds"), tr=tr)

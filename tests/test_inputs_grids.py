@@ -10,20 +10,22 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from bids_parcellate import denoise, masking
+from bids_parcellate import denoise
 from bids_parcellate.config import UserError
+from bids_parcellate.inputs import bold as bold_io
+from bids_parcellate.inputs import grids
 from tests import helpers
 
 
-def grid(shape=(10, 10, 10), voxel=2.0, origin=(-10.0, -12.0, -8.0)) -> masking.Grid:
-    return masking.Grid(shape, helpers.affine(voxel, origin))
+def grid(shape=(10, 10, 10), voxel=2.0, origin=(-10.0, -12.0, -8.0)) -> grids.Grid:
+    return grids.Grid(shape, helpers.affine(voxel, origin))
 
 
 # --------------------------------------------------------------------------- grids
 def test_grid_voxel_size_and_image():
     aff = np.array([[0.0, -3.0, 0.0, 5.0], [2.0, 0.0, 0.0, 1.0], [0.0, 0.0, 4.0, 2.0],
                     [0.0, 0.0, 0.0, 1.0]])
-    g = masking.Grid((3, 4, 5), aff)
+    g = grids.Grid((3, 4, 5), aff)
     # column norms: the size of a step along each voxel axis
     np.testing.assert_allclose(g.voxel_size, [2.0, 3.0, 4.0])
     img = g.image()
@@ -39,29 +41,29 @@ def test_grid_voxel_size_and_image():
     ((1.25, 1.25, 1.25), "1p25mm"), ((1.5, 2, 2), "1p5x2x2mm"),
 ])
 def test_resolution_label(sizes, label):
-    assert masking.resolution_label(np.array(sizes, dtype=float)) == label
+    assert grids.resolution_label(np.array(sizes, dtype=float)) == label
 
 
 def test_output_res(tmp_path):
     paths = helpers.add_run(tmp_path, "01")
     run = helpers.make_run(paths, res="2")
     config = helpers.make_config(tmp_path)
-    assert masking.output_res(config, [run]) == "2"
-    assert masking.output_res(config, [helpers.make_run(paths)]) is None
-    assert masking.output_res(config, []) is None
+    assert grids.output_res(config, [run]) == "2"
+    assert grids.output_res(config, [helpers.make_run(paths)]) is None
+    assert grids.output_res(config, []) is None
     config = helpers.make_config(tmp_path, target_resolution=2.5)
-    assert masking.output_res(config, [run]) == "2p5mm"
+    assert grids.output_res(config, [run]) == "2p5mm"
     config = helpers.make_config(tmp_path, target_affine=((3, 0, 0), (0, 3, 0), (0, 0, 3)))
-    assert masking.output_res(config, [run]) == "3mm"
+    assert grids.output_res(config, [run]) == "3mm"
 
 
 def test_target_grid_none_without_target_options(tmp_path):
-    assert masking.target_grid(helpers.make_config(tmp_path), grid()) is None
+    assert grids.target_grid(helpers.make_config(tmp_path), grid()) is None
 
 
 def test_target_grid_from_resolution_covers_the_source(tmp_path):
     source = grid((10, 9, 7), voxel=2.0)
-    target = masking.target_grid(helpers.make_config(tmp_path, target_resolution=4.0),
+    target = grids.target_grid(helpers.make_config(tmp_path, target_resolution=4.0),
                                  source)
     np.testing.assert_allclose(target.voxel_size, [4.0, 4.0, 4.0])
     # same axes and first corner; the new grid covers the source's bounding box, with
@@ -77,7 +79,7 @@ def test_target_grid_from_affine_and_shape(tmp_path):
     aff = helpers.affine(3.0, (-9.0, -9.0, -9.0))
     config = helpers.make_config(tmp_path, target_affine=tuple(map(tuple, aff)),
                                  target_shape=(4, 5, 6))
-    target = masking.target_grid(config, grid())
+    target = grids.target_grid(config, grid())
     assert target.shape == (4, 5, 6)
     np.testing.assert_allclose(target.affine, aff)
 
@@ -86,7 +88,7 @@ def test_target_grid_too_small(tmp_path):
     config = helpers.make_config(tmp_path, target_affine=tuple(map(tuple, helpers.affine())),
                                  target_shape=(1, 1, 2))
     with pytest.raises(UserError) as err:
-        masking.target_grid(config, grid())
+        grids.target_grid(config, grid())
     assert str(err.value) == "--target-affine/--target-shape give an empty grid (1, 1, 2)"
 
 
@@ -97,17 +99,17 @@ def test_resample_mask_nearest_on_a_coarser_grid():
     source = grid(voxel=2.0)
     # every target voxel centre is the centre of source voxel (2i, 2j, 2k)
     target = grid((5, 5, 5), voxel=4.0)
-    out = masking.resample_mask(mask, source, target)
+    out = grids.resample_mask(mask, source, target)
     assert out.dtype == bool
     np.testing.assert_array_equal(out, mask[::2, ::2, ::2])
-    np.testing.assert_array_equal(masking.resample_mask(mask, source, source), mask)
+    np.testing.assert_array_equal(grids.resample_mask(mask, source, source), mask)
 
 
 def test_resample_bold_at_source_voxel_centres():
     data = helpers.bold_data((10, 10, 10), n_volumes=3)
     source = grid(voxel=2.0)
     target = grid((5, 5, 5), voxel=4.0)
-    out = masking.resample_bold(source.image(data), target)
+    out = grids.resample_bold(source.image(data), target)
     assert out.dtype == np.float32
     assert out.shape == (5, 5, 5, 3)
     # spline interpolation reproduces the samples at the source voxel centres
@@ -118,10 +120,10 @@ def test_resample_bold_at_source_voxel_centres():
 def test_template_mask_covers_the_mni_brain(tmp_path):
     # an 8 mm grid over the MNI152 field of view: voxel (i, j, k) is at
     # (-80 + 8i, -112 + 8j, -72 + 8k) mm
-    mni = masking.Grid((21, 25, 20), helpers.affine(8.0, (-80.0, -112.0, -72.0)))
+    mni = grids.Grid((21, 25, 20), helpers.affine(8.0, (-80.0, -112.0, -72.0)))
     # opening 0: nilearn's default opening (2) splits the hemispheres at 8 mm and keeps
     # the largest piece
-    mask = masking.template_mask("whole-brain-template", mni, {"opening": 0})
+    mask = grids.template_mask("whole-brain-template", mni, {"opening": 0})
     assert mask.shape == mni.shape
     assert mask.dtype == bool
     # the white matter of both centrum semiovale, (-24, -8, 32) and (24, -8, 32) mm
@@ -137,7 +139,7 @@ def test_template_mask_covers_the_mni_brain(tmp_path):
 
 def test_template_mask_bad_arguments():
     with pytest.raises(UserError) as err:
-        masking.template_mask("gm-template", grid(), {"bogus": 1})
+        grids.template_mask("gm-template", grid(), {"bogus": 1})
     assert str(err.value).startswith("--mask-strategy gm-template --mask-args "
                                       "{'bogus': 1}: ")
     assert "\n" not in str(err.value)
@@ -146,7 +148,7 @@ def test_template_mask_bad_arguments():
 def test_data_mask_background_is_what_differs_from_the_border(tmp_path):
     mean = np.zeros((10, 10, 10), dtype=np.float32)
     mean[2:7, 3:8, 2:6] = 50.0 + np.arange(100).reshape(5, 5, 4)
-    mask = masking.data_mask("background", grid().image(mean), None, tmp_path / "b.nii.gz")
+    mask = grids.data_mask("background", grid().image(mean), None, tmp_path / "b.nii.gz")
     np.testing.assert_array_equal(mask, mean != 0)
 
 
@@ -154,7 +156,7 @@ def test_data_mask_epi_separates_bright_voxels(tmp_path):
     rng = np.random.default_rng(1)
     mean = rng.uniform(0, 10, (10, 10, 10)).astype(np.float32)
     mean[1:9, 1:9, 1:6] = rng.uniform(900, 1000, (8, 8, 5))
-    mask = masking.data_mask("epi", grid().image(mean), {"opening": 0},
+    mask = grids.data_mask("epi", grid().image(mean), {"opening": 0},
                              tmp_path / "b.nii.gz")
     np.testing.assert_array_equal(mask, mean > 500)
 
@@ -162,11 +164,11 @@ def test_data_mask_epi_separates_bright_voxels(tmp_path):
 def test_data_mask_errors_name_the_file(tmp_path):
     bold = tmp_path / "sub-01_bold.nii.gz"
     empty = grid().image(np.zeros((10, 10, 10), dtype=np.float32))
-    with pytest.raises(denoise.RunError) as err:
-        masking.data_mask("background", empty, None, bold)
+    with pytest.raises(bold_io.RunError) as err:
+        grids.data_mask("background", empty, None, bold)
     assert str(err.value) == f"{bold}: nilearn compute_background_mask gives an empty mask"
     with pytest.raises(UserError) as err:
-        masking.data_mask("epi", empty, {"bogus": 1}, bold)
+        grids.data_mask("epi", empty, {"bogus": 1}, bold)
     assert str(err.value).startswith("--mask-args {'bogus': 1}: ")
 
 
@@ -174,7 +176,7 @@ def test_load_user_mask_same_grid(tmp_path):
     g = grid()
     data = helpers.box_mask(g.shape, margin=3)
     path = helpers.save_nifti(tmp_path / "mask.nii.gz", data.astype(np.uint8), g.affine)
-    out = masking.load_user_mask(path, g)
+    out = grids.load_user_mask(path, g)
     assert out.dtype == bool
     np.testing.assert_array_equal(out, data)
 
@@ -185,21 +187,21 @@ def test_load_user_mask_resampled_to_the_bold_grid(tmp_path):
     data = rng.random(fine.shape) > 0.3
     path = helpers.save_nifti(tmp_path / "mask.nii.gz", data.astype(np.uint8), fine.affine)
     # the 2 mm grid with the same first voxel: voxel i is the fine grid's 2i
-    out = masking.load_user_mask(path, grid(voxel=2.0))
+    out = grids.load_user_mask(path, grid(voxel=2.0))
     np.testing.assert_array_equal(out, data[::2, ::2, ::2])
 
 
 def test_load_user_mask_errors(tmp_path):
     missing = tmp_path / "absent.nii.gz"
     with pytest.raises(UserError) as err:
-        masking.load_user_mask(missing, grid())
+        grids.load_user_mask(missing, grid())
     assert str(err.value).startswith(f"--mask {missing}: not a usable mask image (")
     assert "\n" not in str(err.value)
 
     far = helpers.save_nifti(tmp_path / "far.nii.gz", np.ones((4, 4, 4), np.uint8),
                              helpers.affine(2.0, (500.0, 500.0, 500.0)))
     with pytest.raises(UserError) as err:
-        masking.load_user_mask(far, grid())
+        grids.load_user_mask(far, grid())
     assert str(err.value) == (f"--mask {far}: no voxel left on the BOLD grid (is it in the "
                               "BOLD's space?)")
 
@@ -221,7 +223,7 @@ def test_build_unit_mask_intersects_the_fmriprep_masks(tmp_path):
     second = np.zeros((10, 10, 10), dtype=bool)
     second[3:, :, :] = True
     runs = two_runs(tmp_path, [first, second])
-    unit = masking.build_unit_mask(runs, helpers.make_config(tmp_path))
+    unit = grids.build_unit_mask(runs, helpers.make_config(tmp_path))
     np.testing.assert_array_equal(unit.mask, first & second)
     np.testing.assert_allclose(unit.affine, helpers.affine())
     assert unit.n_voxels_per_run == {runs[0].bold.name: int(first.sum()),
@@ -237,7 +239,7 @@ def test_build_unit_mask_with_a_user_mask(tmp_path):
     user = np.zeros((10, 10, 10), dtype=bool)
     user[:5] = True
     path = helpers.save_nifti(tmp_path / "roi.nii.gz", user.astype(np.uint8))
-    unit = masking.build_unit_mask(runs, helpers.make_config(tmp_path, mask=path))
+    unit = grids.build_unit_mask(runs, helpers.make_config(tmp_path, mask=path))
     np.testing.assert_array_equal(unit.mask, brain & user)
     assert unit.description == ("intersection of the runs' fMRIPrep brain masks, restricted "
                                 f"to --mask roi.nii.gz ({int(user.sum())} voxels)")
@@ -246,7 +248,7 @@ def test_build_unit_mask_with_a_user_mask(tmp_path):
     outside[0] = 1  # only the margin the brain mask leaves out
     path = helpers.save_nifti(tmp_path / "outside.nii.gz", outside)
     with pytest.raises(UserError) as err:
-        masking.build_unit_mask(runs, helpers.make_config(tmp_path, mask=path))
+        grids.build_unit_mask(runs, helpers.make_config(tmp_path, mask=path))
     assert str(err.value) == (f"--mask {path}: no voxel in common with the brain mask of "
                               f"{runs[0].mask.name} (is it in the BOLD's space?)")
 
@@ -259,7 +261,7 @@ def test_build_unit_mask_template_outside_the_data(tmp_path):
     config = helpers.make_config(tmp_path, mask_strategy="whole-brain-template",
                                  mask_args={"connected": False})
     with pytest.raises(UserError) as err:
-        masking.build_unit_mask(runs, config)
+        grids.build_unit_mask(runs, config)
     assert str(err.value) == ("--mask-strategy whole-brain-template: no voxel of the template "
                               f"mask is inside the brain mask of {runs[0].mask.name}")
 
@@ -270,7 +272,7 @@ def test_build_unit_mask_on_a_target_grid(tmp_path):
     brain[2:9, 1:7, 3:9] = True
     runs = two_runs(tmp_path, [brain], shape=(9, 9, 9))
     config = helpers.make_config(tmp_path, target_resolution=4.0)
-    unit = masking.build_unit_mask(runs, config)
+    unit = grids.build_unit_mask(runs, config)
     assert unit.mask.shape == (5, 5, 5)
     np.testing.assert_array_equal(unit.mask, brain[::2, ::2, ::2])
     np.testing.assert_allclose(unit.affine, helpers.affine(4.0))
@@ -278,7 +280,7 @@ def test_build_unit_mask_on_a_target_grid(tmp_path):
     assert unit.grid["shape"] == [5, 5, 5]
     assert unit.grid["description"].startswith(
         "BOLD and masks resampled from 2 mm voxels (9x9x9) to 4 mm voxels (5x5x5)")
-    assert isinstance(unit.reader, masking.BoldReader)
+    assert isinstance(unit.reader, grids.BoldReader)
     assert not unit.reader.from_data
 
 
@@ -286,9 +288,9 @@ def test_resampling_reader_reads_the_bold_on_the_target_grid(tmp_path):
     brain = helpers.box_mask((9, 9, 9), margin=1)
     (run,) = two_runs(tmp_path, [brain], shape=(9, 9, 9))
     config = helpers.make_config(tmp_path, target_resolution=4.0)
-    target, reader = masking.resampling_reader(config, (9, 9, 9, 30), helpers.affine())
+    target, reader = grids.resampling_reader(config, (9, 9, 9, 30), helpers.affine())
     assert target.shape == (5, 5, 5)
-    unit = masking.build_unit_mask([run], config)
+    unit = grids.build_unit_mask([run], config)
     series, mean = reader(run, unit)
     data = np.asarray(nib.load(run.bold).dataobj, dtype=np.float32)
     expected = data[::2, ::2, ::2][unit.mask].T
@@ -296,7 +298,7 @@ def test_resampling_reader_reads_the_bold_on_the_target_grid(tmp_path):
     np.testing.assert_allclose(series, expected, atol=1e-3)
     np.testing.assert_allclose(mean, data[::2, ::2, ::2].mean(axis=3), atol=1e-3)
 
-    assert masking.resampling_reader(helpers.make_config(tmp_path), (9, 9, 9, 30),
+    assert grids.resampling_reader(helpers.make_config(tmp_path), (9, 9, 9, 30),
                                      helpers.affine())[1] is None
 
 
@@ -316,13 +318,13 @@ def test_clean_runs_with_a_mask_from_the_data(tmp_path):
     runs = two_runs(tmp_path, [np.ones((10, 10, 10), bool)] * 2, data=data)
     config = helpers.make_config(tmp_path, mask_strategy="background",
                                  denoise_strategy="none")
-    unit = masking.build_unit_mask(runs, config)
+    unit = grids.build_unit_mask(runs, config)
     assert unit.mask.all()  # decided once the runs are read
     assert unit.reader.from_data
     assert unit.description == ("intersection of the masks computed by nilearn's "
                                 "compute_background_mask from each run's mean BOLD image")
     messages = []
-    unit, cleaned, skipped = masking.clean_runs(runs, unit, config, done=messages.append)
+    unit, cleaned, skipped = denoise.clean_runs(runs, unit, config, done=messages.append)
 
     regions = [d.mean(axis=3) != 0 for d in data]
     final = regions[0] & regions[1]
@@ -350,9 +352,9 @@ def test_clean_runs_skips_short_runs(tmp_path):
     short = helpers.make_run(helpers.add_run(tmp_path, "01", run=2, shape=(10, 10, 10),
                                              mask=brain, n_volumes=10), run="2")
     config = helpers.make_config(tmp_path, denoise_strategy="none")
-    unit = masking.build_unit_mask([long, short], config)
+    unit = grids.build_unit_mask([long, short], config)
     messages = []
-    out, cleaned, skipped = masking.clean_runs([long, short], unit, config, messages.append)
+    out, cleaned, skipped = denoise.clean_runs([long, short], unit, config, messages.append)
     assert out is unit  # nothing computed from the data: unchanged
     assert [c.run for c in cleaned] == [long]
     reason = "10 of 10 volumes kept after censoring (< --min-volumes 20)"
@@ -367,9 +369,9 @@ def test_clean_runs_skips_short_runs(tmp_path):
 def test_finish_unit_mask_leaves_fmriprep_masks_alone(tmp_path):
     brain = helpers.box_mask((10, 10, 10), margin=2)
     runs = two_runs(tmp_path, [brain])
-    unit = masking.build_unit_mask(runs, helpers.make_config(tmp_path))
+    unit = grids.build_unit_mask(runs, helpers.make_config(tmp_path))
     cleaned = [object()]
-    out_unit, out_cleaned = masking.finish_unit_mask(unit, cleaned)
+    out_unit, out_cleaned = denoise.finish_unit_mask(unit, cleaned)
     assert out_unit is unit
     assert out_cleaned is cleaned
 
@@ -382,8 +384,8 @@ def test_finish_unit_mask_empty_intersection(tmp_path):
     runs = two_runs(tmp_path, [np.ones((10, 10, 10), bool)] * 2, data=data)
     config = helpers.make_config(tmp_path, mask_strategy="background",
                                  denoise_strategy="none")
-    unit = masking.build_unit_mask(runs, config)
-    with pytest.raises(denoise.RunError) as err:
-        masking.clean_runs(runs, unit, config)
+    unit = grids.build_unit_mask(runs, config)
+    with pytest.raises(bold_io.RunError) as err:
+        denoise.clean_runs(runs, unit, config)
     assert str(err.value) == (f"{runs[0].bold}: the intersection of the runs' background "
                               "masks is empty")

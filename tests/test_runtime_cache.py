@@ -10,7 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from bids_parcellate import cache, denoise, inputs
+from bids_parcellate import denoise
+from bids_parcellate.inputs import bold as bold_io
+from bids_parcellate.inputs import query
+from bids_parcellate.runtime import cache
 from tests import helpers
 
 
@@ -94,7 +97,7 @@ def test_denoised_key_changes_with_runs_and_user_mask(tmp_path, unit):
     paths, run = unit
     cfg = config(tmp_path)
     base = cache.denoised_key(cfg, [run])
-    slower = inputs.Run(run.entities, run.bold, run.mask, run.confounds, tr=2.5)
+    slower = query.Run(run.entities, run.bold, run.mask, run.confounds, tr=2.5)
     assert cache.denoised_key(cfg, [slower]) != base
     other = helpers.make_run(helpers.add_run(tmp_path / "prep", "01", run=2), run="2")
     assert cache.denoised_key(cfg, [run, other]) != base
@@ -269,7 +272,7 @@ def cleaned_unit(tmp_path):
     runs = [helpers.make_run(helpers.add_run(tmp_path / "prep", "01", run=r), run=str(r))
             for r in (1, 2)]
     mask = helpers.box_mask()
-    unit_mask = denoise.UnitMask(mask=mask, affine=helpers.affine(),
+    unit_mask = bold_io.UnitMask(mask=mask, affine=helpers.affine(),
                          n_voxels_per_run={r.bold.name: int(mask.sum()) for r in runs},
                          description="test mask", grid={"label": "2mm"})
     rng = np.random.default_rng(0)
@@ -282,7 +285,7 @@ def cleaned_unit(tmp_path):
                  sample_mask=np.arange(30), n_volumes=30, confounds=[],
                  mean_img=rng.random((5, 6, 4)).astype(np.float32)),
     ]
-    skipped = [inputs.Skipped(tmp_path / "sub-01_run-3_bold.nii.gz", "too short")]
+    skipped = [query.Skipped(tmp_path / "sub-01_run-3_bold.nii.gz", "too short")]
     return runs, unit_mask, cleaned, skipped
 
 

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from bids_parcellate import parallel
+from bids_parcellate.runtime import parallel
 
 
 # --------------------------------------------------------------------------- plans

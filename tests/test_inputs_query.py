@@ -6,29 +6,29 @@ from pathlib import Path
 
 import pytest
 
-from bids_parcellate import inputs
+from bids_parcellate.inputs import query
 from tests import helpers
 
 
 # --------------------------------------------------------------------------- datasets
 def test_read_dataset_description_returns_the_object(tmp_path):
     helpers.derivative_dataset(tmp_path)
-    data = inputs.read_dataset_description(tmp_path)
+    data = query.read_dataset_description(tmp_path)
     assert data["DatasetType"] == "derivative"
     assert data["GeneratedBy"] == [{"Name": "fMRIPrep"}]
 
 
 def test_read_dataset_description_missing(tmp_path):
-    with pytest.raises(inputs.InputError) as err:
-        inputs.read_dataset_description(tmp_path)
+    with pytest.raises(query.InputError) as err:
+        query.read_dataset_description(tmp_path)
     assert str(err.value) == f"{tmp_path}: no dataset_description.json (not a BIDS dataset)"
 
 
 def test_read_dataset_description_not_json(tmp_path):
     desc = tmp_path / "dataset_description.json"
     desc.write_text("{not json")
-    with pytest.raises(inputs.InputError) as err:
-        inputs.read_dataset_description(tmp_path)
+    with pytest.raises(query.InputError) as err:
+        query.read_dataset_description(tmp_path)
     message = str(err.value)
     assert message.startswith(f"{desc}: not valid JSON (")
     assert "\n" not in message
@@ -37,15 +37,15 @@ def test_read_dataset_description_not_json(tmp_path):
 def test_read_dataset_description_not_an_object(tmp_path):
     desc = tmp_path / "dataset_description.json"
     desc.write_text("[1, 2]")
-    with pytest.raises(inputs.InputError) as err:
-        inputs.read_dataset_description(tmp_path)
+    with pytest.raises(query.InputError) as err:
+        query.read_dataset_description(tmp_path)
     assert str(err.value) == f"{desc}: not a JSON object"
 
 
 def test_find_fmriprep_dirs_derivative_bids_dir(tmp_path):
     root = helpers.derivative_dataset(tmp_path / "fmriprep")
     config = helpers.make_config(tmp_path, bids_dir=root)
-    assert inputs.find_fmriprep_dirs(config) == [root]
+    assert query.find_fmriprep_dirs(config) == [root]
 
 
 def test_find_fmriprep_dirs_raw_dataset_skips_outputs_and_non_datasets(tmp_path):
@@ -58,14 +58,14 @@ def test_find_fmriprep_dirs_raw_dataset_skips_outputs_and_non_datasets(tmp_path)
     out = deriv / "parcellations"
     out.mkdir()
     config = helpers.make_config(tmp_path, bids_dir=raw, output_dir=out)
-    assert inputs.find_fmriprep_dirs(config) == [fmriprep]
+    assert query.find_fmriprep_dirs(config) == [fmriprep]
 
 
 def test_find_fmriprep_dirs_raw_dataset_without_derivatives(tmp_path):
     raw = helpers.raw_dataset(tmp_path / "bids")
     config = helpers.make_config(tmp_path, bids_dir=raw)
-    with pytest.raises(inputs.InputError) as err:
-        inputs.find_fmriprep_dirs(config)
+    with pytest.raises(query.InputError) as err:
+        query.find_fmriprep_dirs(config)
     assert str(err.value) == (
         f"{raw}: no fMRIPrep derivatives found (BIDS_DIR is a raw dataset without "
         "derivatives/; pass --derivatives PATH)")
@@ -73,8 +73,8 @@ def test_find_fmriprep_dirs_raw_dataset_without_derivatives(tmp_path):
 
 def test_find_fmriprep_dirs_bids_dir_missing(tmp_path):
     config = helpers.make_config(tmp_path, bids_dir=tmp_path / "absent")
-    with pytest.raises(inputs.InputError) as err:
-        inputs.find_fmriprep_dirs(config)
+    with pytest.raises(query.InputError) as err:
+        query.find_fmriprep_dirs(config)
     assert str(err.value) == f"{tmp_path / 'absent'}: BIDS_DIR does not exist or is not a folder"
 
 
@@ -83,15 +83,15 @@ def test_find_fmriprep_dirs_explicit_derivatives(tmp_path):
     first = helpers.derivative_dataset(tmp_path / "prep1")
     second = helpers.derivative_dataset(tmp_path / "prep2")
     config = helpers.make_config(tmp_path, bids_dir=raw, derivatives=(second, first))
-    assert inputs.find_fmriprep_dirs(config) == [second, first]
+    assert query.find_fmriprep_dirs(config) == [second, first]
 
 
 def test_find_fmriprep_dirs_derivatives_not_a_folder(tmp_path):
     raw = helpers.raw_dataset(tmp_path / "bids")
     missing = tmp_path / "nowhere"
     config = helpers.make_config(tmp_path, bids_dir=raw, derivatives=(missing,))
-    with pytest.raises(inputs.InputError) as err:
-        inputs.find_fmriprep_dirs(config)
+    with pytest.raises(query.InputError) as err:
+        query.find_fmriprep_dirs(config)
     assert str(err.value) == f"--derivatives {missing}: not a folder"
 
 
@@ -101,8 +101,8 @@ def test_find_fmriprep_dirs_refuses_overlap_with_output(tmp_path, where):
     prep = helpers.derivative_dataset(tmp_path / "prep")
     out = {"same": prep, "inside_input": prep / "out", "input_inside": tmp_path}[where]
     config = helpers.make_config(tmp_path, bids_dir=raw, derivatives=(prep,), output_dir=out)
-    with pytest.raises(inputs.InputError) as err:
-        inputs.find_fmriprep_dirs(config)
+    with pytest.raises(query.InputError) as err:
+        query.find_fmriprep_dirs(config)
     assert str(err.value) == (f"--derivatives {prep.resolve()}: overlaps OUTPUT_DIR "
                               f"{out.resolve()}")
 
@@ -110,24 +110,24 @@ def test_find_fmriprep_dirs_refuses_overlap_with_output(tmp_path, where):
 # --------------------------------------------------------------------------- small helpers
 def test_read_bids_filters(tmp_path):
     path = helpers.write_json(tmp_path / "filters.json", {"bold": {"session": "1"}})
-    assert inputs.read_bids_filters(path) == {"bold": {"session": "1"}}
+    assert query.read_bids_filters(path) == {"bold": {"session": "1"}}
 
 
 def test_read_bids_filters_errors(tmp_path):
     missing = tmp_path / "absent.json"
-    with pytest.raises(inputs.InputError) as err:
-        inputs.read_bids_filters(missing)
+    with pytest.raises(query.InputError) as err:
+        query.read_bids_filters(missing)
     assert str(err.value) == f"--bids-filter-file {missing}: file not found"
 
     broken = tmp_path / "broken.json"
     broken.write_text("{")
-    with pytest.raises(inputs.InputError) as err:
-        inputs.read_bids_filters(broken)
+    with pytest.raises(query.InputError) as err:
+        query.read_bids_filters(broken)
     assert str(err.value).startswith(f"--bids-filter-file {broken}: not valid JSON (")
 
     flat = helpers.write_json(tmp_path / "flat.json", {"session": "1"})
-    with pytest.raises(inputs.InputError) as err:
-        inputs.read_bids_filters(flat)
+    with pytest.raises(query.InputError) as err:
+        query.read_bids_filters(flat)
     assert str(err.value) == (f"--bids-filter-file {flat}: expected an object of query "
                               'objects, e.g. {"bold": {"session": "1"}}')
 
@@ -139,7 +139,7 @@ def test_read_bids_filters_errors(tmp_path):
     ("sub-01_T1w.mgz", "sub-01_T1w.json"),
 ])
 def test_sidecar_path(tmp_path, name, sidecar):
-    assert inputs.sidecar_path(tmp_path / "func" / name) == tmp_path / "func" / sidecar
+    assert query.sidecar_path(tmp_path / "func" / name) == tmp_path / "func" / sidecar
 
 
 def test_selection_units_groups_and_sorts(tmp_path):
@@ -147,12 +147,12 @@ def test_selection_units_groups_and_sorts(tmp_path):
         ents = {"subject": subject, "task": "rest", "run": str(number)}
         if session:
             ents["session"] = session
-        return inputs.Run(entities=ents, bold=tmp_path / f"{subject}{session}{number}",
+        return query.Run(entities=ents, bold=tmp_path / f"{subject}{session}{number}",
                           mask=None, confounds=None, tr=2.0)
 
     runs = [run("02", None, 1), run("01", "b", 1), run("01", "a", 2), run("01", "a", 1),
             run("02", None, 2), run("01", None, 1)]
-    selection = inputs.Selection(fmriprep_dirs=[tmp_path], runs=runs, skipped=[])
+    selection = query.Selection(fmriprep_dirs=[tmp_path], runs=runs, skipped=[])
     units = selection.units()
     assert list(units) == [("01", None), ("01", "a"), ("01", "b"), ("02", None)]
     # runs keep their order within a unit
@@ -174,7 +174,7 @@ def test_collect_runs_pairs_each_bold_with_its_mask_and_confounds(tmp_path):
                        helpers.box_mask().astype("uint8"))
     config = helpers.make_config(tmp_path, bids_dir=root)
 
-    selection = inputs.collect_runs(config)
+    selection = query.collect_runs(config)
 
     assert selection.fmriprep_dirs == [root]
     assert selection.skipped == []
@@ -201,15 +201,15 @@ def test_collect_runs_selects_participants_sessions_and_filters(tmp_path):
     helpers.add_run(root, "01", session="a", task="motor")
     filters = helpers.write_json(tmp_path / "filters.json", {"bold": {"session": "b"}})
     config = helpers.make_config(tmp_path, bids_dir=root, participant_label=("02",),
-                                 bids_filters=inputs.read_bids_filters(filters))
-    selection = inputs.collect_runs(config)
+                                 bids_filters=query.read_bids_filters(filters))
+    selection = query.collect_runs(config)
     assert [r.bold.name for r in selection.runs] == [
         f"sub-02_ses-b_task-rest_run-1_space-{helpers.SPACE}_desc-preproc_bold.nii.gz"]
     assert list(selection.units()) == [("02", "b")]
 
     config = helpers.make_config(tmp_path, bids_dir=root, participant_label=("01",),
                                  task=("motor",))
-    selection = inputs.collect_runs(config)
+    selection = query.collect_runs(config)
     assert [(r.unit, r.entities["task"]) for r in selection.runs] == [(("01", "a"), "motor")]
 
 
@@ -219,7 +219,7 @@ def test_collect_runs_records_missing_files_on_the_run(tmp_path):
     no_confounds = helpers.add_run(root, "02", confounds=False)
     bad_sidecar = helpers.add_run(root, "03", sidecar="{broken")
     config = helpers.make_config(tmp_path, bids_dir=root)
-    runs = {r.entities["subject"]: r for r in inputs.collect_runs(config).runs}
+    runs = {r.entities["subject"]: r for r in query.collect_runs(config).runs}
 
     assert runs["01"].mask is None
     assert runs["01"].error == (f"{no_mask['bold']}: no matching "
@@ -229,7 +229,7 @@ def test_collect_runs_records_missing_files_on_the_run(tmp_path):
     assert runs["02"].error == (f"{no_confounds['bold']}: no matching "
                                 "*_desc-confounds_timeseries.tsv (needed by "
                                 "--denoise-strategy simple)")
-    sidecar = inputs.sidecar_path(bad_sidecar["bold"])
+    sidecar = query.sidecar_path(bad_sidecar["bold"])
     assert runs["03"].error.startswith(f"{bad_sidecar['bold']}: {sidecar}: not valid JSON (")
     assert runs["03"].metadata == {}
     # the repetition time then comes from the header
@@ -240,7 +240,7 @@ def test_collect_runs_without_confounds_for_strategy_none(tmp_path):
     root = helpers.derivative_dataset(tmp_path / "prep")
     helpers.add_run(root, "01", confounds=False)
     config = helpers.make_config(tmp_path, bids_dir=root, denoise_strategy="none")
-    (run,) = inputs.collect_runs(config).runs
+    (run,) = query.collect_runs(config).runs
     assert run.confounds is None
     assert run.error is None
 
@@ -258,7 +258,7 @@ def test_collect_runs_repetition_time_from_header(tmp_path, unit, expected):
         img.header.set_xyzt_units("mm", "msec")
         nib.save(img, bold)
     config = helpers.make_config(tmp_path, bids_dir=root)
-    (run,) = inputs.collect_runs(config).runs
+    (run,) = query.collect_runs(config).runs
     assert run.metadata == {}
     assert run.tr == pytest.approx(expected)
 
@@ -268,13 +268,13 @@ def test_collect_runs_two_resolutions_need_res(tmp_path):
     helpers.add_run(root, "01", res="1")
     two = helpers.add_run(root, "01", res="2", shape=(3, 3, 3))
     config = helpers.make_config(tmp_path, bids_dir=root)
-    with pytest.raises(inputs.InputError) as err:
-        inputs.collect_runs(config)
+    with pytest.raises(query.InputError) as err:
+        query.collect_runs(config)
     first = f"sub-01_task-rest_run-1_space-{helpers.SPACE}_res-1_desc-preproc_bold.nii.gz"
     assert str(err.value) == (f"{first}: several BOLD files for this run in space "
                               f"{helpers.SPACE} (res 1, 2); choose with --res")
 
-    (run,) = inputs.collect_runs(helpers.make_config(tmp_path, bids_dir=root, res="2")).runs
+    (run,) = query.collect_runs(helpers.make_config(tmp_path, bids_dir=root, res="2")).runs
     assert run.bold == two["bold"]
     assert run.mask == two["mask"]  # the mask of the same resolution
     assert run.entities["res"] == "2"
@@ -285,20 +285,20 @@ def test_collect_runs_errors(tmp_path):
     helpers.add_run(root, "01")
 
     config = helpers.make_config(tmp_path, bids_dir=root, participant_label=("01", "09"))
-    with pytest.raises(inputs.InputError) as err:
-        inputs.collect_runs(config)
+    with pytest.raises(query.InputError) as err:
+        query.collect_runs(config)
     assert str(err.value) == f"--participant-label 09: not found in {root}"
 
     config = helpers.make_config(tmp_path, bids_dir=root, task=("motor",))
-    with pytest.raises(inputs.InputError) as err:
-        inputs.collect_runs(config)
+    with pytest.raises(query.InputError) as err:
+        query.collect_runs(config)
     assert str(err.value) == f"no runs left after filters (space {helpers.SPACE}, task motor)"
 
     empty = helpers.derivative_dataset(tmp_path / "empty")
     helpers.save_nifti(empty / "sub-01" / "anat" / "sub-01_desc-preproc_T1w.nii.gz",
                        helpers.box_mask().astype("uint8"))
-    with pytest.raises(inputs.InputError) as err:
-        inputs.collect_runs(helpers.make_config(tmp_path, bids_dir=empty))
+    with pytest.raises(query.InputError) as err:
+        query.collect_runs(helpers.make_config(tmp_path, bids_dir=empty))
     assert str(err.value) == (f"{empty}: no fMRIPrep derivatives found "
                               "(no *_desc-preproc_bold.nii[.gz] under func/)")
 
@@ -310,7 +310,7 @@ def test_index_layout_saves_its_database_in_the_work_dir(tmp_path):
     work = tmp_path / "work"
     config = helpers.make_config(tmp_path, bids_dir=root, work_dir=work,
                                  participant_label=("02",))
-    first = inputs.collect_runs(config)
+    first = query.collect_runs(config)
     databases = list((work / "bids_db").glob("*/layout_index.sqlite"))
     assert len(databases) == 1
     # nothing was written into the input dataset, no temporary folder was left
@@ -318,7 +318,7 @@ def test_index_layout_saves_its_database_in_the_work_dir(tmp_path):
     assert [p.name for p in (work / "bids_db").iterdir()] == [databases[0].parent.name]
     stamp = databases[0].stat().st_mtime_ns
 
-    again = inputs.collect_runs(config)
+    again = query.collect_runs(config)
     assert again.runs == first.runs
     assert [r.entities["subject"] for r in again.runs] == ["02"]
     assert databases[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
@@ -332,15 +332,15 @@ def test_index_layout_keys_the_database_by_participants(tmp_path):
     for label in ("01", "02"):
         config = helpers.make_config(tmp_path, bids_dir=root, work_dir=work,
                                      participant_label=(label,))
-        (run,) = inputs.collect_runs(config).runs
+        (run,) = query.collect_runs(config).runs
         assert run.entities["subject"] == label
     assert len(list((work / "bids_db").glob("*/layout_index.sqlite"))) == 2
 
 
 def test_run_is_frozen_and_compares_without_metadata(tmp_path):
     bold = Path(tmp_path / "b.nii.gz")
-    one = inputs.Run({"subject": "01"}, bold, None, None, 2.0, metadata={"a": 1})
-    two = inputs.Run({"subject": "01"}, bold, None, None, 2.0, metadata={"a": 2})
+    one = query.Run({"subject": "01"}, bold, None, None, 2.0, metadata={"a": 1})
+    two = query.Run({"subject": "01"}, bold, None, None, 2.0, metadata={"a": 2})
     assert one == two
     with pytest.raises(AttributeError):
         one.tr = 3.0  # type: ignore[misc]

@@ -8,8 +8,10 @@ import logging
 
 import pytest
 
-from bids_parcellate import __version__, inputs, resume
+from bids_parcellate import __version__
 from bids_parcellate.config import UserError
+from bids_parcellate.derivatives import markers
+from bids_parcellate.inputs import query
 from tests import helpers
 
 
@@ -18,7 +20,7 @@ def study(tmp_path):
     """Two participants with one run each, a config, and the selection of both."""
     root = helpers.derivative_dataset(tmp_path / "prep")
     runs = [helpers.make_run(helpers.add_run(root, s), subject=s) for s in ("01", "02")]
-    selection = inputs.Selection(fmriprep_dirs=[root], runs=runs, skipped=[])
+    selection = query.Selection(fmriprep_dirs=[root], runs=runs, skipped=[])
     return root, runs, selection
 
 
@@ -38,8 +40,8 @@ def unit_files(out, subject="01", session=None):
 def complete_unit(config, selection, subject="01"):
     files = unit_files(config.output_dir, subject)
     runs = selection.units()[(subject, None)]
-    marker = resume.write_marker(config, subject, None, files,
-                                 resume.unit_sources(runs, selection.fmriprep_dirs))
+    marker = markers.write_marker(config, subject, None, files,
+                                 markers.unit_sources(runs, selection.fmriprep_dirs))
     return files, marker
 
 
@@ -47,21 +49,21 @@ def complete_unit(config, selection, subject="01"):
 def test_unit_sources_are_sorted_bids_uris(study):
     root, runs, _ = study
     run = runs[0]
-    no_confounds = inputs.Run(run.entities, run.bold, run.mask, None, run.tr)
-    sources = resume.unit_sources([run, no_confounds], [root])
+    no_confounds = query.Run(run.entities, run.bold, run.mask, None, run.tr)
+    sources = markers.unit_sources([run, no_confounds], [root])
     rel = sorted(p.relative_to(root).as_posix() for p in (run.bold, run.mask, run.confounds))
     assert sources == [f"bids:prep:{r}" for r in rel]
 
 
 def test_read_marker(tmp_path):
-    assert resume.read_marker(tmp_path / "absent.json") is None
+    assert markers.read_marker(tmp_path / "absent.json") is None
     broken = tmp_path / "broken.json"
     broken.write_text('{"ConfigHash": ')
-    assert resume.read_marker(broken) is None
+    assert markers.read_marker(broken) is None
     listed = helpers.write_json(tmp_path / "list.json", ["a"])
-    assert resume.read_marker(listed) is None
+    assert markers.read_marker(listed) is None
     good = helpers.write_json(tmp_path / "good.json", {"ConfigHash": "abc"})
-    assert resume.read_marker(good) == {"ConfigHash": "abc"}
+    assert markers.read_marker(good) == {"ConfigHash": "abc"}
 
 
 def test_write_marker_records_every_file(tmp_path, study):
@@ -73,7 +75,7 @@ def test_write_marker_records_every_file(tmp_path, study):
     assert data["ConfigHash"] == config.config_hash()
     assert data["Parameters"] == json.loads(json.dumps(config.hashed_parameters()))
     assert data["GeneratedBy"] == {"Name": "bids_parcellate", "Version": __version__}
-    assert data["Sources"] == resume.unit_sources(runs[:1], [root])
+    assert data["Sources"] == markers.unit_sources(runs[:1], [root])
     assert data["Files"] == {
         p.relative_to(config.output_dir).as_posix(): {
             "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "size": len(p.read_bytes())}
@@ -84,15 +86,15 @@ def test_write_marker_records_every_file(tmp_path, study):
 def test_plan_new_incomplete_and_complete_units(tmp_path, study):
     root, _, selection = study
     config = helpers.make_config(tmp_path, bids_dir=root)
-    assert resume.plan_units(config, selection) == {
-        ("01", None): resume.UnitPlan("compute", "new"),
-        ("02", None): resume.UnitPlan("compute", "new")}
+    assert markers.plan_units(config, selection) == {
+        ("01", None): markers.UnitPlan("compute", "new"),
+        ("02", None): markers.UnitPlan("compute", "new")}
 
     complete_unit(config, selection, "01")
     unit_files(config.output_dir, "02")  # killed before its marker
-    plans = resume.plan_units(config, selection)
-    assert plans[("01", None)] == resume.UnitPlan("skip", "complete")
-    assert plans[("02", None)] == resume.UnitPlan("compute",
+    plans = markers.plan_units(config, selection)
+    assert plans[("01", None)] == markers.UnitPlan("skip", "complete")
+    assert plans[("02", None)] == markers.UnitPlan("compute",
                                                   "left incomplete by an earlier run")
 
 
@@ -113,7 +115,7 @@ def test_plan_damaged_outputs(tmp_path, study, damage, reason):
         target.unlink()
     rel = target.relative_to(config.output_dir).as_posix()
     listed = tuple(sorted(p.relative_to(config.output_dir).as_posix() for p in files))
-    assert resume.plan_units(config, selection)[("01", None)] == resume.UnitPlan(
+    assert markers.plan_units(config, selection)[("01", None)] == markers.UnitPlan(
         "compute", f"incomplete: {rel} {reason}", listed)
 
 
@@ -124,7 +126,7 @@ def test_plan_marker_without_files(tmp_path, study):
     data = json.loads(marker.read_text())
     data["Files"] = {}
     marker.write_text(json.dumps(data))
-    assert resume.plan_units(config, selection)[("01", None)] == resume.UnitPlan(
+    assert markers.plan_units(config, selection)[("01", None)] == markers.UnitPlan(
         "compute", "incomplete: marker lists no files")
 
 
@@ -133,10 +135,10 @@ def test_plan_inputs_changed(tmp_path, study):
     config = helpers.make_config(tmp_path, bids_dir=root)
     files, _ = complete_unit(config, selection)
     second = helpers.make_run(helpers.add_run(root, "01", run=2), run="2")
-    more = inputs.Selection(selection.fmriprep_dirs, [runs[0], second], [])
+    more = query.Selection(selection.fmriprep_dirs, [runs[0], second], [])
     listed = tuple(sorted(p.relative_to(config.output_dir).as_posix() for p in files))
-    assert resume.plan_units(config, more) == {
-        ("01", None): resume.UnitPlan("compute", "its input files changed", listed)}
+    assert markers.plan_units(config, more) == {
+        ("01", None): markers.UnitPlan("compute", "its input files changed", listed)}
 
 
 def test_plan_overwrite_recomputes_complete_units(tmp_path, study):
@@ -144,7 +146,7 @@ def test_plan_overwrite_recomputes_complete_units(tmp_path, study):
     config = helpers.make_config(tmp_path, bids_dir=root, overwrite=True)
     files, _ = complete_unit(config, selection)
     listed = tuple(sorted(p.relative_to(config.output_dir).as_posix() for p in files))
-    assert resume.plan_units(config, selection)[("01", None)] == resume.UnitPlan(
+    assert markers.plan_units(config, selection)[("01", None)] == markers.UnitPlan(
         "compute", "--overwrite", listed)
 
 
@@ -154,7 +156,7 @@ def test_plan_refuses_outputs_of_other_parameters(tmp_path, study):
     complete_unit(old, selection)
     new = helpers.make_config(tmp_path, bids_dir=root, smoothing_fwhm=6.0)
     with pytest.raises(UserError) as err:
-        resume.plan_units(new, selection)
+        markers.plan_units(new, selection)
     assert str(err.value) == (
         f"{new.output_dir}: holds outputs of sub-01 made with other parameters (config hash "
         f"{old.config_hash()}, now {new.config_hash()}; differing: --smoothing-fwhm (4.0 -> "
@@ -170,28 +172,28 @@ def test_plan_overwrite_replaces_outputs_of_other_parameters(tmp_path, study):
     files, _ = complete_unit(old, selection)
     new = helpers.make_config(tmp_path, bids_dir=root, smoothing_fwhm=6.0, overwrite=True)
     listed = tuple(sorted(p.relative_to(new.output_dir).as_posix() for p in files))
-    plans = resume.plan_units(new, selection)
-    assert plans[("01", None)] == resume.UnitPlan(
+    plans = markers.plan_units(new, selection)
+    assert plans[("01", None)] == markers.UnitPlan(
         "compute", f"--overwrite: made with config hash {old.config_hash()}", listed)
-    assert plans[("02", None)] == resume.UnitPlan("compute", "new")
+    assert plans[("02", None)] == markers.UnitPlan("compute", "new")
 
 
 def test_plan_counts_units_outside_the_selection(tmp_path, study, caplog):
     root, runs, selection = study
     old = helpers.make_config(tmp_path, bids_dir=root)
     complete_unit(old, selection, "02")
-    only_01 = inputs.Selection(selection.fmriprep_dirs, runs[:1], [])
+    only_01 = query.Selection(selection.fmriprep_dirs, runs[:1], [])
     new = helpers.make_config(tmp_path, bids_dir=root, n_components=50)
     with pytest.raises(UserError) as err:
-        resume.plan_units(new, only_01)
+        markers.plan_units(new, only_01)
     assert str(err.value).startswith(f"{new.output_dir}: holds outputs of sub-02 made with "
                                      "other parameters")
     assert "differing: --n-components (200 -> 50)" in str(err.value)
 
     new = helpers.make_config(tmp_path, bids_dir=root, n_components=50, overwrite=True)
     with caplog.at_level(logging.WARNING, logger="bids_parcellate"):
-        plans = resume.plan_units(new, only_01)
-    assert plans == {("01", None): resume.UnitPlan("compute", "new")}
+        plans = markers.plan_units(new, only_01)
+    assert plans == {("01", None): markers.UnitPlan("compute", "new")}
     assert [r.getMessage() for r in caplog.records] == [
         f"sub-02 keeps its outputs made with config hash {old.config_hash()} (not selected); "
         "OUTPUT_DIR now mixes parameters"]
@@ -205,7 +207,7 @@ def test_plan_same_parameters_other_version(tmp_path, study):
     data["ConfigHash"] = "0123456789abcdef"  # as if made by another major.minor version
     marker.write_text(json.dumps(data))
     with pytest.raises(UserError) as err:
-        resume.plan_units(config, selection)
+        markers.plan_units(config, selection)
     assert "(config hash 0123456789abcdef, now" in str(err.value)
     assert "differing: the bids_parcellate version)" in str(err.value)
 
@@ -214,12 +216,12 @@ def test_plan_sessions_are_separate_units(tmp_path):
     root = helpers.derivative_dataset(tmp_path / "prep")
     runs = [helpers.make_run(helpers.add_run(root, "01", session=s), session=s)
             for s in ("1", "2")]
-    selection = inputs.Selection([root], runs, [])
+    selection = query.Selection([root], runs, [])
     config = helpers.make_config(tmp_path, bids_dir=root)
     files = unit_files(config.output_dir, "01", "1")
-    marker = resume.write_marker(config, "01", "1", files,
-                                 resume.unit_sources(runs[:1], [root]))
+    marker = markers.write_marker(config, "01", "1", files,
+                                 markers.unit_sources(runs[:1], [root]))
     assert marker == config.output_dir / "sub-01" / "ses-1" / "sub-01_ses-1_completed.json"
-    assert resume.plan_units(config, selection) == {
-        ("01", "1"): resume.UnitPlan("skip", "complete"),
-        ("01", "2"): resume.UnitPlan("compute", "new")}
+    assert markers.plan_units(config, selection) == {
+        ("01", "1"): markers.UnitPlan("skip", "complete"),
+        ("01", "2"): markers.UnitPlan("compute", "new")}

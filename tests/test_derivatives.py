@@ -17,8 +17,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_parcellate import __version__, outputs
+from bids_parcellate import __version__
 from bids_parcellate.config import UserError
+from bids_parcellate.derivatives import dataset, naming, writers
 from tests import helpers
 
 SPACE = helpers.SPACE
@@ -41,51 +42,51 @@ def leftovers(folder: Path) -> list[str]:
 def test_build_name_follows_the_bids_patterns():
     ents = {"subject": "01", "space": SPACE, "seg": "ward", "scale": 100, "suffix": "dseg",
             "extension": ".nii.gz"}
-    assert outputs.build_name("dseg", ents) == (
+    assert naming.build_name("dseg", ents) == (
         f"sub-01/anat/sub-01_space-{SPACE}_seg-ward_scale-100_dseg.nii.gz")
     # optional entities in BIDS order, None values left out
     ents.update(session="2", res="2", extension=".tsv", run=None)
-    assert outputs.build_name("dseg", ents) == (
+    assert naming.build_name("dseg", ents) == (
         f"sub-01/ses-2/anat/sub-01_ses-2_space-{SPACE}_seg-ward_scale-100_res-2_dseg.tsv")
     ts = {"subject": "01", "task": "rest", "run": "1", "space": SPACE, "seg": "ward",
           "scale": 20, "stat": "mean", "suffix": "timeseries", "extension": ".tsv"}
-    assert outputs.build_name("timeseries", ts) == (
+    assert naming.build_name("timeseries", ts) == (
         f"sub-01/func/sub-01_task-rest_run-1_space-{SPACE}_seg-ward_scale-20_stat-mean"
         "_timeseries.tsv")
 
 
 def test_build_name_missing_entity():
     with pytest.raises(ValueError) as err:
-        outputs.build_name("dseg", {"subject": "01", "suffix": "dseg",
+        naming.build_name("dseg", {"subject": "01", "suffix": "dseg",
                                     "extension": ".nii.gz"})
     assert str(err.value) == "cannot name a dseg output from ['extension', 'subject', 'suffix']"
 
 
 def test_labels_and_prefixes():
-    assert outputs.seg_label("hierarchical_kmeans") == "hierarchicalkmeans"
-    assert outputs.seg_label("ward") == "ward"
+    assert naming.seg_label("hierarchical_kmeans") == "hierarchicalkmeans"
+    assert naming.seg_label("ward") == "ward"
     # BIDS entity order whatever the dict order; absent or empty entities skipped
     ents = {"run": "2", "echo": "1", "task": "rest", "subject": "01", "session": None,
             "acquisition": "mb", "direction": "PA", "space": SPACE}
-    assert outputs.source_prefix(ents) == "sub-01_task-rest_acq-mb_dir-PA_run-2_echo-1"
-    assert outputs.unit_prefix("01", None) == "sub-01"
-    assert outputs.unit_prefix("01", "b") == "sub-01_ses-b"
+    assert naming.source_prefix(ents) == "sub-01_task-rest_acq-mb_dir-PA_run-2_echo-1"
+    assert naming.unit_prefix("01", None) == "sub-01"
+    assert naming.unit_prefix("01", "b") == "sub-01_ses-b"
 
 
 def test_unit_paths(tmp_path):
-    assert outputs.completion_marker(tmp_path, "01", None) == (
+    assert naming.completion_marker(tmp_path, "01", None) == (
         tmp_path / "sub-01" / "sub-01_completed.json")
-    assert outputs.completion_marker(tmp_path, "01", "2") == (
+    assert naming.completion_marker(tmp_path, "01", "2") == (
         tmp_path / "sub-01" / "ses-2" / "sub-01_ses-2_completed.json")
-    assert outputs.unit_dir(tmp_path, "01", None) == tmp_path / "sub-01"
-    assert outputs.unit_dir(tmp_path, "01", "2") == tmp_path / "sub-01" / "ses-2"
-    assert outputs.manifest_path(tmp_path) == tmp_path / "logs" / "manifest.tsv"
-    log = outputs.log_path(tmp_path, ("participant", "group"), "20240101T000000")
+    assert naming.unit_dir(tmp_path, "01", None) == tmp_path / "sub-01"
+    assert naming.unit_dir(tmp_path, "01", "2") == tmp_path / "sub-01" / "ses-2"
+    assert naming.manifest_path(tmp_path) == tmp_path / "logs" / "manifest.tsv"
+    log = naming.log_path(tmp_path, ("participant", "group"), "20240101T000000")
     assert log == tmp_path / "logs" / (
         f"participant-group-20240101T000000-{HOST}-{os.getpid()}.log")
-    assert outputs.participant_report_path(tmp_path, "01") == tmp_path / "sub-01.html"
-    assert outputs.group_report_path(tmp_path) == tmp_path / "group.html"
-    assert outputs.citation_paths(tmp_path) == {
+    assert naming.participant_report_path(tmp_path, "01") == tmp_path / "sub-01.html"
+    assert naming.group_report_path(tmp_path) == tmp_path / "group.html"
+    assert naming.citation_paths(tmp_path) == {
         "md": tmp_path / "logs" / "CITATION.md", "html": tmp_path / "logs" / "CITATION.html",
         "bib": tmp_path / "logs" / "CITATION.bib"}
 
@@ -94,7 +95,7 @@ def test_unit_paths(tmp_path):
 def test_write_json_format_and_defaults(tmp_path):
     path = tmp_path / "new" / "folder" / "x.json"
     data = {"b": np.int64(3), "a": np.float32(0.5), "c": np.arange(3), "d": Path("/p/q")}
-    assert outputs.write_json(path, data) == path
+    assert writers.write_json(path, data) == path
     text = path.read_text()
     assert text == ('{\n  "a": 0.5,\n  "b": 3,\n  "c": [\n    0,\n    1,\n    2\n  ],\n'
                     '  "d": "/p/q"\n}\n')
@@ -104,17 +105,17 @@ def test_write_json_format_and_defaults(tmp_path):
 
 def test_json_default_refuses_other_objects(tmp_path):
     with pytest.raises(TypeError) as err:
-        outputs.write_json(tmp_path / "x.json", {"a": object()})
+        writers.write_json(tmp_path / "x.json", {"a": object()})
     assert str(err.value) == "not JSON serialisable: object"
     assert list(tmp_path.iterdir()) == []
 
 
 def test_write_text_replaces_the_whole_file(tmp_path):
     path = tmp_path / "notes.txt"
-    outputs.write_text(path, "a long first version\n")
-    outputs.write_text(path, "é\n")
+    writers.write_text(path, "a long first version\n")
+    writers.write_text(path, "é\n")
     assert path.read_bytes() == "é\n".encode()
-    outputs.write_bytes(path, b"\x00\x01")
+    writers.write_bytes(path, b"\x00\x01")
     assert path.read_bytes() == b"\x00\x01"
     assert leftovers(tmp_path) == []
 
@@ -123,13 +124,13 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
     path = tmp_path / "arrays.npz"
     # object arrays cannot be written without pickle: fails inside the writer
     with pytest.raises(ValueError):
-        outputs.write_npz(path, {"a": np.arange(3), "b": np.array([{}, None], dtype=object)})
+        writers.write_npz(path, {"a": np.arange(3), "b": np.array([{}, None], dtype=object)})
     assert list(tmp_path.iterdir()) == []
 
-    outputs.write_npz(path, {"a": np.arange(3)})
+    writers.write_npz(path, {"a": np.arange(3)})
     before = path.read_bytes()
     with pytest.raises(ValueError):
-        outputs.write_npz(path, {"b": np.array([{}], dtype=object)})
+        writers.write_npz(path, {"b": np.array([{}], dtype=object)})
     assert path.read_bytes() == before
     assert leftovers(tmp_path) == []
 
@@ -137,25 +138,25 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
 def test_failed_matrix_write_after_the_header(tmp_path):
     path = tmp_path / "m.tsv"
     with pytest.raises(ValueError):  # one row name for two rows
-        outputs.write_matrix_tsv(path, ["a", "b"], np.ones((2, 2)), row_names=("n", ["x"]))
+        writers.write_matrix_tsv(path, ["a", "b"], np.ones((2, 2)), row_names=("n", ["x"]))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_format_tsv():
-    text = outputs.format_tsv(["name", "value", "count"],
+    text = writers.format_tsv(["name", "value", "count"],
                               [["a", 1 / 3, 3], ["b", float("nan"), None],
                                ["c", np.float32(2.5), np.int64(7)]])
     assert text == ("name\tvalue\tcount\n"
                     "a\t0.33333333\t3\n"
                     "b\tn/a\tn/a\n"
                     "c\t2.5\t7\n")
-    assert outputs.format_tsv(["x"], [[1e-12]], float_format="%.3f") == "x\n0.000\n"
+    assert writers.format_tsv(["x"], [[1e-12]], float_format="%.3f") == "x\n0.000\n"
 
 
 def test_write_tsv_and_matrix_tsv_read_back(tmp_path):
     import pandas as pd
 
-    path = outputs.write_tsv(tmp_path / "t.tsv", ["a", "b"], [[1, 2.5], [3, float("nan")]])
+    path = writers.write_tsv(tmp_path / "t.tsv", ["a", "b"], [[1, 2.5], [3, float("nan")]])
     table = pd.read_csv(path, sep="\t", na_values="n/a")
     assert table["a"].tolist() == [1, 3]
     assert table["b"].iloc[0] == 2.5 and np.isnan(table["b"].iloc[1])
@@ -163,7 +164,7 @@ def test_write_tsv_and_matrix_tsv_read_back(tmp_path):
     rng = np.random.default_rng(0)
     matrix = rng.standard_normal((3, 4))
     matrix[1, 2] = np.nan
-    path = outputs.write_matrix_tsv(tmp_path / "m.tsv", ["p1", "p2", "p3", "p4"], matrix,
+    path = writers.write_matrix_tsv(tmp_path / "m.tsv", ["p1", "p2", "p3", "p4"], matrix,
                                     row_names=("parcel", ["r1", "r2", "r3"]))
     lines = path.read_text().splitlines()
     assert lines[0] == "parcel\tp1\tp2\tp3\tp4"
@@ -178,20 +179,20 @@ def test_write_tsv_and_matrix_tsv_read_back(tmp_path):
 def test_write_npz_round_trip_and_reproducible_bytes(tmp_path):
     arrays = {"b": np.arange(6, dtype=np.int16).reshape(2, 3), "a": np.eye(2),
               "s": np.array("text")}
-    first = outputs.write_npz(tmp_path / "one.npz", arrays)
+    first = writers.write_npz(tmp_path / "one.npz", arrays)
     with np.load(first, allow_pickle=False) as npz:
         assert sorted(npz.files) == ["a", "b", "s"]
         for name, value in arrays.items():
             np.testing.assert_array_equal(npz[name], value)
             assert npz[name].dtype == value.dtype
-    second = outputs.write_npz(tmp_path / "two.npz", dict(reversed(arrays.items())))
+    second = writers.write_npz(tmp_path / "two.npz", dict(reversed(arrays.items())))
     assert first.read_bytes() == second.read_bytes()
 
 
 def test_write_nifti_round_trip(tmp_path):
     data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
     img = nib.Nifti1Image(data, helpers.affine())
-    path = outputs.write_nifti(tmp_path / "sub-01_dseg.nii.gz", img)
+    path = writers.write_nifti(tmp_path / "sub-01_dseg.nii.gz", img)
     assert path.read_bytes()[:2] == b"\x1f\x8b"  # gzip, from the final name's extension
     back = nib.load(path)
     np.testing.assert_array_equal(np.asarray(back.dataobj), data)
@@ -201,11 +202,11 @@ def test_write_nifti_round_trip(tmp_path):
 
 # --------------------------------------------------------------------------- temp files
 def test_is_temp():
-    assert outputs.is_temp(Path(f".sub-01_dseg.nii.gz.tmp-{HOST}-123-abc.nii.gz"))
-    assert outputs.is_temp(Path(f".x.json.tmp-{HOST}-1-k2j3.json"))
-    assert not outputs.is_temp(Path("sub-01_dseg.nii.gz"))
-    assert not outputs.is_temp(Path(".bidsignore"))
-    assert not outputs.is_temp(Path(f".x.json.tmp-{HOST}-notapid-k.json"))
+    assert writers.is_temp(Path(f".sub-01_dseg.nii.gz.tmp-{HOST}-123-abc.nii.gz"))
+    assert writers.is_temp(Path(f".x.json.tmp-{HOST}-1-k2j3.json"))
+    assert not writers.is_temp(Path("sub-01_dseg.nii.gz"))
+    assert not writers.is_temp(Path(".bidsignore"))
+    assert not writers.is_temp(Path(f".x.json.tmp-{HOST}-notapid-k.json"))
 
 
 def test_remove_temps_only_of_dead_processes_on_this_host(tmp_path):
@@ -219,16 +220,16 @@ def test_remove_temps_only_of_dead_processes_on_this_host(tmp_path):
     }
     for name in names.values():
         (tmp_path / name).write_text("x")
-    removed = outputs.remove_temps(tmp_path)
+    removed = writers.remove_temps(tmp_path)
     assert removed == [tmp_path / names["dead"]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         v for k, v in names.items() if k != "dead")
 
-    removed = outputs.remove_temps(tmp_path, any_process=True)
+    removed = writers.remove_temps(tmp_path, any_process=True)
     assert sorted(p.name for p in removed) == sorted(
         names[k] for k in ("mine", "alive", "elsewhere"))
     assert [p.name for p in tmp_path.iterdir()] == ["sub-01_dseg.tsv"]
-    assert outputs.remove_temps(tmp_path / "absent") == []
+    assert writers.remove_temps(tmp_path / "absent") == []
 
 
 # --------------------------------------------------------------------------- dataset
@@ -238,11 +239,11 @@ def test_dataset_description(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     one = tmp_path / "a" / "fmri-prep"
     two = tmp_path / "b" / "fmriprep"
-    desc = outputs.dataset_description([one, two])
+    desc = dataset.dataset_description([one, two])
     assert desc["DatasetType"] == "derivative"
-    assert desc["BIDSVersion"] == outputs.BIDS_VERSION
+    assert desc["BIDSVersion"] == dataset.BIDS_VERSION
     assert desc["GeneratedBy"] == [{"Name": "bids_parcellate", "Version": __version__,
-                                    "CodeURL": outputs.CODE_URL}]
+                                    "CodeURL": dataset.CODE_URL}]
     # keys: alphanumeric names, made unique
     assert desc["DatasetLinks"] == {"fmriprep": one.resolve().as_uri(),
                                     "fmriprepx": two.resolve().as_uri()}
@@ -250,45 +251,45 @@ def test_dataset_description(tmp_path, monkeypatch):
                                       {"URL": two.resolve().as_uri()}]
 
     monkeypatch.setenv("BIDS_PARCELLATE_CONTAINER_IMAGE", "org/bp:1.0")
-    assert outputs.dataset_description([one])["GeneratedBy"][0]["Container"] == {
+    assert dataset.dataset_description([one])["GeneratedBy"][0]["Container"] == {
         "Type": "docker", "Tag": "org/bp:1.0"}
     monkeypatch.setenv("APPTAINER_CONTAINER", "/images/bp.sif")
-    assert outputs.in_container() == {"Type": "singularity", "Tag": "org/bp:1.0"}
+    assert dataset.in_container() == {"Type": "singularity", "Tag": "org/bp:1.0"}
 
 
 def test_bids_uri(tmp_path):
     source = tmp_path / "fmriprep"
     bold = source / "sub-01" / "func" / "sub-01_bold.nii.gz"
-    assert outputs.bids_uri(bold, [source]) == "bids:fmriprep:sub-01/func/sub-01_bold.nii.gz"
+    assert dataset.bids_uri(bold, [source]) == "bids:fmriprep:sub-01/func/sub-01_bold.nii.gz"
     other = tmp_path / "elsewhere" / "x.nii.gz"
-    assert outputs.bids_uri(other, [source]) == other.resolve().as_uri()
+    assert dataset.bids_uri(other, [source]) == other.resolve().as_uri()
 
 
 def test_check_output_dir(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(UserError) as err:
-        outputs.check_output_dir(a_file)
+        dataset.check_output_dir(a_file)
     assert str(err.value) == f"{a_file}: OUTPUT_DIR exists and is not a folder"
 
     foreign = helpers.derivative_dataset(tmp_path / "foreign")
     with pytest.raises(UserError) as err:
-        outputs.check_output_dir(foreign)
+        dataset.check_output_dir(foreign)
     assert str(err.value) == (
         f"{foreign / 'dataset_description.json'}: OUTPUT_DIR holds another dataset "
         "(GeneratedBy fMRIPrep); choose an empty folder or a previous bids_parcellate "
         "output")
 
     ours = helpers.derivative_dataset(tmp_path / "ours", name="bids_parcellate")
-    outputs.check_output_dir(ours)
+    dataset.check_output_dir(ours)
     assert sorted(p.name for p in ours.iterdir()) == ["dataset_description.json"]
 
     new = tmp_path / "new" / "deeper"
-    outputs.check_output_dir(new)
+    dataset.check_output_dir(new)
     assert not (tmp_path / "new").exists()  # nothing created
 
     with pytest.raises(UserError) as err:
-        outputs.check_output_dir(a_file / "below")
+        dataset.check_output_dir(a_file / "below")
     assert str(err.value) == (f"{a_file / 'below'}: cannot create OUTPUT_DIR ({a_file} is "
                               "not a folder)")
 
@@ -299,15 +300,15 @@ def test_prepare_output_dir(tmp_path):
     out.mkdir()
     stale = out / f".README.md.tmp-{HOST}-{exited_pid()}-zz.md"
     stale.write_text("left by a killed run")
-    outputs.prepare_output_dir(out, [source])
+    dataset.prepare_output_dir(out, [source])
     assert sorted(p.name for p in out.iterdir()) == [".bidsignore", "README.md",
                                                       "dataset_description.json"]
     assert json.loads((out / "dataset_description.json").read_text()) == json.loads(
-        json.dumps(outputs.dataset_description([source])))
-    assert (out / ".bidsignore").read_text().splitlines() == list(outputs.BIDSIGNORE)
-    assert (out / "README.md").read_text() == outputs.README_TEXT
+        json.dumps(dataset.dataset_description([source])))
+    assert (out / ".bidsignore").read_text().splitlines() == list(dataset.BIDSIGNORE)
+    assert (out / "README.md").read_text() == dataset.README_TEXT
     # the files are in place: the output dataset is now ours
-    outputs.check_output_dir(out)
+    dataset.check_output_dir(out)
 
 
 # --------------------------------------------------------------------------- units
@@ -319,7 +320,7 @@ def touch(path: Path, text: str = "x") -> Path:
 
 def test_remove_unit_outputs(tmp_path):
     out = tmp_path / "out"
-    marker = touch(outputs.completion_marker(out, "01", "1"), "{}")
+    marker = touch(naming.completion_marker(out, "01", "1"), "{}")
     mine = [touch(out / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_space-X_dseg.nii.gz"),
             touch(out / "sub-01" / "ses-1" / "func" / "sub-01_ses-1_task-rest_timeseries.tsv"),
             touch(out / "sub-01" / "ses-1" / "sub-01_ses-1_extra.json")]
@@ -330,7 +331,7 @@ def test_remove_unit_outputs(tmp_path):
             touch(out / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_space-X_dseg.nii.gz"),
             touch(tmp_path / "outside.txt")]
 
-    removed = outputs.remove_unit_outputs(
+    removed = dataset.remove_unit_outputs(
         out, "01", "1",
         listed=["sub-01/figures/sub-01_ses-1_desc-x_report.json", "../outside.txt",
                 "sub-01/ses-1/absent.tsv"])
@@ -345,7 +346,7 @@ def test_remove_unit_outputs_without_session_keeps_sessions(tmp_path):
     out = tmp_path / "out"
     mine = touch(out / "sub-01" / "anat" / "sub-01_space-X_dseg.nii.gz")
     session = touch(out / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_space-X_dseg.nii.gz")
-    assert outputs.remove_unit_outputs(out, "01", None) == [mine]
+    assert dataset.remove_unit_outputs(out, "01", None) == [mine]
     assert session.exists()
 
 
@@ -353,7 +354,7 @@ def test_sha256_file(tmp_path):
     data = os.urandom(3 * 2**20 + 5)  # more than one read block
     path = tmp_path / "blob"
     path.write_bytes(data)
-    assert outputs.sha256_file(path) == hashlib.sha256(data).hexdigest()
+    assert writers.sha256_file(path) == hashlib.sha256(data).hexdigest()
 
 
 @pytest.mark.parametrize("rel, report", [
@@ -362,7 +363,7 @@ def test_sha256_file(tmp_path):
     ("sub-01/anat/sub-01_dseg.nii.gz", False), ("figures/a.svg", False),
 ])
 def test_is_report_file(rel, report):
-    assert outputs.is_report_file(rel) is report
+    assert naming.is_report_file(rel) is report
 
 
 def make_tree(out: Path) -> list[str]:
@@ -381,13 +382,13 @@ def make_tree(out: Path) -> list[str]:
 
 def test_list_outputs(tmp_path):
     expected = make_tree(tmp_path)
-    found = outputs.list_outputs(tmp_path)
+    found = dataset.list_outputs(tmp_path)
     assert [p.relative_to(tmp_path).as_posix() for p in found] == expected
 
 
 def test_write_manifest(tmp_path):
     expected = make_tree(tmp_path)
-    path = outputs.write_manifest(tmp_path)
+    path = dataset.write_manifest(tmp_path)
     assert path == tmp_path / "logs" / "manifest.tsv"
     lines = path.read_text().splitlines()
     assert lines[0] == "path\tsha256\tsize"
