@@ -33,6 +33,16 @@ from bids_parcellate import __version__
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.denoise import SkipRun, clean_run, strategies
 from bids_parcellate.derivatives import dataset, naming, writers
+from bids_parcellate.derivatives.tables import (
+    DSEG_COLUMNS,
+    DSEG_COLUMNS_JSON,
+    ORIGIN_COLUMNS,
+    dseg_table,
+    origin_column_name,
+    parcel_names,
+    processing_parameters,
+    write_relmats,
+)
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs.bold import UnitMask
 from bids_parcellate.inputs.grids import output_res, resampling_reader
@@ -40,17 +50,7 @@ from bids_parcellate.inputs.query import Run, Selection, read_dataset_descriptio
 from bids_parcellate.learn.features import labels_to_volume
 from bids_parcellate.learn.methods import parcellate
 from bids_parcellate.learn.regions import RegionSet, learn_regions, split_disconnected
-from bids_parcellate.participant import (
-    DSEG_COLUMNS,
-    DSEG_COLUMNS_JSON,
-    ORIGIN_COLUMNS,
-    Progress,
-    _dseg_table,
-    _origin_column,
-    _parameters,
-    parcel_names,
-    write_relmats,
-)
+from bids_parcellate.runtime.progress import Progress
 from bids_parcellate.summary import (
     SummaryHeader,
     compute_summary,
@@ -504,7 +504,7 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
     regions = regions or {}
     sources = [f"bids::{path.relative_to(out).as_posix()}" for path in result.summaries]
     if config.is_decomposition or config.split_disconnected:
-        parameters = {**_parameters(config, n_volumes),
+        parameters = {**processing_parameters(config, n_volumes),
                       "NumberOfComponents": config.n_components}
     else:
         parameters = {
@@ -517,7 +517,7 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
             "HighPass": config.high_pass,
             "LowPass": config.low_pass,
         }
-    origin_column = _origin_column(config)
+    origin_column = origin_column_name(config)
     columns = dict(DSEG_COLUMNS)
     if origin_column:
         columns = {"index": columns.pop("index"), "name": columns.pop("name"),
@@ -555,7 +555,7 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
             out / naming.build_name("atlas_dseg", {**ents, "extension": ".nii.gz"}), img))
         written.append(writers.write_tsv(
             out / naming.build_name("atlas_dseg", {**ents, "extension": ".tsv"}),
-            list(columns), _dseg_table(labels[scale], gmask.mask, gmask.affine,
+            list(columns), dseg_table(labels[scale], gmask.mask, gmask.affine,
                                        regions[scale].origin if origin_column else None)))
         n_parcels = int(labels[scale].max())
         what = (f"{n_parcels} regions extracted from {scale} {config.method} network maps"

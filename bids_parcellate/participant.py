@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -21,10 +21,19 @@ import numpy as np
 
 from bids_parcellate import quality, report
 from bids_parcellate.config import Config, UserError
-from bids_parcellate.connectome import measure_label, run_connectomes
-from bids_parcellate.connectome import sidecar as relmat_sidecar
+from bids_parcellate.connectome import run_connectomes
 from bids_parcellate.denoise import CleanRun, clean_runs, strategies
 from bids_parcellate.derivatives import dataset, markers, naming, writers
+from bids_parcellate.derivatives.tables import (
+    DSEG_COLUMNS,
+    ORIGIN_COLUMNS,
+    dseg_table,
+    kept_volumes,
+    origin_column_name,
+    parcel_names,
+    processing_parameters,
+    write_relmats,
+)
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs.bold import UnitMask
 from bids_parcellate.inputs.grids import DATA_STRATEGIES, build_unit_mask, output_res
@@ -37,190 +46,35 @@ from bids_parcellate.learn.features import (
     prepare_runs,
 )
 from bids_parcellate.learn.methods import LabelsByScale, check_scales, parcellate
-from bids_parcellate.learn.regions import RegionSet, auto_alpha, learn_regions, split_disconnected
+from bids_parcellate.learn.regions import RegionSet, learn_regions, split_disconnected
+from bids_parcellate.results import RunSummary, UnitResult
 from bids_parcellate.runtime import cache, helper_process, parallel
+from bids_parcellate.runtime.progress import Progress
 from bids_parcellate.summary import Summary, make_summary, write_summary
 
 LOGGER = logging.getLogger("bids_parcellate")
 
 
-def _fmt_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-class Progress:
-    """One line per run on stderr with elapsed time and an ETA for the whole set."""
-
-    def __init__(self, total_runs: int) -> None:
-        self.total = total_runs
-        self.done = 0
-        self.start = time.monotonic()
-
-    def run_done(self, message: str) -> None:
-        self.done += 1
-        elapsed = time.monotonic() - self.start
-        eta = elapsed / self.done * (self.total - self.done)
-        LOGGER.info("[%d/%d runs] %s | elapsed %s, ETA %s", self.done, self.total, message,
-                    _fmt_seconds(elapsed), _fmt_seconds(eta))
 
 
-@dataclass(frozen=True)
-class RunSummary:
-    """What denoising did to one run (no data arrays: results are kept for every unit)."""
-
-    run: Run
-    n_volumes: int
-    sample_mask: np.ndarray
-    confounds: list[str]
-    framewise_displacement: np.ndarray | None
-
-    @classmethod
-    def of(cls, clean: CleanRun) -> RunSummary:
-        return cls(clean.run, clean.n_volumes, clean.sample_mask, clean.confounds,
-                   clean.framewise_displacement)
-
-    @property
-    def censored(self) -> list[int]:
-        return sorted(set(range(self.n_volumes)) - set(self.sample_mask.tolist()))
 
 
-@dataclass
-class UnitResult:
-    """What happened to one unit (for the summary, reports and provenance)."""
-
-    subject: str
-    session: str | None
-    runs: list[RunSummary] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
-    files: list[Path] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    n_voxels: int = 0
-    #: True when the unit was complete from an earlier run and was not recomputed.
-    reused: bool = False
-    #: The unit's report record (see :mod:`bids_parcellate.report.record`) and the
-    #: report files (figures, record): not data outputs, so not in ``files`` (the
-    #: completion marker and the manifest list data outputs, which are deterministic).
-    report: dict | None = None
-    report_files: list[Path] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return naming.unit_prefix(self.subject, self.session)
-
-    @property
-    def missing_inputs(self) -> list[Skipped]:
-        """Runs skipped because a required file was missing or unreadable."""
-        return [s for s in self.skipped if s.missing_input]
 
 
-def parcel_names(n: int) -> list[str]:
-    """Column / table names of parcels 1..n (``parcel001``...)."""
-    width = max(3, len(str(n)))
-    return [f"parcel{i:0{width}d}" for i in range(1, n + 1)]
 
 
-def _dseg_table(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray,
-                origin: np.ndarray | None = None) -> list[list]:
-    """Rows of the dseg table; ``origin`` (map or original parcel of each region) is
-    inserted as the third column when given."""
-    n = int(labels.max())
-    coords = np.argwhere(mask).astype(np.float64)
-    counts = np.bincount(labels, minlength=n + 1)[1:]
-    centroid_vox = np.stack(
-        [np.bincount(labels, weights=coords[:, d], minlength=n + 1)[1:] / counts
-         for d in range(3)], axis=1)
-    centroid_mm = nib.affines.apply_affine(affine, centroid_vox)
-    names = parcel_names(n)
-    return [
-        [i + 1, names[i], *([int(origin[i])] if origin is not None else []),
-         int(counts[i]), *(round(float(c), 2) for c in centroid_mm[i])]
-        for i in range(n)
-    ]
 
 
-DSEG_COLUMNS = {
-    "index": "Label value of the parcel in the dseg image.",
-    "name": "Parcel name; also the column name in the timeseries files.",
-    "n_voxels": "Number of voxels in the parcel.",
-    "x": "Parcel centroid, x (mm, world coordinates of the image).",
-    "y": "Parcel centroid, y (mm).",
-    "z": "Parcel centroid, z (mm).",
-}
 
 
-#: Extra dseg column of region-based parcellations: what each region came from.
-ORIGIN_COLUMNS = {
-    "component": "Network map the region was extracted from (1-based volume of the "
-                 "_probseg image of the same scale).",
-    "original_parcel": "Parcel (1..scale) of the unsplit parcellation this connected "
-                       "piece came from (--split-disconnected).",
-}
 
 
-def _kept_volumes(result: UnitResult) -> int:
-    return sum(int(r.sample_mask.size) for r in result.runs)
 
 
-def _origin_column(config: Config) -> str | None:
-    if config.is_decomposition:
-        return "component"
-    return "original_parcel" if config.split_disconnected else None
 
 
-def _parameters(config: Config, n_volumes: int = 0) -> dict:
-    if config.is_decomposition:
-        alpha = ({"DictLearningAlpha": config.dictlearning_alpha or auto_alpha(n_volumes)}
-                 if config.method == "dictlearning" else {})
-        params = {
-            "Method": config.method,
-            **alpha,
-            "SmoothingFWHM": config.smoothing_fwhm,
-            "RandomSeed": config.random_seed,
-            "RegionThresholding": config.region_thresholding,
-            "RegionThreshold": config.region_threshold,
-            "RegionExtractor": config.region_extractor,
-            "MinRegionSize": config.min_region_size,
-            "DenoiseStrategy": config.denoise_strategy,
-            "Standardize": config.standardize,
-            "Detrend": config.detrend,
-            "HighPass": config.high_pass,
-            "LowPass": config.low_pass,
-        }
-    else:
-        split = ({"SplitDisconnected": True, "MinRegionSize": config.min_region_size}
-                 if config.split_disconnected else {})
-        params = {
-            "Method": config.method,
-            "SmoothingFWHM": config.smoothing_fwhm,
-            "NumberOfComponents": config.n_components,
-            **split,
-            "RandomSeed": config.random_seed,
-            "Bootstrap": config.bootstrap,
-            "DenoiseStrategy": config.denoise_strategy,
-            "Standardize": config.standardize,
-            "Detrend": config.detrend,
-            "HighPass": config.high_pass,
-            "LowPass": config.low_pass,
-        }
-    # brain mask and grid (--mask-strategy, --mask, --target-*), method knobs
-    params["MaskStrategy"] = config.mask_strategy
-    if config.mask_args:
-        params["MaskArgs"] = config.mask_args
-    if config.mask is not None:
-        params["Mask"] = config.mask.name
-    if config.target_resolution is not None:
-        params["TargetResolution"] = config.target_resolution
-    if config.target_affine is not None:
-        params["TargetAffine"] = [list(row) for row in config.target_affine]
-    if config.target_shape is not None:
-        params["TargetShape"] = list(config.target_shape)
-    knobs = {"scaling": "RenaScaling", "n_iter": "RenaNIter", "n_init": "KMeansNInit",
-             "batch_size": "KMeansBatchSize"}
-    for name, value in config.method_options().items():
-        params[knobs[name]] = value
-    return params
 
 
 def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
@@ -247,12 +101,12 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
         img.header.set_intent("label")
         written.append(writers.write_nifti(
             out / naming.build_name("dseg", {**ents, "extension": ".nii.gz"}), img))
-        origin_column = _origin_column(config)
+        origin_column = origin_column_name(config)
         columns = dict(DSEG_COLUMNS)
         if origin_column:
             columns = {"index": columns.pop("index"), "name": columns.pop("name"),
                        origin_column: ORIGIN_COLUMNS[origin_column], **columns}
-        table = _dseg_table(labels[scale], unit_mask.mask, unit_mask.affine,
+        table = dseg_table(labels[scale], unit_mask.mask, unit_mask.affine,
                             regions[scale].origin if origin_column else None)
         written.append(writers.write_tsv(
             out / naming.build_name("dseg", {**ents, "extension": ".tsv"}),
@@ -262,7 +116,7 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
                                              result),
             "Method": config.method,
             "NumberOfParcels": int(labels[scale].max()),
-            "Parameters": _parameters(config, _kept_volumes(result)),
+            "Parameters": processing_parameters(config, kept_volumes(result)),
             "Sources": sources,
             "SpatialReference": space,
             "BrainMask": f"{unit_mask.description}: {unit_mask.n_voxels} voxels",
@@ -317,9 +171,6 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
     return written
 
 
-#: Column descriptions for the dseg sidecar (``index`` and ``name`` are defined by BIDS).
-DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.items()
-                     if name not in ("index", "name")}
 
 
 def denoise_unit(config: Config, runs: list[Run], progress: Progress
@@ -388,7 +239,7 @@ def _write_maps(config: Config, result: UnitResult, unit_mask,
             "Method": config.method,
             "NumberOfMaps": int(maps.shape[0]),
             "RegionsPerMap": counts.tolist(),
-            "Parameters": _parameters(config, _kept_volumes(result)),
+            "Parameters": processing_parameters(config, kept_volumes(result)),
             "Sources": sorted({dataset.bids_uri(p, source_dirs)
                                for c in result.runs for p in (c.run.bold, c.run.mask)}),
             "SpatialReference": base["space"],
@@ -401,23 +252,6 @@ def _write_maps(config: Config, result: UnitResult, unit_mask,
     return written
 
 
-def write_relmats(config: Config, entities: dict, names: list[str],
-                  by_kind: dict[str, np.ndarray], extra: dict,
-                  kind: str = "relmat") -> list[Path]:
-    """Write one ``_relmat`` TSV + JSON per measure (``kind``: the path pattern)."""
-    out = config.output_dir
-    written = []
-    for measure, matrix in by_kind.items():
-        ents = {**entities, "meas": measure_label(measure), "suffix": "relmat"}
-        written.append(writers.write_matrix_tsv(
-            out / naming.build_name(kind, {**ents, "extension": ".tsv"}),
-            names, matrix, row_names=("node", names)))
-        written.append(writers.write_json(
-            out / naming.build_name(kind, {**ents, "extension": ".json"}),
-            {**relmat_sidecar(measure),
-             "NodeNames": "the node column and header: parcel names of the dseg table",
-             **extra, "ConfigHash": config.config_hash()}))
-    return written
 
 
 def _write_connectomes(config: Config, result: UnitResult, series: dict,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,18 @@ from bids_parcellate.cli import main
 from bids_parcellate.demo import make_demo_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "studyforrest"
+
+
+@pytest.fixture(autouse=True)
+def _propagating_logger():
+    """pytest's ``caplog`` listens on the root logger; a command line run in-process
+    earlier in the same worker stops the package logger's propagation (its own
+    handlers). Each test starts with propagation on and the CLI's setting restored."""
+    logger = logging.getLogger("bids_parcellate")
+    before = logger.propagate
+    logger.propagate = True
+    yield
+    logger.propagate = before
 
 
 @pytest.fixture(scope="session")

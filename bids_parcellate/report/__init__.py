@@ -37,10 +37,10 @@ from bids_parcellate.report.assemble import (
 )
 from bids_parcellate.report.methods import planned_records, write_citation
 from bids_parcellate.report.record import UnitLog, write_unit_report_data
+from bids_parcellate.results import UnitResult
 
-if TYPE_CHECKING:  # annotations only (bids_parcellate.participant imports this package)
+if TYPE_CHECKING:  # annotations only
     from bids_parcellate.inputs.query import Selection
-    from bids_parcellate.participant import UnitResult
 
 LOGGER = logging.getLogger("bids_parcellate")
 

@@ -34,12 +34,12 @@ from bids_parcellate.derivatives import naming, writers
 from bids_parcellate.inputs.grids import output_res
 from bids_parcellate.report import figures
 from bids_parcellate.report.connectome import centroids_mm, connectome
+from bids_parcellate.results import UnitResult
 
-if TYPE_CHECKING:  # annotations only (bids_parcellate.participant imports this package)
+if TYPE_CHECKING:  # annotations only
     from bids_parcellate.denoise import CleanRun
     from bids_parcellate.inputs.bold import UnitMask
     from bids_parcellate.inputs.query import Skipped
-    from bids_parcellate.participant import UnitResult
 
 LOGGER = logging.getLogger("bids_parcellate")
 

@@ -1,0 +1,152 @@
+"""Table and sidecar schemas of the parcellation outputs, shared by both levels.
+
+The dseg TSV columns (:data:`DSEG_COLUMNS`, :func:`dseg_table`), the processing
+parameters recorded in every dseg sidecar (:func:`processing_parameters`), parcel names,
+and the connectivity matrices' writer (:func:`write_relmats`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bids_parcellate.config import Config
+from bids_parcellate.connectome import measure_label
+from bids_parcellate.connectome import sidecar as relmat_sidecar
+from bids_parcellate.derivatives import naming, writers
+from bids_parcellate.learn.regions import auto_alpha
+from bids_parcellate.results import UnitResult
+
+
+def parcel_names(n: int) -> list[str]:
+    """Column / table names of parcels 1..n (``parcel001``...)."""
+    width = max(3, len(str(n)))
+    return [f"parcel{i:0{width}d}" for i in range(1, n + 1)]
+
+
+def dseg_table(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray,
+                origin: np.ndarray | None = None) -> list[list]:
+    """Rows of the dseg table; ``origin`` (map or original parcel of each region) is
+    inserted as the third column when given."""
+    n = int(labels.max())
+    coords = np.argwhere(mask).astype(np.float64)
+    counts = np.bincount(labels, minlength=n + 1)[1:]
+    centroid_vox = np.stack(
+        [np.bincount(labels, weights=coords[:, d], minlength=n + 1)[1:] / counts
+         for d in range(3)], axis=1)
+    centroid_mm = nib.affines.apply_affine(affine, centroid_vox)
+    names = parcel_names(n)
+    return [
+        [i + 1, names[i], *([int(origin[i])] if origin is not None else []),
+         int(counts[i]), *(round(float(c), 2) for c in centroid_mm[i])]
+        for i in range(n)
+    ]
+
+
+DSEG_COLUMNS = {
+    "index": "Label value of the parcel in the dseg image.",
+    "name": "Parcel name; also the column name in the timeseries files.",
+    "n_voxels": "Number of voxels in the parcel.",
+    "x": "Parcel centroid, x (mm, world coordinates of the image).",
+    "y": "Parcel centroid, y (mm).",
+    "z": "Parcel centroid, z (mm).",
+}
+
+
+#: Extra dseg column of region-based parcellations: what each region came from.
+ORIGIN_COLUMNS = {
+    "component": "Network map the region was extracted from (1-based volume of the "
+                 "_probseg image of the same scale).",
+    "original_parcel": "Parcel (1..scale) of the unsplit parcellation this connected "
+                       "piece came from (--split-disconnected).",
+}
+
+
+def kept_volumes(result: UnitResult) -> int:
+    return sum(int(r.sample_mask.size) for r in result.runs)
+
+
+def origin_column_name(config: Config) -> str | None:
+    if config.is_decomposition:
+        return "component"
+    return "original_parcel" if config.split_disconnected else None
+
+
+def processing_parameters(config: Config, n_volumes: int = 0) -> dict:
+    if config.is_decomposition:
+        alpha = ({"DictLearningAlpha": config.dictlearning_alpha or auto_alpha(n_volumes)}
+                 if config.method == "dictlearning" else {})
+        params = {
+            "Method": config.method,
+            **alpha,
+            "SmoothingFWHM": config.smoothing_fwhm,
+            "RandomSeed": config.random_seed,
+            "RegionThresholding": config.region_thresholding,
+            "RegionThreshold": config.region_threshold,
+            "RegionExtractor": config.region_extractor,
+            "MinRegionSize": config.min_region_size,
+            "DenoiseStrategy": config.denoise_strategy,
+            "Standardize": config.standardize,
+            "Detrend": config.detrend,
+            "HighPass": config.high_pass,
+            "LowPass": config.low_pass,
+        }
+    else:
+        split = ({"SplitDisconnected": True, "MinRegionSize": config.min_region_size}
+                 if config.split_disconnected else {})
+        params = {
+            "Method": config.method,
+            "SmoothingFWHM": config.smoothing_fwhm,
+            "NumberOfComponents": config.n_components,
+            **split,
+            "RandomSeed": config.random_seed,
+            "Bootstrap": config.bootstrap,
+            "DenoiseStrategy": config.denoise_strategy,
+            "Standardize": config.standardize,
+            "Detrend": config.detrend,
+            "HighPass": config.high_pass,
+            "LowPass": config.low_pass,
+        }
+    # brain mask and grid (--mask-strategy, --mask, --target-*), method knobs
+    params["MaskStrategy"] = config.mask_strategy
+    if config.mask_args:
+        params["MaskArgs"] = config.mask_args
+    if config.mask is not None:
+        params["Mask"] = config.mask.name
+    if config.target_resolution is not None:
+        params["TargetResolution"] = config.target_resolution
+    if config.target_affine is not None:
+        params["TargetAffine"] = [list(row) for row in config.target_affine]
+    if config.target_shape is not None:
+        params["TargetShape"] = list(config.target_shape)
+    knobs = {"scaling": "RenaScaling", "n_iter": "RenaNIter", "n_init": "KMeansNInit",
+             "batch_size": "KMeansBatchSize"}
+    for name, value in config.method_options().items():
+        params[knobs[name]] = value
+    return params
+
+
+#: Column descriptions for the dseg sidecar (``index`` and ``name`` are defined by BIDS).
+DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.items()
+                     if name not in ("index", "name")}
+
+
+def write_relmats(config: Config, entities: dict, names: list[str],
+                  by_kind: dict[str, np.ndarray], extra: dict,
+                  kind: str = "relmat") -> list[Path]:
+    """Write one ``_relmat`` TSV + JSON per measure (``kind``: the path pattern)."""
+    out = config.output_dir
+    written = []
+    for measure, matrix in by_kind.items():
+        ents = {**entities, "meas": measure_label(measure), "suffix": "relmat"}
+        written.append(writers.write_matrix_tsv(
+            out / naming.build_name(kind, {**ents, "extension": ".tsv"}),
+            names, matrix, row_names=("node", names)))
+        written.append(writers.write_json(
+            out / naming.build_name(kind, {**ents, "extension": ".json"}),
+            {**relmat_sidecar(measure),
+             "NodeNames": "the node column and header: parcel names of the dseg table",
+             **extra, "ConfigHash": config.config_hash()}))
+    return written

@@ -1,0 +1,63 @@
+"""What each unit produced: the records the pipeline hands to the reports and the
+summary (no data arrays: one is kept for every unit of an invocation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bids_parcellate.denoise import CleanRun
+from bids_parcellate.derivatives import naming
+from bids_parcellate.inputs.query import Run, Skipped
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What denoising did to one run (no data arrays: results are kept for every unit)."""
+
+    run: Run
+    n_volumes: int
+    sample_mask: np.ndarray
+    confounds: list[str]
+    framewise_displacement: np.ndarray | None
+
+    @classmethod
+    def of(cls, clean: CleanRun) -> RunSummary:
+        return cls(clean.run, clean.n_volumes, clean.sample_mask, clean.confounds,
+                   clean.framewise_displacement)
+
+    @property
+    def censored(self) -> list[int]:
+        return sorted(set(range(self.n_volumes)) - set(self.sample_mask.tolist()))
+
+
+@dataclass
+class UnitResult:
+    """What happened to one unit (for the summary, reports and provenance)."""
+
+    subject: str
+    session: str | None
+    runs: list[RunSummary] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    n_voxels: int = 0
+    #: True when the unit was complete from an earlier run and was not recomputed.
+    reused: bool = False
+    #: The unit's report record (see :mod:`bids_parcellate.report.record`) and the
+    #: report files (figures, record): not data outputs, so not in ``files`` (the
+    #: completion marker and the manifest list data outputs, which are deterministic).
+    report: dict | None = None
+    report_files: list[Path] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return naming.unit_prefix(self.subject, self.session)
+
+    @property
+    def missing_inputs(self) -> list[Skipped]:
+        """Runs skipped because a required file was missing or unreadable."""
+        return [s for s in self.skipped if s.missing_input]
