@@ -1,23 +1,7 @@
-"""Learn parcellations: features from cleaned runs, then a method for every scale.
-
-Methods registry: ``METHODS[name](features, mask, scales, random_state, **options)
--> {scale: labels}`` with ``features`` of shape (n_voxels, n_features) and ``labels``
-int32 arrays 1..n over the in-mask voxels (C order of the 3D mask). ``options`` are
-keyword-only knobs of the method (ReNA's ``scaling`` and ``n_iter``, k-means'
-``n_init`` and ``batch_size``; hierarchical methods take ``memo``).
-
-Hierarchical methods (ward, complete, average) build one tree and cut it at every
-requested scale: the tree does not depend on the number of clusters, so it can be kept
-across invocations (``memo``, see :mod:`bids_parcellate.runtime.cache`). Ward runs on
-supervoxels first when the grid is large (:mod:`bids_parcellate.learn.ward`).
-
-Spatially constrained methods on a mask made of several disconnected pieces: the
-connectivity graph has one component per piece. scikit-learn completes it by linking
-every pair of pieces through their closest voxels *in feature space*, so ward, complete
-and average can put voxels of different pieces in one parcel (nilearn issue #1750); ReNA
-never merges across pieces, so it cannot give fewer parcels than pieces.
-:func:`parcellate` detects this and warns once per mask.
-"""
+"""Clustering features from cleaned runs: spatial smoothing within the mask, column
+standardisation, the reduced (voxels x components) feature matrix, and the voxel grid's
+connectivity graph that the spatially constrained methods use
+(:mod:`bids_parcellate.learn.methods`)."""
 
 from __future__ import annotations
 
