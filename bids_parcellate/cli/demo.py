@@ -12,10 +12,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import nibabel as nib
+from typing import TYPE_CHECKING
 
 from bids_parcellate.cli.parser import PROG
+
+if TYPE_CHECKING:  # nibabel is imported when the demo runs, not at every start
+    import nibabel as nib
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ def score(demo: DemoRun) -> int:
     demo : DemoRun
         What :func:`prepare` returned, after the levels ran.
     """
+    import nibabel as nib
     from sklearn.metrics import adjusted_rand_score
 
     truth_data = demo.truth.get_fdata()
