@@ -38,7 +38,13 @@ timed() {
 }
 
 command -v "$ENGINE" > /dev/null || die "$ENGINE is not installed"
-command -v bids-validator-deno > /dev/null \
+# the validator installed with the test extras: beside python3's interpreter (whether or
+# not that environment is on PATH, e.g. pyenv without a rehash), else on PATH
+VALIDATOR=$(python3 -c 'import os, sys
+p = os.path.join(os.path.dirname(sys.executable), "bids-validator-deno")
+print(p if os.path.isfile(p) else "")')
+[ -n "$VALIDATOR" ] || VALIDATOR=$(command -v bids-validator-deno || true)
+[ -n "$VALIDATOR" ] \
     || die "bids-validator-deno is not installed on the host (pip install bids-validator-deno)"
 
 # Run as an arbitrary UID that has no passwd entry in the image (as Apptainer and
@@ -146,7 +152,7 @@ EOF
 
 validator_log=$WORK/validator.json
 start=$EPOCHREALTIME; rc=0
-bids-validator-deno --no-color --format json "$WORK/out" > "$validator_log" || rc=$?
+"$VALIDATOR" --no-color --format json "$WORK/out" > "$validator_log" || rc=$?
 report "bids-validator-deno" "$start" "$rc"
 python3 - "$validator_log" <<'EOF' || die "bids-validator-deno found errors in the outputs"
 import json, sys
