@@ -32,11 +32,12 @@ from bids_parcellate.derivatives.tables import (
     origin_column_name,
     parcel_names,
     processing_parameters,
+    unit_entities,
     write_relmats,
 )
 from bids_parcellate.extract import align_to_volumes, parcel_timeseries
 from bids_parcellate.inputs.bold import UnitMask
-from bids_parcellate.inputs.grids import DATA_STRATEGIES, build_unit_mask, output_res
+from bids_parcellate.inputs.grids import DATA_STRATEGIES, build_unit_mask
 from bids_parcellate.inputs.query import Run, Selection, Skipped
 from bids_parcellate.learn.consensus import consensus_parcellation
 from bids_parcellate.learn.features import (
@@ -84,7 +85,7 @@ def _write_unit(config: Config, result: UnitResult, unit_mask, labels: dict,
     out = config.output_dir
     first = result.runs[0].run
     space = first.entities.get("space", config.space)
-    res = _unit_entities(config, result)["res"]
+    res = unit_entities(config, result)["res"]
     resolution = _resolution(unit_mask, res)
     seg = naming.seg_label(config.method)
     inputs = [p for c in result.runs for p in (c.run.bold, c.run.mask)]
@@ -196,16 +197,6 @@ def _dseg_description(config: Config, scale: int, n_regions: int,
     return f"{config.method} parcellation with {scale} parcels {learned}"
 
 
-def _unit_entities(config: Config, result: UnitResult) -> dict:
-    """Entities shared by the unit's outputs (space from the BOLD; res from the BOLD, or
-    naming the resampled grid with ``--target-*``)."""
-    first = result.runs[0].run
-    return {"subject": result.subject, "session": result.session,
-            "space": first.entities.get("space", config.space),
-            "res": output_res(config, [r.run for r in result.runs]),
-            "seg": naming.seg_label(config.method)}
-
-
 def _resolution(unit_mask, res: str) -> str:
     """The ``Resolution`` sidecar value that BIDS requires with ``res-``."""
     if unit_mask.grid is not None:  # resampled: the label names the new grid
@@ -217,7 +208,7 @@ def _write_maps(config: Config, result: UnitResult, unit_mask,
                 regions: dict[int, RegionSet], source_dirs: list[Path]) -> list[Path]:
     """Write the network maps of every scale as a 4D ``_probseg`` image."""
     out = config.output_dir
-    base = _unit_entities(config, result)
+    base = unit_entities(config, result)
     written = []
     for scale in sorted(regions):
         maps = regions[scale].maps
@@ -257,7 +248,7 @@ def _write_maps(config: Config, result: UnitResult, unit_mask,
 def _write_connectomes(config: Config, result: UnitResult, series: dict,
                        matrices: dict) -> list[Path]:
     """Write one ``_relmat`` (TSV + JSON) per run, scale and measure."""
-    base = _unit_entities(config, result)
+    base = unit_entities(config, result)
     written = []
     for summary in result.runs:
         run = summary.run
@@ -416,7 +407,7 @@ def _quality_figures(config: Config, result: UnitResult, cleaned: list[CleanRun]
 
 def _write_quality(config: Config, result: UnitResult, figures: dict[int, dict]
                    ) -> list[Path]:
-    ents = _unit_entities(config, result)
+    ents = unit_entities(config, result)
     rows = quality.unit_rows(result.subject, result.session, config.method,
                              config.bootstrap, result.n_voxels, figures)
     extra = {scale: {"Parcellation": naming.build_name(

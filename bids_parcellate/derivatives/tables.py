@@ -16,6 +16,7 @@ from bids_parcellate.config import Config
 from bids_parcellate.connectome import measure_label
 from bids_parcellate.connectome import sidecar as relmat_sidecar
 from bids_parcellate.derivatives import naming, writers
+from bids_parcellate.inputs.grids import output_res
 from bids_parcellate.learn.regions import auto_alpha
 from bids_parcellate.results import UnitResult
 
@@ -150,3 +151,28 @@ def write_relmats(config: Config, entities: dict, names: list[str],
              "NodeNames": "the node column and header: parcel names of the dseg table",
              **extra, "ConfigHash": config.config_hash()}))
     return written
+
+
+# --------------------------------------------------------------------------- record
+def unit_entities(config: Config, result: UnitResult) -> dict:
+    """Entities of the unit's outputs, as the participant level names its dseg files.
+
+    ``res`` is that of the outputs (:func:`bids_parcellate.inputs.grids.output_res`): the
+    ``--target-*`` grid's label when the data were resampled, else the input BOLD's.
+
+    Parameters
+    ----------
+    config : Config
+    result : UnitResult
+        The unit (its subject, session and runs).
+
+    Returns
+    -------
+    dict
+        ``subject``, ``session``, ``space``, ``res`` (None when the outputs have none)
+        and ``seg``.
+    """
+    runs = [r.run for r in result.runs]
+    return {"subject": result.subject, "session": result.session,
+            "space": runs[0].entities.get("space", config.space),
+            "res": output_res(config, runs), "seg": naming.seg_label(config.method)}

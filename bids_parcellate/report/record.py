@@ -30,8 +30,7 @@ import numpy as np
 
 from bids_parcellate import __version__
 from bids_parcellate.config import Config
-from bids_parcellate.derivatives import naming, writers
-from bids_parcellate.inputs.grids import output_res
+from bids_parcellate.derivatives import naming, tables, writers
 from bids_parcellate.report import figures
 from bids_parcellate.report.connectome import centroids_mm, connectome
 from bids_parcellate.results import UnitResult
@@ -420,29 +419,6 @@ FIGURE_FILES = {
 }
 
 
-# --------------------------------------------------------------------------- record
-def unit_entities(config: Config, result: UnitResult) -> dict:
-    """Entities of the unit's outputs, as the participant level names its dseg files.
-
-    ``res`` is that of the outputs (:func:`bids_parcellate.masking.output_res`): the
-    ``--target-*`` grid's label when the data were resampled, else the input BOLD's.
-
-    Parameters
-    ----------
-    config : Config
-    result : UnitResult
-        The unit (its subject, session and runs).
-
-    Returns
-    -------
-    dict
-        ``subject``, ``session``, ``space``, ``res`` (None when the outputs have none)
-        and ``seg``.
-    """
-    runs = [r.run for r in result.runs]
-    return {"subject": result.subject, "session": result.session,
-            "space": runs[0].entities.get("space", config.space),
-            "res": output_res(config, runs), "seg": naming.seg_label(config.method)}
 
 
 def write_unit_report_data(config: Config, result: UnitResult, unit_mask: UnitMask,
@@ -478,7 +454,7 @@ def write_unit_report_data(config: Config, result: UnitResult, unit_mask: UnitMa
     """
     tic = time.monotonic()
     # the names the participant level gave the unit's outputs (res of the output grid)
-    unit_ents = unit_entities(config, result)
+    unit_ents = tables.unit_entities(config, result)
     space, res, seg = unit_ents["space"], unit_ents["res"], unit_ents["seg"]
     threshold = fd_threshold(config)
     # numerical notices while drawing (e.g. a constant parcel's correlation) are about
