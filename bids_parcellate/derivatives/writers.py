@@ -192,9 +192,6 @@ def write_nifti(path: Path, img: nib.Nifti1Image) -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
+    """sha256 of a file's bytes (read in chunks)."""
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()

@@ -10,7 +10,6 @@ only, so ``--reports-only`` rebuilds the same report without touching any BOLD f
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import platform
@@ -31,6 +30,7 @@ import numpy as np
 from bids_parcellate import __version__
 from bids_parcellate.config import Config
 from bids_parcellate.derivatives import naming, tables, writers
+from bids_parcellate.inputs.query import sidecar_path
 from bids_parcellate.report import figures
 from bids_parcellate.report.connectome import centroids_mm, connectome
 from bids_parcellate.results import UnitResult
@@ -100,27 +100,6 @@ def display_path(path: Path | str, config: Config) -> str:
         return path.as_posix()
 
 
-def sha256_file(path: Path) -> str:
-    """sha256 of a file's bytes (read in chunks).
-
-    Parameters
-    ----------
-    path : Path
-
-    Returns
-    -------
-    str
-        Hex digest.
-    """
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _sidecar(path: Path) -> Path:
-    return Path(str(path).removesuffix(".gz").removesuffix(".nii").removesuffix(".tsv")
-                + ".json")
-
-
 def input_checksums(files: Sequence[Path], config: Config) -> dict[str, str]:
     """sha256 of every input file and its JSON sidecar (when present).
 
@@ -137,9 +116,9 @@ def input_checksums(files: Sequence[Path], config: Config) -> dict[str, str]:
     """
     out = {}
     for path in files:
-        for candidate in (Path(path), _sidecar(Path(path))):
+        for candidate in (Path(path), sidecar_path(Path(path))):
             if candidate.is_file():
-                out[display_path(candidate, config)] = sha256_file(candidate)
+                out[display_path(candidate, config)] = writers.sha256_file(candidate)
     return dict(sorted(out.items()))
 
 
