@@ -38,7 +38,7 @@ from bids_parcellate.denoise import clean_run
 from bids_parcellate.inputs.bold import load_unit_mask
 from bids_parcellate.inputs.query import collect_runs
 from bids_parcellate.learn.features import grid_connectivity
-from bids_parcellate.participant import learn_parcellation
+from bids_parcellate.learn.learner import learn, runs_training
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "studyforrest"
 
@@ -70,10 +70,10 @@ def compare(name, config, unit_mask, runs, n_boot, truth=None):
     for boot in (0, n_boot):
         cfg = config.__class__(**{**config.__dict__, "bootstrap": boot})
         tic = time.monotonic()
-        full = learn_parcellation(cfg, runs, mask, affine)[0]
+        full = learn(cfg, runs_training(cfg, runs, mask, affine)).labels
         fit_time = time.monotonic() - tic
-        first = learn_parcellation(cfg, halves.first, mask, affine)[0]
-        second = learn_parcellation(cfg, halves.second, mask, affine)[0]
+        first = learn(cfg, runs_training(cfg, halves.first, mask, affine)).labels
+        second = learn(cfg, runs_training(cfg, halves.second, mask, affine)).labels
         for k in sorted(full):
             shape = quality.shape_figures(full[k], conn)
             line = (f"  {'consensus B=' + str(boot) if boot else 'plain':14s} scale {k:4d}: "

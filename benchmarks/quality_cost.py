@@ -24,7 +24,7 @@ from bids_parcellate import quality
 from bids_parcellate.cli import build_parser, config_from_args
 from bids_parcellate.demo import make_demo_dataset
 from bids_parcellate.inputs.query import collect_runs
-from bids_parcellate.participant import run_participant_level
+from bids_parcellate.pipeline import run_participant_level
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "studyforrest"
 

@@ -1,5 +1,7 @@
-"""What each unit produced: the records the pipeline hands to the reports and the
-summary (no data arrays: one is kept for every unit of an invocation)."""
+"""What each level produced: the records the pipeline hands to the writers, the reports
+and the summary (:class:`UnitResult` per participant unit, no data arrays: one is kept
+for every unit of an invocation; :class:`GroupResult` and :class:`GroupMask` for the
+group level)."""
 
 from __future__ import annotations
 
@@ -61,3 +63,46 @@ class UnitResult:
     def missing_inputs(self) -> list[Skipped]:
         """Runs skipped because a required file was missing or unreadable."""
         return [s for s in self.skipped if s.missing_input]
+
+
+@dataclass
+class GroupResult:
+    """What the group level did."""
+
+    label: str = ""
+    units: list[str] = field(default_factory=list)
+    summaries: list[Path] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    incomplete: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    computed: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class GroupMask:
+    """The group mask and what it cost (voxels of the union lost to the intersection)."""
+
+    mask: np.ndarray
+    affine: np.ndarray
+    n_union: int
+    voxels_missing: dict[str, int]  # unit -> voxels of the union outside its mask
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def n_lost(self) -> int:
+        return self.n_union - self.n_voxels
+
+    def describe(self) -> dict:
+        worst = sorted(self.voxels_missing.items(), key=lambda kv: (-kv[1], kv[0]))
+        return {
+            "Rule": "intersection of the participants' brain masks",
+            "NumberOfVoxels": self.n_voxels,
+            "VoxelsInUnion": self.n_union,
+            "VoxelsLost": self.n_lost,
+            "VoxelsMissingPerParticipant": dict(worst),
+        }

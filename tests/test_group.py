@@ -18,7 +18,7 @@ from nilearn.maskers import NiftiLabelsMasker
 from sklearn.metrics import adjusted_rand_score
 
 from bids_parcellate.cli import main
-from bids_parcellate.group import ComponentMerger
+from bids_parcellate.group.reduce import ComponentMerger
 from bids_parcellate.inputs.bold import UnitMask, load_bold
 from bids_parcellate.inputs.query import Run
 
@@ -101,6 +101,13 @@ def test_atlas_files_and_validator(demo8, group_run):
         assert table["n_voxels"].sum() == mask.sum()
         sidecar = json.loads(atlas_path(out, scale, ".json").read_text())
         assert sidecar["NumberOfParcels"] == scale and sidecar["Method"] == "ward"
+        # the same parameters as a participant's dseg (mask, standardisation, bootstrap)
+        own = json.loads((out / "sub-01" / "anat" / (
+            f"sub-01_{SPACE}_seg-ward_scale-{scale}_dseg.json")).read_text())
+        assert sidecar["Parameters"] == description["Parameters"] == {
+            **own["Parameters"], "NumberOfComponents": own["Parameters"]["NumberOfComponents"]}
+        assert sidecar["Parameters"]["MaskStrategy"] == "fmriprep"
+        assert sidecar["Parameters"]["Bootstrap"] == 0
         assert sidecar["Sources"] == [
             f"bids::sub-{s}/func/sub-{s}_{SPACE}_desc-summary_features.npz" for s in ("01", "02")]
         for sub in ("01", "02"):
@@ -364,3 +371,28 @@ def test_run_missing_a_file_is_left_out_and_reported(demo8, tmp_path, capsys):
         f"sub-02_{SPACE}_desc-summary_features.json")).read_text())
     assert header["Sources"] == [
         f"bids:fmriprep:sub-02/func/sub-02_task-rest_run-1_{SPACE}_desc-preproc_bold.nii.gz"]
+
+
+def test_group_bootstrap_builds_a_consensus_atlas(demo8, demo8_out, tmp_path):
+    """--bootstrap at the group level: participants drawn with replacement, one kmeans fit
+    per resample, then the consensus (a Ward cut of the bagged features: every parcel is
+    one connected piece, which plain kmeans does not ensure)."""
+    from bids_parcellate.learn.features import grid_connectivity
+    from bids_parcellate.quality import pieces_per_parcel
+
+    out = tmp_path / "out"
+    shutil.copytree(demo8_out, out)
+    args = ("--method", "kmeans", "--n-parcels", "20", "--no-quality")
+    assert run_cli(demo8.root, out, *args, level="group") == 0
+    plain = np.asarray(nib.load(atlas_path(out, 20, label="bidsKmeans")).dataobj)
+    assert run_cli(demo8.root, out, *args, "--bootstrap", "3", level="group") == 0
+    consensus = np.asarray(nib.load(atlas_path(out, 20, label="bidsKmeans")).dataobj)
+    sidecar = json.loads(atlas_path(out, 20, ".json", label="bidsKmeans").read_text())
+    assert sidecar["Parameters"]["Bootstrap"] == 3
+    assert sidecar["Parameters"]["KMeansNInit"] == 3
+    mask = np.asarray(demo8.mask_img.dataobj) > 0
+    assert not np.array_equal(plain, consensus)
+    assert sorted(np.unique(consensus[mask])) == list(range(1, 21))
+    assert (pieces_per_parcel(consensus[mask], grid_connectivity(mask)) == 1).all()
+    truth = np.asarray(demo8.labels_img.dataobj)[mask]
+    assert adjusted_rand_score(truth, consensus[mask]) > 0.75

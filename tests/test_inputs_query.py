@@ -219,7 +219,11 @@ def test_collect_runs_records_missing_files_on_the_run(tmp_path):
     no_confounds = helpers.add_run(root, "02", confounds=False)
     bad_sidecar = helpers.add_run(root, "03", sidecar="{broken")
     config = helpers.make_config(tmp_path, bids_dir=root)
-    runs = {r.entities["subject"]: r for r in query.collect_runs(config).runs}
+    selection = query.collect_runs(config)
+    runs = {r.entities["subject"]: r for r in selection.runs}
+    # they stay in the selection (their unit reports them) and are counted as skipped
+    assert selection.skipped == [query.Skipped(runs[s].bold, runs[s].error, missing_input=True)
+                                 for s in ("01", "02", "03")]
 
     assert runs["01"].mask is None
     assert runs["01"].error == (f"{no_mask['bold']}: no matching "

@@ -221,33 +221,41 @@ def test_bagged_features_apply_the_normalised_coassignment():
 
 
 def test_consensus_is_deterministic_and_contiguous(grid):
-    from bids_parcellate.learn.consensus import consensus_parcellation
+    from bids_parcellate.learn.consensus import consensus_parcellation, volume_resampler
+    from bids_parcellate.learn.features import build_features, prepare_runs
 
     mask, truth = grid
     rng = np.random.default_rng(4)
     runs = [noisy(truth, 40, rng, noise=1.5), noisy(truth, 40, rng, noise=1.5)]
     copies = [r.copy() for r in runs]
-    kwargs = dict(method="ward", scales=[8], n_resamples=4, fwhm=0.0, n_components=200,
-                  random_state=0)
-    labels = consensus_parcellation(runs, mask, np.eye(4), **kwargs)[8]
+    def fit():
+        prepared = prepare_runs(runs, mask, np.eye(4), 0.0)
+        return consensus_parcellation(
+            lambda: build_features([], mask, np.eye(4), 0.0, 200, prepared=prepared),
+            volume_resampler(prepared, mask, np.eye(4), 200), mask, method="ward",
+            scales=[8], n_resamples=4, random_state=0)[8]
+
+    labels = fit()
     for run, copy in zip(runs, copies, strict=True):
         np.testing.assert_array_equal(run, copy)  # inputs untouched
-    np.testing.assert_array_equal(
-        labels, consensus_parcellation(runs, mask, np.eye(4), **kwargs)[8])
+    np.testing.assert_array_equal(labels, fit())
     assert sorted(np.unique(labels)) == list(range(1, 9))
     assert (quality.pieces_per_parcel(labels, grid_connectivity(mask)) == 1).all()
     assert adjusted_rand_score(truth, labels) > 0.9
 
 
 def test_consensus_of_kmeans_resamples_is_contiguous(grid):
-    from bids_parcellate.learn.consensus import consensus_parcellation
+    from bids_parcellate.learn.consensus import consensus_parcellation, volume_resampler
+    from bids_parcellate.learn.features import build_features, prepare_runs
 
     mask, truth = grid
     rng = np.random.default_rng(5)
     runs = [noisy(truth, 40, rng, noise=1.5)]
-    labels = consensus_parcellation(runs, mask, np.eye(4), method="kmeans", scales=[8, 20],
-                                    n_resamples=3, fwhm=0.0, n_components=200,
-                                    random_state=0)
+    prepared = prepare_runs(runs, mask, np.eye(4), 0.0)
+    labels = consensus_parcellation(
+        lambda: build_features([], mask, np.eye(4), 0.0, 200, prepared=prepared),
+        volume_resampler(prepared, mask, np.eye(4), 200), mask, method="kmeans",
+        scales=[8, 20], n_resamples=3, random_state=0)
     conn = grid_connectivity(mask)
     for k in (8, 20):
         assert sorted(np.unique(labels[k])) == list(range(1, k + 1))

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from bids_parcellate import quality
 from bids_parcellate.demo import make_demo_dataset
+from bids_parcellate.derivatives import quality_tables
 
 from .conftest import run_cli, validate
 
@@ -30,10 +30,10 @@ def test_quality_tables_beside_every_dseg_and_gathered(demo8_out):
             tsv = quality_path(demo8_out, sub, scale)
             assert tsv.with_name(tsv.name.replace("_quality.tsv", "_dseg.nii.gz")).is_file()
             table = pd.read_csv(tsv, sep="\t", na_values="n/a")
-            assert list(table.columns) == list(quality.COLUMNS) and len(table) == 1
+            assert list(table.columns) == list(quality_tables.COLUMNS) and len(table) == 1
             sidecar = json.loads(tsv.with_suffix(".json").read_text())
-            assert all(sidecar[c]["Description"] for c in quality.COLUMNS)
-            assert sidecar["Methods"]["NullDraws"] == quality.NULL_DRAWS
+            assert all(sidecar[c]["Description"] for c in quality_tables.COLUMNS)
+            assert sidecar["Methods"]["NullDraws"] == quality_tables.NULL_DRAWS
             assert sidecar["Parcellation"].endswith(f"_scale-{scale}_dseg.nii.gz")
             rows.append(table.iloc[0])
     for row in rows:
@@ -50,7 +50,7 @@ def test_quality_tables_beside_every_dseg_and_gathered(demo8_out):
     for sub in ("sub-01", "sub-02"):
         assert ari[sub, 20] > 0.4 and ari[sub, 20] > ari[sub, 50], ari
     group = pd.read_csv(demo8_out / "group_quality.tsv", sep="\t", na_values="n/a")
-    assert len(group) == 4 and list(group.columns) == list(quality.COLUMNS)
+    assert len(group) == 4 and list(group.columns) == list(quality_tables.COLUMNS)
     pd.testing.assert_frame_equal(group, pd.DataFrame(rows).reset_index(drop=True),
                                   check_dtype=False, check_names=False)
     assert json.loads((demo8_out / "group_quality.json").read_text())["ari"]["Description"]

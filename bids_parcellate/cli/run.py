@@ -82,7 +82,7 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     from bids_parcellate.derivatives.dataset import check_output_dir, write_manifest
     from bids_parcellate.derivatives.markers import plan_units
     from bids_parcellate.inputs.query import collect_runs
-    from bids_parcellate.participant import run_participant_level
+    from bids_parcellate.pipeline import run_group_level, run_participant_level
     from bids_parcellate.runtime.resources import check_memory
 
     check_strategy_options(config)
@@ -117,7 +117,7 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     participant_level = "participant" in config.analysis_levels
     group_level = "group" in config.analysis_levels
     if group_level:
-        from bids_parcellate.group import check_grids, check_tangent
+        from bids_parcellate.group.checks import check_grids, check_tangent
 
         check_grids(units)  # before anything is written
         check_tangent(config, units)
@@ -152,7 +152,6 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
             elif failed or incomplete:
                 code = 1
         if group_level:
-            from bids_parcellate.group import run_group_level
             from bids_parcellate.report.assemble import write_group_report
 
             tic = time.monotonic()

@@ -2,7 +2,8 @@
 
 The dseg TSV columns (:data:`DSEG_COLUMNS`, :func:`dseg_table`), the processing
 parameters recorded in every dseg sidecar (:func:`processing_parameters`), parcel names,
-and the connectivity matrices' writer (:func:`write_relmats`).
+the timeseries sidecar (:func:`timeseries_sidecar`) and the connectivity matrices'
+writer (:func:`write_relmats`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 from bids_parcellate.config import Config
 from bids_parcellate.connectome import measure_label
 from bids_parcellate.connectome import sidecar as relmat_sidecar
-from bids_parcellate.derivatives import naming, writers
+from bids_parcellate.denoise import strategies
+from bids_parcellate.derivatives import dataset, naming, writers
 from bids_parcellate.inputs.grids import output_res
 from bids_parcellate.learn.regions import auto_alpha
 from bids_parcellate.results import UnitResult
@@ -73,6 +75,63 @@ def origin_column_name(config: Config) -> str | None:
     if config.is_decomposition:
         return "component"
     return "original_parcel" if config.split_disconnected else None
+
+
+def dseg_columns(config: Config) -> tuple[dict[str, str], str | None]:
+    """The dseg table's columns (name -> description) for ``config``'s method, and the
+    origin column inserted third (``component`` or ``original_parcel``), if any."""
+    origin_column = origin_column_name(config)
+    columns = dict(DSEG_COLUMNS)
+    if origin_column:
+        columns = {"index": columns.pop("index"), "name": columns.pop("name"),
+                   origin_column: ORIGIN_COLUMNS[origin_column], **columns}
+    return columns, origin_column
+
+
+def timeseries_sidecar(config: Config, clean, parcellation: str, source_dirs: list[Path],
+                       atlas: str | None = None) -> dict:
+    """The JSON sidecar of one run's parcel timeseries, at either level.
+
+    Parameters
+    ----------
+    config : Config
+    clean : CleanRun or RunSummary
+        The run (``run``), its volumes (``n_volumes``), the kept ones (``sample_mask``)
+        and the confounds regressed out (``confounds``).
+    parcellation : str
+        Relative path of the dseg image the parcels come from.
+    source_dirs : list of Path
+        The input datasets (BIDS URIs of the sources).
+    atlas : str, optional
+        The group atlas label (group level).
+
+    Returns
+    -------
+    dict
+    """
+    run = clean.run
+    kept = set(np.asarray(clean.sample_mask).tolist())
+    return {
+        "Description": "Mean cleaned BOLD signal of each parcel"
+                       + (" of the group atlas" if atlas else "")
+                       + "; one row per BOLD volume, censored volumes are n/a.",
+        "RepetitionTime": run.tr,
+        "SamplingFrequency": 1.0 / run.tr,
+        "NumberOfVolumes": clean.n_volumes,
+        "CensoredVolumes": sorted(set(range(clean.n_volumes)) - kept),
+        "DenoiseStrategy": config.denoise_strategy,
+        "DenoiseStrategyDescription": strategies()[config.denoise_strategy]["description"],
+        "Confounds": clean.confounds,
+        "Detrend": config.detrend,
+        "HighPass": config.high_pass,
+        "LowPass": config.low_pass,
+        "Standardize": config.standardize,
+        **({"Atlas": atlas} if atlas else {}),
+        "Parcellation": parcellation,
+        "Sources": [dataset.bids_uri(run.bold, source_dirs),
+                    dataset.bids_uri(run.confounds, source_dirs) if run.confounds else None],
+        "ConfigHash": config.config_hash(),
+    }
 
 
 def processing_parameters(config: Config, n_volumes: int = 0) -> dict:

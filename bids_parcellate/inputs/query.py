@@ -90,7 +90,12 @@ class Skipped:
 
 @dataclass
 class Selection:
-    """The runs found, grouped into processing units, and the runs skipped."""
+    """The runs found, grouped into processing units, and the runs skipped.
+
+    ``skipped``: the runs that miss a required file (mask, confounds, readable sidecar).
+    They stay in ``runs`` with their ``error``, so that their unit records and reports
+    them (:func:`bids_parcellate.participant.complete_runs`).
+    """
 
     fmriprep_dirs: list[Path]
     runs: list[Run]
@@ -491,6 +496,10 @@ def collect_runs(config: Config) -> Selection:
                 )
             ents, bold = candidates[0]
             runs.append(_pair_run(bold, ents, masks, confounds, config))
+    # runs missing a required file stay in ``runs`` (their unit reports them and exits
+    # non-zero) and are counted here
+    skipped.extend(Skipped(run.bold, run.error, missing_input=True)
+                   for run in runs if run.error)
     missing = sorted(set(config.participant_label) - seen_subjects)
     if missing:
         raise InputError(

@@ -27,7 +27,9 @@ Resampling: circular block bootstrap of the kept volumes within each run (Bellec
 2010, NeuroImage 51:1126), with blocks of ``round(sqrt(n_volumes))`` consecutive volumes
 so that the autocorrelation within blocks is kept; every resample has as many volumes per
 run as the original. Each resample is smoothed, standardised and reduced exactly as the
-full data (:func:`~bids_parcellate.parcellate.build_features`).
+full data (:func:`~bids_parcellate.learn.features.build_features`). At the group level a
+resample draws participants with replacement instead
+(:func:`bids_parcellate.group.reduce.group_training`).
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from bids_parcellate.learn.features import build_features, smooth_masked
+from bids_parcellate.learn.features import build_features
 from bids_parcellate.learn.methods import LabelsByScale, parcellate, warn_disconnected
 
 LOGGER = logging.getLogger("bids_parcellate")
@@ -104,34 +106,59 @@ def bagged_features(features: np.ndarray, resample_labels: np.ndarray) -> np.nda
     return out.astype(np.float32)
 
 
-def consensus_parcellation(runs_data: Sequence[np.ndarray], mask: np.ndarray,
-                           affine: np.ndarray, *, method: str, scales: Sequence[int],
-                           n_resamples: int, fwhm: float, n_components: int,
-                           random_state: int,
-                           features: np.ndarray | None = None,
-                           options: dict | None = None,
-                           warn_pieces: bool = True) -> LabelsByScale:
-    """Consensus of ``method`` over ``n_resamples`` block-bootstrap resamples.
+def volume_resampler(prepared: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
+                     n_components: int) -> Callable[[np.random.Generator], np.ndarray]:
+    """The bootstrap resamples of a unit's runs, as features.
 
     Parameters
     ----------
-    runs_data : sequence of ndarray, shape (n_kept, n_voxels)
-        Cleaned runs (kept volumes only); not modified.
+    prepared : sequence of ndarray, shape (n_kept, n_voxels)
+        The runs, smoothed and z-scored (:func:`~bids_parcellate.learn.features.prepare_runs`):
+        smoothing is spatial, volume by volume, so the smoothed volumes are resampled.
     mask : ndarray of bool, 3D
-    affine : ndarray (4, 4)
+    affine : ndarray, shape (4, 4)
+    n_components : int
+        Feature components (see :func:`~bids_parcellate.learn.features.build_features`).
+
+    Returns
+    -------
+    callable
+        ``resample(rng)``: the features of a circular block bootstrap of every run
+        (:func:`block_bootstrap`), reduced exactly as the full data.
+    """
+    def resample(rng: np.random.Generator) -> np.ndarray:
+        # fancy indexing copies, so build_features may standardise the resample in place
+        return build_features([x[block_bootstrap(x.shape[0], rng)] for x in prepared], mask,
+                              affine, 0.0, n_components)
+
+    return resample
+
+
+def consensus_parcellation(features: Callable[[], np.ndarray],
+                           resample: Callable[[np.random.Generator], np.ndarray],
+                           mask: np.ndarray, *, method: str, scales: Sequence[int],
+                           n_resamples: int, random_state: int,
+                           options: dict | None = None,
+                           warn_pieces: bool = True) -> LabelsByScale:
+    """Consensus of ``method`` over ``n_resamples`` bootstrap resamples.
+
+    Parameters
+    ----------
+    features : callable
+        ``features()``: the full data's features (n_voxels, n_features), asked for once
+        the resamples are learned (they are what the consensus averages).
+    resample : callable
+        ``resample(rng)``: the features of one resample, drawn with ``rng`` (e.g.
+        :func:`volume_resampler`, or the group level's resampling of participants).
+    mask : ndarray of bool, 3D
     method : str
-        The :data:`~bids_parcellate.parcellate.METHODS` name that learns each resample.
+        The :data:`~bids_parcellate.learn.methods.METHODS` name that learns each resample.
     scales : sequence of int
     n_resamples : int
-    fwhm, n_components : float, int
-        Feature parameters (see :func:`~bids_parcellate.parcellate.build_features`).
     random_state : int
         Seed of the resampling and of every fit.
-    features : ndarray, optional
-        ``build_features(runs_data, mask, affine, fwhm, n_components)`` when the caller
-        already has it.
     options : dict, optional
-        Keyword knobs of ``method`` (see :func:`~bids_parcellate.parcellate.parcellate`).
+        Keyword knobs of ``method`` (see :func:`~bids_parcellate.learn.methods.parcellate`).
     warn_pieces : bool
         Warn (once) when the mask is disconnected.
 
@@ -141,31 +168,24 @@ def consensus_parcellation(runs_data: Sequence[np.ndarray], mask: np.ndarray,
         scale -> int32 labels 1..n over the in-mask voxels (ordered by centroid).
     """
     scales = sorted(scales)
-    n_voxels = runs_data[0].shape[1]
+    n_voxels = int(mask.sum())
     if warn_pieces:  # once here rather than at every resample and final cut
         warn_disconnected(mask, method)
-    # smoothing is spatial, volume by volume: smooth once, resample the smoothed volumes
-    smoothed = [smooth_masked(x, mask, affine, fwhm) if fwhm else x for x in runs_data]
     labels = {k: np.empty((n_resamples, n_voxels), dtype=np.int32) for k in scales}
     seeds = np.random.SeedSequence(random_state).spawn(n_resamples)
     tic = time.monotonic()
     for b, seed in enumerate(seeds):
         rng = np.random.default_rng(seed)
-        # fancy indexing copies, so build_features may standardise the resample in place
-        resample = [x[block_bootstrap(x.shape[0], rng)] for x in smoothed]
-        fit = parcellate(build_features(resample, mask, affine, 0.0, n_components), mask,
-                         method, scales, int(rng.integers(0, 2**31 - 1)), warn_pieces=False,
+        fit = parcellate(resample(rng), mask, method, scales,
+                         int(rng.integers(0, 2**31 - 1)), warn_pieces=False,
                          **(options or {}))
         for k in scales:
             labels[k][b] = fit[k]
         LOGGER.debug("bootstrap resample %d/%d (%.1f s)", b + 1, n_resamples,
                      time.monotonic() - tic)
-    if features is None:
-        features = build_features([np.array(x, dtype=np.float32) for x in smoothed], mask,
-                                  affine, 0.0, n_components)
-    del smoothed
+    full = features()
     out = {}
     for k in scales:
-        bagged = bagged_features(features, labels.pop(k))
+        bagged = bagged_features(full, labels.pop(k))
         out[k] = parcellate(bagged, mask, "ward", [k], random_state, warn_pieces=False)[k]
     return out

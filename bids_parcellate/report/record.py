@@ -241,7 +241,6 @@ class UnitLog:
     as usual.
     """
 
-    skipped_inputs: list = field(default_factory=list)
     earlier: list[str] = field(default_factory=list)
     _logged: list[str] = field(default_factory=list, repr=False)
     _caught: list = field(default_factory=list, repr=False)
@@ -474,11 +473,11 @@ def write_unit_report_data(config: Config, result: UnitResult, unit_mask: UnitMa
             else [round(float(v), 4) for v in clean.framewise_displacement],
             "mask_voxels": unit_mask.n_voxels_per_run.get(run.bold.name),
         })
+    # the unit's runs skipped for a missing input (recorded once, by the participant
+    # level, from the selection's Run.error) and those skipped while denoising
     skipped = [{"file": display_path(s.bold, config), "reason": s.reason,
-                "stage": "inputs" if getattr(s, "missing_input", False) else stage}
-               for stage, group in (("selection", unit_log.skipped_inputs),
-                                    ("denoising", result.skipped))
-               for s in group]
+                "stage": "inputs" if s.missing_input else "denoising"}
+               for s in result.skipped]
     inputs = [p for r in result.runs for p in (r.run.bold, r.run.mask, r.run.confounds)
               if p is not None]
     zooms = np.sqrt((unit_mask.affine[:3, :3] ** 2).sum(axis=0))
