@@ -1,13 +1,13 @@
 """The map step of the group level: a compact summary of one unit's cleaned data.
 
 A summary holds, for one unit (participant, or participant and session), the clustering
-features built by :func:`bids_parcellate.parcellate.build_features` from its cleaned
+features built by :func:`bids_parcellate.learn.features.build_features` from its cleaned
 runs: a (voxels x k) float32 matrix on the unit's brain mask, ``k <= --n-components``
 (the top temporal components of the smoothed, z-scored, concatenated runs, scaled by
 their singular values, so that distances between voxels are those of the data kept).
 With the mask, the grid (affine), the number of volumes used and the parameters that
 produced it (and their hash), it is everything the group level needs from a unit: the
-reduce step (:mod:`bids_parcellate.group`) never opens a BOLD file when every unit has a
+reduce step (:mod:`bids_parcellate.group.reduce`) never opens a BOLD file when every unit has a
 summary that matches the requested parameters.
 
 The participant level writes the summary of every unit it processes (the features are
@@ -44,6 +44,10 @@ _NOT_IN_SUMMARY = frozenset(
     {"method", "n_parcels", "random_seed", "standardize", "session_label", "task", "run",
      "bids_filters", "space", "res", "rena_scaling", "rena_n_iter", "kmeans_n_init",
      "kmeans_batch_size",
+     # quality figures and the bootstrap consensus: computed from the features, never
+     # part of them (a participant level run with --no-quality must not make the group
+     # level recompute every summary)
+     "quality", "split_half", "bootstrap",
      # region extraction and connectomes: applied to the features, not part of them
      "n_maps", "dictlearning_alpha", "region_threshold", "region_thresholding",
      "region_extractor", "min_region_size", "split_disconnected", "connectivity"}

@@ -1,5 +1,6 @@
-"""Unit tests of bids_parcellate.outputs: BIDS names, atomic writers, temporary files,
-the output dataset's files, unit cleanup and the manifest."""
+"""Unit tests of bids_parcellate.derivatives (naming, writers, dataset, tables): BIDS
+names, atomic writers, temporary files, the output dataset's files, unit cleanup, the
+manifest and the timeseries sidecar of both levels."""
 
 from __future__ import annotations
 
@@ -399,3 +400,29 @@ def test_write_manifest(tmp_path):
         assert digest == hashlib.sha256(content).hexdigest()
         assert int(size) == len(content)
     assert leftovers(tmp_path / "logs") == []
+
+
+def test_timeseries_sidecar_is_one_schema_for_both_levels(tmp_path):
+    from types import SimpleNamespace
+
+    from bids_parcellate.derivatives.tables import timeseries_sidecar
+
+    paths = helpers.add_run(helpers.derivative_dataset(tmp_path / "prep"), "01")
+    run = helpers.make_run(paths)
+    clean = SimpleNamespace(run=run, n_volumes=6, sample_mask=np.array([0, 2, 3, 5]),
+                            confounds=["trans_x"])
+    config = helpers.make_config(tmp_path)
+    unit = timeseries_sidecar(config, clean, "sub-01/anat/x_dseg.nii.gz", [tmp_path / "prep"])
+    group = timeseries_sidecar(config, clean, "tpl-X/y_dseg.nii.gz", [tmp_path / "prep"],
+                               atlas="demoWard")
+    assert unit["CensoredVolumes"] == group["CensoredVolumes"] == [1, 4]
+    assert unit["SamplingFrequency"] == pytest.approx(0.5)
+    assert unit["Sources"] == group["Sources"] == [
+        f"bids:prep:{paths['bold'].relative_to(tmp_path / 'prep').as_posix()}",
+        f"bids:prep:{paths['confounds'].relative_to(tmp_path / 'prep').as_posix()}"]
+    # the group's adds the atlas (before the parcellation) and says so in its description
+    at = list(unit).index("Parcellation")
+    assert list(group) == list(unit)[:at] + ["Atlas"] + list(unit)[at:]
+    assert group["Atlas"] == "demoWard" and "Atlas" not in unit
+    assert "of the group atlas" in group["Description"]
+    assert "group atlas" not in unit["Description"]

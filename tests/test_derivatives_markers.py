@@ -1,4 +1,5 @@
-"""Unit tests of bids_parcellate.resume: completion markers and the plan of a rerun."""
+"""Unit tests of bids_parcellate.derivatives.markers: completion markers and the plan
+of a rerun."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests of bids_parcellate.masking: grids, labels, mask strategies, user masks,
+"""Unit tests of bids_parcellate.inputs.grids: grids, labels, mask strategies, user masks,
 resampling and the unit mask of runs whose masks are computed from the BOLD."""
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ def test_summary_hash_follows_what_changes_the_features(tmp_path, runs):
         assert summary.summary_hash(config(tmp_path, **kwargs), runs) != base, kwargs
     for kwargs in ({"n_parcels": (3,)}, {"method": "average"}, {"random_seed": 9},
                    {"task": ("rest",)}, {"standardize": "psc"}, {"overwrite": True},
-                   {"connectivity": ("correlation",)}):
+                   {"connectivity": ("correlation",)}, {"quality": False},
+                   {"split_half": False}, {"bootstrap": 5}):
         assert summary.summary_hash(config(tmp_path, **kwargs), runs) == base, kwargs
     assert summary.summary_hash(config(tmp_path), runs[:1]) != base
 
