@@ -45,6 +45,18 @@ def complete_runs(runs: list[Run], result: UnitResult) -> list[Run]:
     the invocation exits non-zero (see :mod:`bids_parcellate.cli.run`), so an incomplete
     input never passes silently.
 
+    Parameters
+    ----------
+    runs : list of Run
+        The unit's runs; those with an ``error`` are incomplete.
+    result : UnitResult
+        The unit's record: the incomplete runs are appended to ``result.skipped``.
+
+    Returns
+    -------
+    list of Run
+        The runs without an ``error``, in their order.
+
     Raises
     ------
     UserError
@@ -65,6 +77,19 @@ def denoise_unit(config: Config, runs: list[Run], progress: Progress, store: cac
     """The unit's mask and grid (:mod:`bids_parcellate.inputs.grids`), then every run read
     once and cleaned (runs with too few volumes are skipped), or all of it from ``store``.
 
+    Parameters
+    ----------
+    config : Config
+    runs : list of Run
+        The unit's complete runs (:func:`complete_runs`).
+    progress : Progress
+        Told when each run is done (or skipped).
+    store : Cache
+        Work-folder cache: the denoised runs are reused from it when their inputs and
+        parameters are unchanged, and stored in it otherwise.
+    result : UnitResult
+        Filled here: ``n_voxels``, ``skipped``, ``runs`` and the ``denoise`` timing.
+
     Returns
     -------
     unit_mask : UnitMask
@@ -75,7 +100,8 @@ def denoise_unit(config: Config, runs: list[Run], progress: Progress, store: cac
     Raises
     ------
     UserError
-        When no run is left.
+        When no run is left, or (mask known before reading) a scale is not below the
+        mask's voxels.
     """
     tic = time.monotonic()
     denoised_key = cache.denoised_key(config, runs) if store.enabled else ""
@@ -122,6 +148,7 @@ class PreparedRuns:
         return self.runs
 
     def release(self) -> None:
+        """Drop the prepared runs (computed again if asked for later)."""
         self.runs = None
 
 
@@ -136,6 +163,25 @@ def learn_unit(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_ma
     invocation stored them (:mod:`bids_parcellate.runtime.cache`); the smoothed runs are
     only prepared when something needs them, and kept (for the split-half fits of the
     quality figures, which reuse them) only when the quality figures need them.
+
+    Parameters
+    ----------
+    config : Config
+    runs : list of Run
+        The unit's complete runs (named in its summary).
+    cleaned : list of CleanRun
+        The runs left after denoising (:func:`denoise_unit`).
+    unit_mask : UnitMask
+    result : UnitResult
+        Filled here: the ``features`` and ``parcellate`` timings.
+    store : Cache
+        Work-folder cache of the features and the hierarchical trees.
+    denoised_key : str
+        The cache key of the cleaned runs ("" without a cache): the features' key
+        derives from it.
+    prepared : PreparedRuns
+        The smoothed, z-scored runs, computed on first use; released here unless the
+        split-half quality figures will reuse them.
 
     Returns
     -------
@@ -184,7 +230,29 @@ def quality_figures(config: Config, result: UnitResult, cleaned: list[CleanRun],
     """Quality figures of every scale (:mod:`bids_parcellate.quality`), or None when
     the data cannot be halved. The half fits are the same learner as the unit's, and take
     their halves of the full fit's smoothed runs (``prepared``, released at the end)
-    rather than smoothing again."""
+    rather than smoothing again.
+
+    Parameters
+    ----------
+    config : Config
+        ``--split-half`` (without it, only the figures of the fitted parcellation:
+        :func:`bids_parcellate.quality.fixed_figures`) and the learner's parameters.
+    result : UnitResult
+        Filled here: the ``quality`` timing.
+    cleaned : list of CleanRun
+        The unit's cleaned runs (kept volumes only).
+    labels : dict
+        scale -> int32 labels 1..n over the in-mask voxels: the unit's parcellation.
+    unit_mask : UnitMask
+    prepared : PreparedRuns
+        The full fit's smoothed runs, halved for the split-half fits.
+
+    Returns
+    -------
+    dict or None
+        scale -> {column: value} (:func:`bids_parcellate.quality.assess`); None when the
+        halves are too short (a warning is logged).
+    """
     tic = time.monotonic()
     data = [c.data for c in cleaned]
     connectivity = grid_connectivity(unit_mask.mask)
@@ -220,6 +288,31 @@ def write_unit(config: Config, result: UnitResult, unit_mask: UnitMask, learned:
     Stale outputs of this unit (an interrupted run, or ``--overwrite``; ``listed``: the
     files of an earlier completion marker) go first, the completion marker before
     anything else; a failure while writing removes what was written.
+
+    Parameters
+    ----------
+    config : Config
+    result : UnitResult
+        The unit's record (named and described in the files); the ``write`` timing is
+        added.
+    unit_mask : UnitMask
+    learned : Learned
+        Labels at every scale, and the region sets behind them.
+    series : dict
+        BOLD path -> scale -> parcel timeseries, shape (n_kept, n_parcels).
+    matrices : dict
+        BOLD path -> scale -> kind -> per-run connectivity matrix (empty without
+        ``--connectivity``).
+    figures : dict or None
+        From :func:`quality_figures`: scale -> {column: value}.
+    summary : Summary
+        The unit's summary for the group level.
+    runs : list of Run
+        The unit's complete runs (the sources named in the summary's sidecar).
+    source_dirs : list of Path
+        The input datasets (``DatasetDescription`` sources).
+    listed : tuple of str
+        Files of an earlier completion marker, removed first.
 
     Returns
     -------

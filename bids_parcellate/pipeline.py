@@ -188,12 +188,33 @@ def run_participant_level(config: Config, selection: Selection,
 
 
 def run_unit(config: Config, key: UnitKey, runs: list[Run], source_dirs: list[Path],
-             listed: tuple[str, ...], earlier_warnings: list[str], progress) -> UnitResult:
+             listed: tuple[str, ...], earlier_warnings: list[str],
+             progress: Progress | parallel.QueueProgress) -> UnitResult:
     """:func:`process_unit` and the completion marker; an error becomes a failed result.
 
     Runs in the main process or in a worker (:func:`bids_parcellate.runtime.parallel.map_units`).
-    ``listed``: files of an earlier completion marker; ``earlier_warnings``: warnings
-    logged at selection about the unit's files (for its report).
+    The marker is written only when no run was skipped for a missing input.
+
+    Parameters
+    ----------
+    config : Config
+        With ``nprocs`` the unit's own threads.
+    key : (subject, session)
+    runs : list of Run
+    source_dirs : list of Path
+        The input datasets.
+    listed : tuple of str
+        Files of an earlier completion marker.
+    earlier_warnings : list of str
+        Warnings logged at selection about the unit's files (for its report).
+    progress : Progress or QueueProgress
+        The main process's counter, or its stand-in in a worker.
+
+    Returns
+    -------
+    UnitResult
+        With ``error`` set when the unit failed (``"internal error: ..."`` for an
+        exception other than :class:`UserError`); nothing is raised.
     """
     # BLAS runs single-threaded here: the stages split their own work in blocks over
     # config.nprocs threads (reading, cleaning, smoothing, Ward costs), so results do not

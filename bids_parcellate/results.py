@@ -27,11 +27,13 @@ class RunSummary:
 
     @classmethod
     def of(cls, clean: CleanRun) -> RunSummary:
+        """The summary of a cleaned run (its arrays of volumes, not its data)."""
         return cls(clean.run, clean.n_volumes, clean.sample_mask, clean.confounds,
                    clean.framewise_displacement)
 
     @property
     def censored(self) -> list[int]:
+        """Indices of the volumes left out (not in ``sample_mask``), in order."""
         return sorted(set(range(self.n_volumes)) - set(self.sample_mask.tolist()))
 
 
@@ -57,6 +59,7 @@ class UnitResult:
 
     @property
     def name(self) -> str:
+        """``sub-<label>[_ses-<label>]``, the unit's file name prefix."""
         return naming.unit_prefix(self.subject, self.session)
 
     @property
@@ -91,13 +94,18 @@ class GroupMask:
 
     @property
     def n_voxels(self) -> int:
+        """Voxels in the group mask."""
         return int(self.mask.sum())
 
     @property
     def n_lost(self) -> int:
+        """Voxels of the union of the participants' masks outside the group mask."""
         return self.n_union - self.n_voxels
 
     def describe(self) -> dict:
+        """The mask's description for the atlas sidecar: rule, voxels kept, in the union
+        and lost, and the voxels of the union missing from each participant's mask (most
+        missing first)."""
         worst = sorted(self.voxels_missing.items(), key=lambda kv: (-kv[1], kv[0]))
         return {
             "Rule": "intersection of the participants' brain masks",

@@ -316,7 +316,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
-    """Validate parsed arguments into a :class:`Config` (raises ``UserError``)."""
+    """Validate parsed arguments into a :class:`Config` (raises ``UserError``).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        From :func:`build_parser`'s parser.
+    argv : list of str
+        The command line (program name first), kept as ``Config.command_line`` for the
+        provenance and ``--print-slurm``.
+
+    Returns
+    -------
+    Config
+        Paths absolute, labels checked and sorted, ``--bids-filter-file`` read,
+        ``--mask`` checked, ``--mask-args`` and ``--target-*`` parsed.
+
+    Raises
+    ------
+    UserError
+        On an invalid label, run index or option value, a missing or unreadable file,
+        or OUTPUT_DIR or the work directory at a forbidden place relative to BIDS_DIR.
+    """
     from bids_parcellate.inputs.query import read_bids_filters
 
     bids_dir = args.bids_dir.absolute()

@@ -56,7 +56,26 @@ def setup_logging(verbosity: int) -> logging.handlers.MemoryHandler:
 
 def attach_log_file(memory: logging.handlers.MemoryHandler, output_dir: Path,
                     levels: tuple[str, ...]) -> Path:
-    """Open ``OUTPUT_DIR/logs/<level>-<time>-<host>-<pid>.log``; replay buffered records."""
+    """Open ``OUTPUT_DIR/logs/<level>-<time>-<host>-<pid>.log``; replay buffered records.
+
+    Parameters
+    ----------
+    memory : logging.handlers.MemoryHandler
+        From :func:`setup_logging`: flushed to the file, then replaced by it.
+    output_dir : Path
+    levels : tuple of str
+        The analysis levels, named in the file name.
+
+    Returns
+    -------
+    Path
+        The log file.
+
+    Raises
+    ------
+    UserError
+        When the file cannot be created.
+    """
     from bids_parcellate.derivatives.naming import log_path
 
     path = log_path(output_dir, levels, time.strftime("%Y%m%d-%H%M%S"))
@@ -76,7 +95,29 @@ def attach_log_file(memory: logging.handlers.MemoryHandler, output_dir: Path,
 
 # --------------------------------------------------------------------------- main
 def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
-    """Run the analysis levels of ``config``; return the exit code."""
+    """Run the analysis levels of ``config``; return the exit code.
+
+    Parameters
+    ----------
+    config : Config
+    memory : logging.handlers.MemoryHandler
+        From :func:`setup_logging`: its records go to the log file once the inputs are
+        known to be usable (:func:`attach_log_file`).
+
+    Returns
+    -------
+    int
+        0 on success (also for ``--print-slurm``, ``--boilerplate-only`` and
+        ``--reports-only``); 1 when a unit failed or skipped a run with a missing input,
+        or the group level left out a unit or a run; 3 when a unit failed with an
+        internal error.
+
+    Raises
+    ------
+    UserError
+        On unusable inputs or options (before anything is computed), or when the group
+        level cannot run.
+    """
     from bids_parcellate import report
     from bids_parcellate.denoise import check_strategy_options
     from bids_parcellate.derivatives.dataset import check_output_dir, write_manifest

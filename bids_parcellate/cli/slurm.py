@@ -38,7 +38,24 @@ def _word(value) -> str:
 
 
 def processing_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
-    """Options of ``args`` that differ from the parser's defaults, as command-line words."""
+    """Options of ``args`` that differ from the parser's defaults, as command-line words.
+
+    The options the script sets per job, or that make no sense in it (positional
+    arguments, ``--participant-label``, ``--nprocs``, ``--print-slurm``...), are left out.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed by ``parser``.
+    parser : argparse.ArgumentParser
+        :func:`bids_parcellate.cli.parser.build_parser`'s: its actions give the flags and
+        the defaults.
+
+    Returns
+    -------
+    list of str
+        Flags (long form) and their values, in the parser's order; paths absolute.
+    """
     words: list[str] = []
     for action in parser._actions:
         if not action.option_strings or action.dest in _PER_JOB:

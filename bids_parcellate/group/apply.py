@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.denoise import SkipRun, clean_run
@@ -18,15 +19,20 @@ from bids_parcellate.inputs.query import Run
 from bids_parcellate.results import GroupMask, GroupResult
 from bids_parcellate.runtime.progress import Progress
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from bids_parcellate.inputs.grids import BoldReader
+
 LOGGER = logging.getLogger("bids_parcellate")
 
 UnitKey = tuple[str, str | None]
 
 
 def apply_atlas(config: Config, result: GroupResult, units: dict[UnitKey, list[Run]],
-                gmask: GroupMask, labels: dict, space: str, res: str | None,
-                source_dirs: list[Path], collect: list | None = None,
-                reader=None) -> None:
+                gmask: GroupMask, labels: dict[int, np.ndarray], space: str,
+                res: str | None, source_dirs: list[Path], collect: list | None = None,
+                reader: BoldReader | None = None) -> None:
     """Parcel timeseries of every run on the group atlas, one unit in memory at a time.
 
     Each run's BOLD is read once and cleaned exactly as at the participant level, on the
@@ -35,6 +41,31 @@ def apply_atlas(config: Config, result: GroupResult, units: dict[UnitKey, list[R
     run is appended to it (parcel timeseries only: small) for the connectomes.
     ``reader``: resamples each BOLD to the atlas grid (``--target-*``, see
     :func:`bids_parcellate.inputs.grids.resampling_reader`).
+
+    A unit whose runs cannot be read or cleaned (a :class:`UserError`) is recorded in
+    ``result.errors`` and its timeseries are not written; the other units go on.
+
+    Parameters
+    ----------
+    config : Config
+    result : GroupResult
+        Its ``label`` names the files; filled here: ``files`` and ``errors``.
+    units : dict
+        (subject, session) -> complete runs.
+    gmask : GroupMask
+        The atlas's mask and grid.
+    labels : dict
+        scale -> int32 labels 1..n over the group mask's voxels.
+    space : str
+        The ``space-`` entity of the files.
+    res : str or None
+        The ``res-`` entity.
+    source_dirs : list of Path
+        The input datasets.
+    collect : list, optional
+        Appended to, for the group connectomes (see above).
+    reader : BoldReader, optional
+        Resamples each BOLD to the atlas grid.
     """
     unit_mask = UnitMask(mask=gmask.mask, affine=gmask.affine, n_voxels_per_run={},
                          reader=reader)

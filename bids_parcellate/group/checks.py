@@ -29,6 +29,19 @@ def complete_units(selection: Selection, exclude: set[UnitKey] | frozenset,
     invocation exits non-zero), as at the participant level; a unit left with no run is
     recorded in ``result.errors``.
 
+    Parameters
+    ----------
+    selection : Selection
+    exclude : set of (subject, session)
+        Units left out (those that failed at the participant level of this invocation).
+    result : GroupResult
+        Filled here: ``incomplete`` and ``errors``.
+
+    Returns
+    -------
+    dict
+        (subject, session) -> the unit's complete runs, in selection order.
+
     Raises
     ------
     UserError
@@ -113,7 +126,21 @@ def check_grids(units: dict[UnitKey, list[Run]]) -> tuple[tuple[int, ...], np.nd
 
 
 def check_tangent(config: Config, units: dict[UnitKey, list[Run]]) -> None:
-    """``--connectivity tangent`` needs at least two participants (raises UserError)."""
+    """``--connectivity tangent`` needs at least two participants (raises UserError).
+
+    Parameters
+    ----------
+    config : Config
+        ``--connectivity``.
+    units : dict
+        (subject, session) -> runs: the units of the group level (sessions of one
+        participant count once).
+
+    Raises
+    ------
+    UserError
+        When ``tangent`` is asked for with fewer than two participants.
+    """
     n = len({key[0] for key in units})
     if "tangent" in config.connectivity and n < 2:
         raise UserError("--connectivity tangent needs several participants: the group level "

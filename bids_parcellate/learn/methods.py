@@ -53,6 +53,18 @@ def order_labels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     The order depends only on the partition, so it is identical across reruns and
     across methods that find the same parcels.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (n_voxels,)
+        Any cluster ids over the in-mask voxels (C order of ``mask``).
+    mask : ndarray of bool, 3D
+        Gives the voxel coordinates (voxel indices, not mm).
+
+    Returns
+    -------
+    ndarray of int32, shape (n_voxels,)
+        1..n, in order of the parcels' centroids.
     """
     _, inverse = np.unique(labels, return_inverse=True)
     n = int(inverse.max()) + 1
@@ -70,7 +82,21 @@ def order_labels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def check_scales(scales: Sequence[int], n_voxels: int, option: str = "--n-parcels") -> None:
-    """Every scale must be below the number of voxels (raises :class:`UserError`)."""
+    """Every scale must be below the number of voxels (raises :class:`UserError`).
+
+    Parameters
+    ----------
+    scales : sequence of int
+    n_voxels : int
+        Voxels in the brain mask.
+    option : str
+        The option named in the message (``--n-maps`` for decompositions).
+
+    Raises
+    ------
+    UserError
+        Naming every scale that is not below ``n_voxels``.
+    """
     too_big = [n for n in scales if n >= n_voxels]
     if too_big:
         raise UserError(
@@ -93,7 +119,19 @@ SPATIAL_METHODS = ("ward", "complete", "average", "rena")
 
 def warn_disconnected(mask: np.ndarray, method: str) -> int:
     """Warn (once) when a spatially constrained method runs on a disconnected mask;
-    return the number of pieces."""
+    return the number of pieces.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, 3D
+    method : str
+        A key of :data:`METHODS`; only those of :data:`SPATIAL_METHODS` warn.
+
+    Returns
+    -------
+    int
+        6-connected pieces of the mask (1 when connected).
+    """
     sizes = mask_pieces(mask)
     if len(sizes) > 1 and method in SPATIAL_METHODS:
         shown = ", ".join(map(str, sizes[:5])) + (", ..." if len(sizes) > 5 else "")
@@ -119,18 +157,40 @@ def _tree(features: np.ndarray, mask: np.ndarray, linkage: str) -> np.ndarray:
     return children
 
 
-def fit_ward(features, mask, scales, random_state, *, n_jobs: int = 1,
+def fit_ward(features: np.ndarray, mask: np.ndarray, scales: Sequence[int],
+             random_state: int, *, n_jobs: int = 1,
              memo: Callable | None = None) -> LabelsByScale:
     """Ward agglomeration on the voxel grid: supervoxels, then one exact size-weighted
     Ward tree cut at every scale (:mod:`bids_parcellate.learn.ward`); ``memo`` as for
-    :func:`_hierarchical`."""
+    :func:`_hierarchical`.
+
+    Parameters
+    ----------
+    features : ndarray, shape (n_voxels, n_features)
+    mask : ndarray of bool, 3D
+        The in-mask voxels, in C order, are the rows of ``features``.
+    scales : sequence of int
+        Numbers of parcels, each below ``n_voxels``.
+    random_state : int
+        Unused (deterministic).
+    n_jobs : int
+        Threads computing Ward costs (the labels do not depend on it).
+    memo : callable, optional
+        ``memo(name, compute) -> array``: a stored tree or ``compute()``'s.
+
+    Returns
+    -------
+    dict
+        scale -> int32 labels 1..n over the in-mask voxels (:func:`order_labels`).
+    """
     labels = ward_labels(features, grid_connectivity(mask), scales, n_jobs=n_jobs,
                          memo=memo)
     return {k: order_labels(lab, mask) for k, lab in labels.items()}
 
 
 def _hierarchical(linkage: str) -> Callable:
-    def fit(features, mask, scales, random_state, *, n_jobs: int = 1,
+    def fit(features: np.ndarray, mask: np.ndarray, scales: Sequence[int],
+            random_state: int, *, n_jobs: int = 1,
             memo: Callable | None = None) -> LabelsByScale:
         """``memo(name, compute)``: returns ``compute()``'s tree or a stored copy."""
         def build() -> np.ndarray:
@@ -146,10 +206,33 @@ def _hierarchical(linkage: str) -> Callable:
     return fit
 
 
-def fit_kmeans(features, mask, scales, random_state, *, n_init: int = 3,
-               batch_size: int = 1024, n_jobs: int = 1) -> LabelsByScale:
+def fit_kmeans(features: np.ndarray, mask: np.ndarray, scales: Sequence[int],
+               random_state: int, *, n_init: int = 3, batch_size: int = 1024,
+               n_jobs: int = 1) -> LabelsByScale:
     """MiniBatchKMeans on voxel features (as nilearn's Parcellations; not spatially
-    constrained). Defaults as nilearn's ``Parcellations``."""
+    constrained). Defaults as nilearn's ``Parcellations``.
+
+    Parameters
+    ----------
+    features : ndarray, shape (n_voxels, n_features)
+    mask : ndarray of bool, 3D
+        The in-mask voxels, in C order, are the rows of ``features``.
+    scales : sequence of int
+        Numbers of parcels, each below ``n_voxels``.
+    random_state : int
+        Seed of every fit.
+    n_init : int
+        Initialisations per scale (``--kmeans-n-init``).
+    batch_size : int
+        Mini-batch size (``--kmeans-batch-size``).
+    n_jobs : int
+        Unused (scikit-learn's OpenMP threads are capped by ``--nprocs``).
+
+    Returns
+    -------
+    dict
+        scale -> int32 labels 1..n over the in-mask voxels (:func:`order_labels`).
+    """
     from sklearn.cluster import MiniBatchKMeans
 
     out = {}
@@ -160,11 +243,34 @@ def fit_kmeans(features, mask, scales, random_state, *, n_init: int = 3,
     return out
 
 
-def fit_hierarchical_kmeans(features, mask, scales, random_state, *, n_init: int = 10,
+def fit_hierarchical_kmeans(features: np.ndarray, mask: np.ndarray, scales: Sequence[int],
+                            random_state: int, *, n_init: int = 10,
                             batch_size: int = 1000,
                             n_jobs: int = 1) -> LabelsByScale:
     """nilearn's HierarchicalKMeans (balanced parcel sizes); defaults as nilearn's
-    ``Parcellations``."""
+    ``Parcellations``.
+
+    Parameters
+    ----------
+    features : ndarray, shape (n_voxels, n_features)
+    mask : ndarray of bool, 3D
+        The in-mask voxels, in C order, are the rows of ``features``.
+    scales : sequence of int
+        Numbers of parcels, each below ``n_voxels``.
+    random_state : int
+        Seed of every fit.
+    n_init : int
+        Initialisations of each k-means step (``--kmeans-n-init``).
+    batch_size : int
+        Mini-batch size (``--kmeans-batch-size``).
+    n_jobs : int
+        Unused.
+
+    Returns
+    -------
+    dict
+        scale -> int32 labels 1..n over the in-mask voxels (:func:`order_labels`).
+    """
     from nilearn.regions import HierarchicalKMeans
 
     out = {}
@@ -175,10 +281,33 @@ def fit_hierarchical_kmeans(features, mask, scales, random_state, *, n_init: int
     return out
 
 
-def fit_rena(features, mask, scales, random_state, *, scaling: bool = False,
-             n_iter: int = 10, n_jobs: int = 1) -> LabelsByScale:
+def fit_rena(features: np.ndarray, mask: np.ndarray, scales: Sequence[int],
+             random_state: int, *, scaling: bool = False, n_iter: int = 10,
+             n_jobs: int = 1) -> LabelsByScale:
     """nilearn's ReNA (recursive nearest agglomeration, spatially constrained);
-    ``scaling`` and ``n_iter`` as nilearn's (defaults as nilearn's ``Parcellations``)."""
+    ``scaling`` and ``n_iter`` as nilearn's (defaults as nilearn's ``Parcellations``).
+
+    Parameters
+    ----------
+    features : ndarray, shape (n_voxels, n_features)
+    mask : ndarray of bool, 3D
+        The in-mask voxels, in C order, are the rows of ``features``.
+    scales : sequence of int
+        Numbers of parcels, each below ``n_voxels``.
+    random_state : int
+        Unused (ReNA is deterministic).
+    scaling : bool
+        nilearn's ``scaling`` (``--rena-scaling``).
+    n_iter : int
+        nilearn's ``n_iter`` (``--rena-n-iter``).
+    n_jobs : int
+        Unused.
+
+    Returns
+    -------
+    dict
+        scale -> int32 labels 1..n over the in-mask voxels (:func:`order_labels`).
+    """
     import nibabel as nib
     from nilearn.regions import ReNA
 

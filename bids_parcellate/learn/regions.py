@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
-from bids_parcellate.config import UserError
+from bids_parcellate.config import Config, UserError
 from bids_parcellate.learn.methods import order_labels
 
 LOGGER = logging.getLogger("bids_parcellate")
@@ -55,6 +55,7 @@ class RegionSet:
 
     @property
     def n_regions(self) -> int:
+        """Regions at this scale (the length of ``origin``)."""
         return int(self.origin.size)
 
 
@@ -87,6 +88,12 @@ def _image(values: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> nib.Nift
 def renumber_by_centroid(labels: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray,
                                                                           np.ndarray]:
     """Renumber the non-zero labels 1..n by centroid; 0 stays 0.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (n_voxels,)
+        Labels over the in-mask voxels (C order of ``mask``); 0 = none.
+    mask : ndarray of bool, 3D
 
     Returns
     -------
@@ -188,7 +195,7 @@ def fit_maps(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarr
     """Network maps of prepared runs (nilearn ``DictLearning`` or ``CanICA``).
 
     The runs, smoothed within the mask and z-scored per voxel as for the clustering
-    features (:func:`bids_parcellate.parcellate.prepare_runs`), are handed to nilearn as
+    features (:func:`bids_parcellate.learn.features.prepare_runs`), are handed to nilearn as
     in-memory images on the mask's bounding box; nilearn's own masker does nothing more
     (no smoothing, detrending or standardisation). Each run counts as one "subject" of
     nilearn's multi-subject model: it is reduced to ``n_maps`` dimensions by PCA before
@@ -213,6 +220,12 @@ def fit_maps(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarr
     ndarray, shape (n_maps, n_voxels), float32
         nilearn's ``components_`` (DictLearning: unit norm, sign with the larger positive
         part; CanICA: thresholded, peak positive).
+
+    Raises
+    ------
+    UserError
+        When ``n_maps`` is above the kept volumes or not below the mask's voxels, or
+        nilearn cannot decompose the data.
     """
     from nilearn.decomposition import CanICA, DictLearning
 
@@ -273,6 +286,12 @@ def maps_to_regions(maps: np.ndarray, mask: np.ndarray, affine: np.ndarray, *,
     -------
     RegionSet
         ``origin`` holds the map (1-based) of every region; ``maps`` is ``maps``.
+
+    Raises
+    ------
+    UserError
+        When no region is larger than ``min_region_size``, before or after resolving
+        overlaps.
     """
     from nilearn.regions import RegionExtractor
 
@@ -311,11 +330,32 @@ def maps_to_regions(maps: np.ndarray, mask: np.ndarray, affine: np.ndarray, *,
 
 
 def learn_regions(prepared: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
-                  config, n_volumes: int | None = None) -> dict[int, RegionSet]:
+                  config: Config, n_volumes: int | None = None) -> dict[int, RegionSet]:
     """Maps and regions at every ``--n-maps`` scale (``config``: a :class:`Config`).
 
     ``prepared``: the smoothed, z-scored runs (or the group's merged components, with
     ``n_volumes`` the kept volumes they stand for).
+
+    Parameters
+    ----------
+    prepared : sequence of ndarray, shape (n_times, n_voxels)
+    mask : ndarray of bool, 3D
+    affine : ndarray (4, 4)
+    config : Config
+        ``--method`` (dictlearning or canica), ``--n-maps``, ``--random-seed``,
+        ``--dictlearning-alpha`` and the ``--region-*`` / ``--min-region-size`` options.
+    n_volumes : int, optional
+        Kept volumes the data stand for (default: the rows of ``prepared``).
+
+    Returns
+    -------
+    dict
+        ``n_maps`` -> :class:`RegionSet` (with its ``maps``).
+
+    Raises
+    ------
+    UserError
+        From :func:`fit_maps` and :func:`maps_to_regions`.
     """
     out = {}
     for n_maps in sorted(config.n_maps):

@@ -1,6 +1,6 @@
 """Ward clustering of large voxel grids: supervoxels first, then exact size-weighted Ward.
 
-Part of the parcellation stage (:mod:`bids_parcellate.parcellate` calls it for
+Part of the parcellation stage (:mod:`bids_parcellate.learn.methods` calls it for
 ``--method ward``). scikit-learn's ``ward_tree`` is the reference, but at 2 mm (235k
 voxels) it takes about 33 s and holds a float64 (2 n_voxels x n_features) moments array
 (750 MB): its merge loop is Python over every voxel, and each merge clears an
@@ -66,6 +66,21 @@ def ward_costs(centroids: np.ndarray, weights: np.ndarray, rows: np.ndarray,
     ``w_i w_j / (w_i + w_j) * ||c_i - c_j||^2``: the increase of the within-cluster sum
     of squares caused by the merge. Blocks of edges run on ``n_jobs`` threads (the result
     does not depend on ``n_jobs``).
+
+    Parameters
+    ----------
+    centroids : ndarray, shape (n_clusters, n_features)
+        Mean features of every cluster.
+    weights : ndarray, shape (n_clusters,)
+        Samples per cluster.
+    rows, cols : ndarray of int, shape (n_edges,)
+        The clusters at the ends of every edge.
+    n_jobs : int
+        Threads.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_edges,)
     """
     from bids_parcellate.runtime.parallel import for_each_block
 
@@ -211,10 +226,23 @@ def weighted_ward_tree(centroids: np.ndarray, weights: np.ndarray,
     ``ward_tree`` (same heap order and tie-breaking, so with unit weights the trees are
     the same). The graph must be connected (see :func:`link_components`).
 
+    Parameters
+    ----------
+    centroids : ndarray, shape (n_nodes, n_features)
+    weights : ndarray, shape (n_nodes,)
+        Samples per node.
+    connectivity : sparse matrix, shape (n_nodes, n_nodes)
+        Symmetric adjacency of the nodes; connected.
+
     Returns
     -------
     children : ndarray of int, shape (n_nodes - 1, 2)
         scikit-learn's ``children_`` format: merge ``k`` creates node ``n_nodes + k``.
+
+    Raises
+    ------
+    ValueError
+        When the graph is not connected.
     """
     m, n_features = centroids.shape
     n_total = 2 * m - 1
@@ -276,6 +304,12 @@ def link_components(features: np.ndarray, connectivity: sparse.spmatrix
     each) with the smallest Euclidean distance; this is what scikit-learn's ``ward_tree``
     does before clustering, so that its tree is complete.
 
+    Parameters
+    ----------
+    features : ndarray, shape (n_samples, n_features)
+    connectivity : sparse matrix, shape (n_samples, n_samples)
+        Symmetric adjacency.
+
     Returns
     -------
     connectivity : csr_matrix
@@ -307,7 +341,21 @@ def link_components(features: np.ndarray, connectivity: sparse.spmatrix
 
 def n_supervoxels(n_samples: int, scales: Sequence[int]) -> int:
     """How many supervoxels :func:`ward_labels` builds for these scales (``n_samples``:
-    none, the exact tree)."""
+    none, the exact tree).
+
+    Parameters
+    ----------
+    n_samples : int
+        Voxels (up to :data:`EXACT_UP_TO` get the exact tree).
+    scales : sequence of int
+        Numbers of clusters asked for.
+
+    Returns
+    -------
+    int
+        ``max(MIN_SUPERVOXELS, SUPERVOXELS_PER_PARCEL * max(scales))``, at most
+        ``n_samples``.
+    """
     if n_samples <= EXACT_UP_TO:
         return n_samples
     return min(n_samples, max(MIN_SUPERVOXELS, SUPERVOXELS_PER_PARCEL * max(scales)))
@@ -318,6 +366,20 @@ def cut_tree(children: np.ndarray, n_leaves: int, n_clusters: int) -> np.ndarray
 
     Applies the first ``n_leaves - n_clusters`` merges (merges are in order of
     increasing linkage distance) and returns a cluster id for every leaf.
+
+    Parameters
+    ----------
+    children : ndarray of int, shape (n_leaves - 1, 2)
+        Merge ``k`` creates node ``n_leaves + k``.
+    n_leaves : int
+    n_clusters : int
+        1..``n_leaves``.
+
+    Returns
+    -------
+    ndarray of int64, shape (n_leaves,)
+        The node id of each leaf's cluster root: ``n_clusters`` distinct values, not
+        consecutive (:func:`bids_parcellate.learn.methods.order_labels` renumbers them).
     """
     n_merges = n_leaves - n_clusters
     parent = np.arange(n_leaves + n_merges, dtype=np.int64)
@@ -338,7 +400,23 @@ def supervoxel_ward_tree(features: np.ndarray, connectivity: sparse.spmatrix,
                          n_target: int, n_jobs: int = 1) -> np.ndarray:
     """Supervoxels (``n_target`` of them, or the samples themselves when there are not
     more) and the exact size-weighted Ward tree over them, packed in one int64 array
-    (see :func:`unpack_tree`) so that it can be cached as a whole."""
+    (see :func:`unpack_tree`) so that it can be cached as a whole.
+
+    Parameters
+    ----------
+    features : ndarray, shape (n_samples, n_features)
+    connectivity : sparse matrix, shape (n_samples, n_samples)
+        Symmetric adjacency; disconnected pieces are linked (:func:`link_components`).
+    n_target : int
+        Supervoxels wanted (:func:`n_supervoxels`).
+    n_jobs : int
+        Threads computing Ward costs (the result does not depend on it).
+
+    Returns
+    -------
+    ndarray of int64, shape (1 + n_samples + 2 * (n_supervoxels - 1),)
+        ``[n_supervoxels, supervoxel of every sample, children (flattened)]``.
+    """
     n = features.shape[0]
     if n_target < n:
         supervoxel, centroids, weights, adjacency = reciprocal_agglomeration(
@@ -359,7 +437,21 @@ def supervoxel_ward_tree(features: np.ndarray, connectivity: sparse.spmatrix,
 
 
 def unpack_tree(packed: np.ndarray, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(supervoxel of every sample, children)`` of a :func:`supervoxel_ward_tree`."""
+    """``(supervoxel of every sample, children)`` of a :func:`supervoxel_ward_tree`
+    (views into ``packed``).
+
+    Parameters
+    ----------
+    packed : ndarray of int64
+        As :func:`supervoxel_ward_tree` returns it.
+    n_samples : int
+        The samples it was built from.
+
+    Returns
+    -------
+    supervoxel : ndarray of int64, shape (n_samples,)
+    children : ndarray of int64, shape (n_supervoxels - 1, 2)
+    """
     m = int(packed[0])
     supervoxel = packed[1:1 + n_samples]
     children = packed[1 + n_samples:].reshape(m - 1, 2)

@@ -162,46 +162,131 @@ class Canvas:
     def image(self, x: float, y: float, w: float, h: float, rgb: np.ndarray | None = None,
               indexed: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """A raster scaled to the box (x, y, w, h), from ``rgb`` (:func:`png`) or from
-        ``indexed`` = (index, palette) (:func:`png_indexed`)."""
+        ``indexed`` = (index, palette) (:func:`png_indexed`).
+
+        Parameters
+        ----------
+        x, y, w, h : float
+            The box in pixels (top-left corner, width, height); the raster is stretched
+            to it, pixelated (no smoothing).
+        rgb : ndarray, optional
+            uint8, shape (height, width, 3); used when ``indexed`` is None.
+        indexed : (ndarray, ndarray), optional
+            ``(index, palette)`` as :func:`quantize` returns them: a smaller PNG
+            for colour-mapped panels.
+        """
         data = png(rgb) if indexed is None else png_indexed(*indexed)
         href = "data:image/png;base64," + base64.b64encode(data).decode()
         self.items.append({"kind": "image", "x": x, "y": y, "w": w, "h": h, "href": href})
 
     def line(self, x1: float, y1: float, x2: float, y2: float, color: str = INK,
              width: float = 1.0, dash: str | None = None, opacity: float = 1.0) -> None:
-        """A segment; ``dash`` is an SVG ``stroke-dasharray`` (e.g. ``"2,3"``)."""
+        """A segment; ``dash`` is an SVG ``stroke-dasharray`` (e.g. ``"2,3"``).
+
+        Parameters
+        ----------
+        x1, y1, x2, y2 : float
+            End points in pixels.
+        color : str
+            SVG colour.
+        width : float
+            Stroke width in pixels.
+        dash : str, optional
+            SVG ``stroke-dasharray``; solid without it.
+        opacity : float
+            Stroke opacity, 0..1.
+        """
         self.items.append({"kind": "line", "x1": x1, "y1": y1, "x2": x2, "y2": y2,
                            "color": color, "width": width, "dash": dash,
                            "opacity": opacity})
 
     def polyline(self, xs: Sequence[float], ys: Sequence[float], color: str = INK,
                  width: float = 1.2) -> None:
-        """An open line through the points (xs, ys) in pixels."""
+        """An open line through the points (xs, ys) in pixels.
+
+        Parameters
+        ----------
+        xs, ys : sequence of float
+            Coordinates in pixels, of equal length.
+        color : str
+            SVG colour.
+        width : float
+            Stroke width in pixels.
+        """
         points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
         self.items.append({"kind": "polyline", "points": points, "color": color,
                            "width": width})
 
     def polygon(self, xs: Sequence[float], ys: Sequence[float], fill: str,
                 opacity: float = 1.0) -> None:
-        """A filled polygon without outline."""
+        """A filled polygon without outline.
+
+        Parameters
+        ----------
+        xs, ys : sequence of float
+            Vertices in pixels, of equal length.
+        fill : str
+            SVG colour.
+        opacity : float
+            Fill opacity, 0..1.
+        """
         points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
         self.items.append({"kind": "polygon", "points": points, "fill": fill,
                            "opacity": opacity})
 
     def marker(self, x: float, y: float, color: str) -> None:
-        """A dot of radius 3 px."""
+        """A dot of radius 3 px.
+
+        Parameters
+        ----------
+        x, y : float
+            Centre in pixels.
+        color : str
+            SVG fill colour.
+        """
         self.items.append({"kind": "marker", "x": x, "y": y, "color": color})
 
     def rect(self, x: float, y: float, w: float, h: float, fill: str = "none",
              stroke: str | None = None, opacity: float = 1.0) -> None:
-        """A rectangle; ``opacity`` applies to the fill."""
+        """A rectangle; ``opacity`` applies to the fill.
+
+        Parameters
+        ----------
+        x, y, w, h : float
+            Top-left corner, width and height in pixels.
+        fill : str
+            SVG colour, or ``"none"``.
+        stroke : str, optional
+            Outline colour; no outline without it.
+        opacity : float
+            Fill opacity, 0..1.
+        """
         self.items.append({"kind": "rect", "x": x, "y": y, "w": w, "h": h, "fill": fill,
                            "stroke": stroke, "opacity": opacity})
 
     def text(self, x: float, y: float, text: object, size: float = 11, color: str = INK,
              anchor: str = "start", rotate: bool = False, box: str | None = None) -> None:
         """Text at its baseline; ``anchor`` is SVG's ``text-anchor``, ``rotate`` turns
-        it by -90° about (x, y), ``box`` is the colour of a translucent box behind it."""
+        it by -90° about (x, y), ``box`` is the colour of a translucent box behind it.
+
+        Parameters
+        ----------
+        x, y : float
+            Anchor point on the baseline, in pixels.
+        text : object
+            Drawn as ``str(text)`` (escaped by the template).
+        size : float
+            Font size in pixels.
+        color : str
+            SVG colour.
+        anchor : {"start", "middle", "end"}
+            SVG ``text-anchor``.
+        rotate : bool
+            Turn the text by -90° about (x, y) (reads bottom to top).
+        box : str, optional
+            Colour of a translucent box behind the text (sized from the number of
+            characters, for ``anchor="start"`` unrotated text).
+        """
         self.items.append({"kind": "text", "x": x, "y": y, "text": str(text), "size": size,
                            "color": color, "anchor": anchor, "rotate": rotate, "box": box})
 

@@ -118,7 +118,22 @@ def _parameters(config: Config, stage: str) -> dict:
 
 
 def denoised_key(config: Config, runs: list[Run]) -> str:
-    """Key of a unit's denoised data: input files, versions and parameters."""
+    """Key of a unit's denoised data: input files, versions and parameters.
+
+    Parameters
+    ----------
+    config : Config
+        Every hashed parameter except those in ``NOT_USED_BY["denoised"]``, and
+        ``--mask``.
+    runs : list of Run
+        The unit's runs: the fingerprints (path, size, mtime) of their BOLD, sidecar,
+        mask, confounds and confounds sidecar, their entities and TR.
+
+    Returns
+    -------
+    str
+        32 hex digits (:func:`make_key`).
+    """
     files = []
     for run in runs:
         for path in (run.bold, sidecar_path(run.bold), run.mask, run.confounds,
@@ -130,7 +145,20 @@ def denoised_key(config: Config, runs: list[Run]) -> str:
 
 
 def features_key(config: Config, denoised: str) -> str:
-    """Key of a unit's clustering features (from its :func:`denoised_key`)."""
+    """Key of a unit's clustering features (from its :func:`denoised_key`).
+
+    Parameters
+    ----------
+    config : Config
+        Every hashed parameter except those in ``NOT_USED_BY["features"]``.
+    denoised : str
+        The unit's :func:`denoised_key`.
+
+    Returns
+    -------
+    str
+        32 hex digits (:func:`make_key`).
+    """
     return make_key("features", denoised, _parameters(config, "features"))
 
 
@@ -162,6 +190,7 @@ class Cache:
 
     @property
     def enabled(self) -> bool:
+        """Whether entries are read and written (False: every lookup misses)."""
         return self.root is not None
 
     def _entry(self, kind: str, key: str) -> Path:
@@ -170,7 +199,24 @@ class Cache:
 
     # ---------------------------------------------------------------- reading
     def load(self, kind: str, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
-        """``(meta, arrays)`` of an entry (arrays memory-mapped copy-on-write), or None."""
+        """``(meta, arrays)`` of an entry (arrays memory-mapped copy-on-write), or None.
+
+        A hit refreshes the entry's modification time (least recently used eviction) and
+        protects it from eviction by this process; hits and misses are counted per kind.
+
+        Parameters
+        ----------
+        kind : str
+            The stage: ``"denoised"``, ``"features"`` or ``"tree"``.
+        key : str
+            The entry's key (:func:`make_key`).
+
+        Returns
+        -------
+        tuple of (dict, dict of str to ndarray), or None
+            The entry's ``meta`` as stored, and its arrays by name; None when the cache
+            is disabled or the entry is absent (or removed while being read).
+        """
         if not self.enabled:
             return None
         entry = self._entry(kind, key)
@@ -194,7 +240,22 @@ class Cache:
     # ---------------------------------------------------------------- writing
     def store(self, kind: str, key: str, arrays: dict[str, np.ndarray],
               meta: dict | None = None) -> None:
-        """Write an entry atomically; a failure (disk full...) only logs a warning."""
+        """Write an entry atomically; a failure (disk full...) only logs a warning.
+
+        An entry that exists already is kept as it is (same key, same content). Least
+        recently used entries are then evicted down to the size limit (:meth:`evict`).
+
+        Parameters
+        ----------
+        kind : str
+            The stage: ``"denoised"``, ``"features"`` or ``"tree"``.
+        key : str
+            The entry's key (:func:`make_key`).
+        arrays : dict of str to ndarray
+            Saved as ``<name>.npy`` (no pickles).
+        meta : dict, optional
+            JSON-serialisable metadata, returned by :meth:`load`.
+        """
         if not self.enabled:
             return
         entry = self._entry(kind, key)
@@ -224,7 +285,22 @@ class Cache:
         self.evict()
 
     def array(self, kind: str, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        """The cached array ``kind/key``, or ``compute()`` stored under it."""
+        """The cached array ``kind/key``, or ``compute()`` stored under it.
+
+        Parameters
+        ----------
+        kind : str
+            The stage: ``"features"`` or ``"tree"``.
+        key : str
+            The entry's key (:func:`make_key`).
+        compute : callable
+            ``compute() -> ndarray``, called only on a miss.
+
+        Returns
+        -------
+        ndarray
+            Memory-mapped (copy-on-write) on a hit, ``compute()``'s array on a miss.
+        """
         found = self.load(kind, key)
         if found is not None:
             return found[1]["value"]
@@ -289,7 +365,22 @@ def _remove(entry: Path, root: Path) -> None:
 # --------------------------------------------------------------------------- denoised units
 def store_denoised(cache: Cache, key: str, unit_mask: UnitMask, cleaned: list[CleanRun],
                    skipped: list[Skipped]) -> None:
-    """Store a unit's mask, cleaned runs and skipped runs."""
+    """Store a unit's mask, cleaned runs and skipped runs.
+
+    Parameters
+    ----------
+    cache : Cache
+        Nothing is written when it is disabled.
+    key : str
+        The unit's :func:`denoised_key`.
+    unit_mask : UnitMask
+        Its mask, affine, voxels per run, description and grid are stored.
+    cleaned : list of CleanRun
+        Each run's cleaned data, kept volumes, mean image, framewise displacement and
+        confound names (the run is identified by its resolved BOLD path).
+    skipped : list of Skipped
+        The runs skipped while denoising, with their reasons.
+    """
     if not cache.enabled:
         return
     arrays = {"mask": unit_mask.mask, "affine": np.asarray(unit_mask.affine)}
@@ -311,7 +402,23 @@ def store_denoised(cache: Cache, key: str, unit_mask: UnitMask, cleaned: list[Cl
 
 def load_denoised(cache: Cache, key: str, runs: list[Run]
                   ) -> tuple[UnitMask, list[CleanRun], list[Skipped]] | None:
-    """A unit's mask, cleaned runs (memory-mapped) and skipped runs, or None."""
+    """A unit's mask, cleaned runs (memory-mapped) and skipped runs, or None.
+
+    Parameters
+    ----------
+    cache : Cache
+    key : str
+        The unit's :func:`denoised_key`.
+    runs : list of Run
+        The unit's runs: each stored run is matched to one of them by its resolved BOLD
+        path.
+
+    Returns
+    -------
+    tuple of (UnitMask, list of CleanRun, list of Skipped), or None
+        None when the cache is disabled, the entry is absent, or a stored run is not
+        among ``runs``.
+    """
     found = cache.load("denoised", key)
     if found is None:
         return None

@@ -151,6 +151,8 @@ class Helper:
         return value
 
     def stop(self) -> None:
+        """Close the pipe and end the process (terminated if still alive; a call under
+        way is abandoned)."""
         self._conn.close()
         if self.process.is_alive():
             self.process.terminate()

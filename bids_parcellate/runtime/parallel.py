@@ -22,8 +22,12 @@ import logging
 import logging.handlers
 import multiprocessing
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bids_parcellate.runtime.progress import Progress
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -73,10 +77,20 @@ def plan_workers(nprocs: int, n_units: int, unit_gb: float | None = None,
     return WorkerPlan(workers=workers, threads=max(1, nprocs // workers), reason=reason)
 
 
-def for_each_block(function: Callable, starts, n_jobs: int) -> None:
+def for_each_block(function: Callable, starts: Iterable, n_jobs: int) -> None:
     """Call ``function(start)`` for every item of ``starts``, on ``n_jobs`` threads when
     more than one (work inside a unit: numpy and scipy release the GIL). Each call must
-    write its own block of the result, so the result does not depend on ``n_jobs``."""
+    write its own block of the result, so the result does not depend on ``n_jobs``.
+
+    Parameters
+    ----------
+    function : callable
+        ``function(start) -> None``: computes and writes one block in place.
+    starts : iterable
+        One item per block (a start index, or ``(start, stop)`` bounds).
+    n_jobs : int
+        Threads; 1 or less runs the blocks in order in this thread.
+    """
     if n_jobs > 1:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -94,6 +108,7 @@ class QueueProgress:
         self.queue = queue
 
     def run_done(self, message: str) -> None:
+        """Send a progress event for one run to the main process's :class:`Progress`."""
         self.queue.put(("run_done", message))
 
 
@@ -135,14 +150,37 @@ class WorkerDied(Exception):
     """A worker process ended abruptly (killed, e.g. by the out-of-memory killer)."""
 
 
-def map_units(function: Callable, tasks: Sequence[tuple], plan: WorkerPlan, progress,
-              verbosity: int = 0) -> list:
+def map_units(function: Callable, tasks: Sequence[tuple], plan: WorkerPlan,
+              progress: Progress, verbosity: int = 0) -> list:
     """Call ``function(*task, progress=...)`` for every task; results in task order.
 
     With one worker the calls run in this process. Otherwise they run in ``plan.workers``
     loky processes with ``plan.threads`` BLAS threads each. When a worker dies, the
     tasks that had not returned yet get a :class:`WorkerDied` instead of a result (the
     others keep theirs, so that a rerun resumes).
+
+    Parameters
+    ----------
+    function : callable
+        Picklable (a module-level function) when run in workers; called as
+        ``function(*task, progress=...)``.
+    tasks : sequence of tuple
+        The positional arguments of each call.
+    plan : WorkerPlan
+        From :func:`plan_workers`.
+    progress : Progress
+        The main process's counter: passed to the calls in this process; in workers a
+        :class:`QueueProgress` forwards each run's event to it.
+    verbosity : int
+        ``-v`` count: the workers' log level (debug when > 0; third-party loggers quiet
+        below 2).
+
+    Returns
+    -------
+    list
+        ``function``'s result for every task, in task order, or a :class:`WorkerDied`
+        for the tasks lost with a worker. An exception raised by ``function`` itself is
+        raised here.
     """
     if plan.in_process(len(tasks)):
         if plan.reason:

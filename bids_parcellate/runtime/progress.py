@@ -22,6 +22,7 @@ class Progress:
         self.start = time.monotonic()
 
     def run_done(self, message: str) -> None:
+        """Count one more run done and log ``message`` with the elapsed time and ETA."""
         self.done += 1
         elapsed = time.monotonic() - self.start
         eta = elapsed / self.done * (self.total - self.done)

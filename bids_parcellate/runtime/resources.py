@@ -90,6 +90,7 @@ class MemoryEstimate:
 
     @property
     def gb(self) -> float:
+        """The estimated peak memory in GB (10^9 bytes)."""
         return self.peak_bytes / GB
 
 
@@ -98,7 +99,19 @@ def estimate_unit_memory(runs: list[Run], config: Config,
     """Estimate a unit's peak memory from headers and masks; ``None`` when unreadable
     (the unit then fails later with the proper message).
 
-    ``base``: bytes held before the unit is processed (default :func:`base_bytes`).
+    Parameters
+    ----------
+    runs : list of Run
+        The unit's runs: BOLD headers (shape) and brain masks (voxels) are read.
+    config : Config
+        ``--method``, ``--n-components``, ``--mask-strategy`` and ``--target-*``.
+    base : float, optional
+        Bytes held before the unit is processed (default :func:`base_bytes`).
+
+    Returns
+    -------
+    MemoryEstimate or None
+        None when a header or mask cannot be read, or a BOLD is not 4D.
     """
     import nibabel as nib
     import numpy as np
@@ -147,11 +160,29 @@ def _resampling_ratio(config: Config, affine) -> float | None:
     return source / target if source > 0 and target > 0 else None
 
 
-def check_memory(config: Config, units: dict) -> float | None:
+def check_memory(config: Config, units: dict[tuple[str, str | None], list[Run]]
+                 ) -> float | None:
     """Log each unit's estimate; raise :class:`UserError` when one is above ``--mem-gb``.
 
     Returns the largest estimate in GB (``None`` when none could be made), which
     :func:`bids_parcellate.runtime.parallel.plan_workers` uses to run fewer units at once.
+
+    Parameters
+    ----------
+    config : Config
+        ``--mem-gb`` (no check without it) and what :func:`estimate_unit_memory` uses.
+    units : dict
+        ``(subject, session) -> list of Run``: the units to compute.
+
+    Returns
+    -------
+    float or None
+        The largest estimate in GB.
+
+    Raises
+    ------
+    UserError
+        When the largest estimate is above ``--mem-gb``.
     """
     worst = None
     base = base_bytes()
