@@ -58,7 +58,21 @@ def connectivity(series: Sequence[np.ndarray], kind: str) -> np.ndarray:
 
 def run_connectomes(series_by_scale: Mapping[int, np.ndarray],
                     kinds: Sequence[str]) -> dict[int, dict[str, np.ndarray]]:
-    """Per-run matrices: scale -> kind -> (n_parcels, n_parcels) for the per-run kinds."""
+    """Per-run matrices: scale -> kind -> (n_parcels, n_parcels) for the per-run kinds.
+
+    Parameters
+    ----------
+    series_by_scale : mapping of int -> ndarray, shape (n_times, n_parcels)
+        One run's parcel timeseries at every scale (kept volumes only).
+    kinds : sequence of str
+        nilearn ``ConnectivityMeasure`` kinds; those not in :data:`PER_RUN` (``tangent``)
+        are left out.
+
+    Returns
+    -------
+    dict
+        scale -> kind -> ndarray, shape (n_parcels, n_parcels), float64.
+    """
     return {scale: {kind: connectivity([series], kind)[0]
                     for kind in kinds if kind in PER_RUN}
             for scale, series in series_by_scale.items()}

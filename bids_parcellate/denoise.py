@@ -125,16 +125,36 @@ class CleanRun:
 
 
 
-def load_confounds(run: Run, n_volumes: int, config: Config):
+def load_confounds(run: Run, n_volumes: int, config: Config
+                   ) -> tuple[np.ndarray | None, list[str], np.ndarray, np.ndarray | None]:
     """Confounds and sample mask of a run via nilearn's ``load_confounds_strategy``.
+
+    Parameters
+    ----------
+    run : Run
+        The run (its BOLD, from which nilearn finds the confounds, and ``confounds``).
+    n_volumes : int
+        Volumes of the BOLD (the confounds TSV must have as many rows).
+    config : Config
+        ``denoise_strategy`` and its options (:func:`strategy_kwargs`).
 
     Returns
     -------
-    confounds : ndarray or None
+    confounds : ndarray, shape (n_volumes, n_confounds), float64, or None
+        None with the ``none`` strategy or when nilearn selects no column.
     names : list of str
     sample_mask : ndarray of int
-    fd : ndarray or None
-        Framewise displacement (for reports), when the confounds file has it.
+        0-based indices of the kept (uncensored) volumes; every volume when nothing is
+        censored.
+    fd : ndarray, shape (n_volumes,), or None
+        Framewise displacement (for reports; n/a read as 0), when the confounds file
+        has it.
+
+    Raises
+    ------
+    RunError
+        When the confounds TSV is unreadable, empty, of the wrong length, or unusable
+        for the strategy.
     """
     everything = np.arange(n_volumes)
     nilearn_strategy = strategies()[config.denoise_strategy]["nilearn_strategy"]
@@ -180,6 +200,19 @@ def load_confounds(run: Run, n_volumes: int, config: Config):
 
 def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
     """Load and denoise one run (BOLD read once).
+
+    Parameters
+    ----------
+    run : Run
+    unit_mask : UnitMask
+        The voxels kept (and, through its ``reader``, resampling or a mask computed from
+        the BOLD).
+    config : Config
+        Denoising options, ``min_volumes`` and ``nprocs`` (threads of the cleaning).
+
+    Returns
+    -------
+    CleanRun
 
     Raises
     ------
@@ -235,11 +268,27 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
     )
 
 
-def denoising_plan(run: Run, n_volumes: int, config: Config):
+def denoising_plan(run: Run, n_volumes: int, config: Config
+                   ) -> tuple[np.ndarray | None, list[str], np.ndarray, np.ndarray | None,
+                              np.ndarray]:
     """What :func:`clean_run` needs besides the BOLD: confounds (values and names),
     sample mask, framewise displacement and the cleaning operator.
 
     Runs in the helper process when there is one (:mod:`bids_parcellate.runtime.helper_process`).
+
+    Parameters
+    ----------
+    run : Run
+    n_volumes : int
+        Volumes of the BOLD.
+    config : Config
+
+    Returns
+    -------
+    confounds, names, sample_mask, fd
+        As :func:`load_confounds`.
+    operator : ndarray, shape (n_kept, n_volumes), float64
+        :func:`cleaning_operator`.
 
     Raises
     ------
@@ -269,6 +318,23 @@ def cleaning_operator(n_volumes: int, confounds: np.ndarray | None, sample_mask:
     (:func:`apply_operator`): calling ``clean`` on the data directly copies it four times
     in float64 and forms ``Q Q^T X`` (2.8 s and about 2 GB for a 2 mm run, against 0.5 s
     and a few MB per block here), with the same result to 1e-6.
+
+    Parameters
+    ----------
+    n_volumes : int
+        Volumes of the run.
+    confounds : ndarray, shape (n_volumes, n_confounds), or None
+    sample_mask : ndarray of int
+        0-based indices of the kept volumes.
+    config : Config
+        ``detrend``, ``high_pass`` and ``low_pass`` (Hz).
+    t_r : float
+        Repetition time (s).
+
+    Returns
+    -------
+    ndarray, shape (n_kept, n_volumes), float64
+        ``L``, C-contiguous.
     """
     from nilearn import signal
 
@@ -299,6 +365,21 @@ def apply_operator(operator: np.ndarray, series: np.ndarray, sample_mask: np.nda
     instead of ``L X`` (0.23 instead of 0.39 s of CPU at 2 mm, same result to
     rounding); Butterworth filtering makes ``L`` full rank, and then it is applied as is.
     Blocks run on ``n_jobs`` threads (numpy releases the GIL in matrix products).
+
+    Parameters
+    ----------
+    operator : ndarray, shape (n_kept, n_volumes), float64
+        From :func:`cleaning_operator`.
+    series : ndarray, shape (n_volumes, n_voxels)
+        The in-mask voxel timeseries, every volume.
+    sample_mask : ndarray of int, shape (n_kept,)
+        The kept volumes the operator was built with.
+    n_jobs : int
+        Threads.
+
+    Returns
+    -------
+    ndarray, shape (n_kept, n_voxels), float32
     """
     from bids_parcellate.runtime.parallel import for_each_block
 
@@ -331,8 +412,32 @@ def clean_runs(runs: list[Run], unit_mask: UnitMask, config: Config,
                done: Callable[[str], None] | None = None
                ) -> tuple[UnitMask, list[CleanRun], list[Skipped]]:
     """Every run of a unit read once and cleaned on ``unit_mask`` (from
-    :func:`build_unit_mask`), runs with too few volumes skipped with a warning, then
-    :func:`finish_unit_mask`. ``done(message)`` after each run (progress lines)."""
+    :func:`bids_parcellate.inputs.grids.build_unit_mask`), runs with too few volumes
+    skipped with a warning, then :func:`finish_unit_mask`.
+
+    Parameters
+    ----------
+    runs : list of Run
+        The unit's runs.
+    unit_mask : UnitMask
+    config : Config
+    done : callable, optional
+        ``done(message)`` after each run (progress lines).
+
+    Returns
+    -------
+    unit_mask : UnitMask
+        As :func:`finish_unit_mask` leaves it.
+    cleaned : list of CleanRun
+        The runs kept.
+    skipped : list of Skipped
+        The runs skipped (too few volumes kept).
+
+    Raises
+    ------
+    RunError
+        When a run's files are unusable (the unit fails).
+    """
     cleaned: list[CleanRun] = []
     skipped: list[Skipped] = []
     for run in runs:
@@ -358,7 +463,27 @@ def clean_runs(runs: list[Run], unit_mask: UnitMask, config: Config,
 def finish_unit_mask(unit_mask: UnitMask, cleaned: list[CleanRun]
                      ) -> tuple[UnitMask, list[CleanRun]]:
     """With a mask computed from the BOLD: intersect the cleaned runs' masks and keep
-    those voxels of every run. Otherwise return the arguments unchanged."""
+    those voxels of every run. Otherwise return the arguments unchanged.
+
+    Parameters
+    ----------
+    unit_mask : UnitMask
+        The unit's mask; its ``reader`` holds each run's mask.
+    cleaned : list of CleanRun
+        The runs, each on its own mask.
+
+    Returns
+    -------
+    unit_mask : UnitMask
+        With the intersection as ``mask`` and the runs' voxel counts.
+    cleaned : list of CleanRun
+        The runs on the intersection (copies).
+
+    Raises
+    ------
+    RunError
+        When the intersection is empty.
+    """
     reader = unit_mask.reader
     if not isinstance(reader, BoldReader) or not reader.from_data or not cleaned:
         return unit_mask, cleaned

@@ -70,6 +70,19 @@ def standardize_parcels(block: np.ndarray, standardize: str | bool) -> np.ndarra
     the last bit, tested): importing ``nilearn.signal`` imports scikit-learn and
     scipy.signal (about 1 s), which the participant level otherwise leaves to its helper
     process (:mod:`bids_parcellate.runtime.helper_process`).
+
+    Parameters
+    ----------
+    block : ndarray, shape (n_times, n_parcels), float64
+        Parcel mean timeseries (kept volumes only); standardised in place by
+        ``zscore_sample``.
+    standardize : str or False
+        nilearn standardisation (``zscore_sample``, ``zscore``, ``psc``); False leaves
+        ``block`` as it is.
+
+    Returns
+    -------
+    ndarray, shape (n_times, n_parcels)
     """
     if not standardize:
         return block
@@ -85,7 +98,21 @@ def standardize_parcels(block: np.ndarray, standardize: str | bool) -> np.ndarra
 
 
 def align_to_volumes(block: np.ndarray, sample_mask: np.ndarray, n_volumes: int) -> np.ndarray:
-    """Rows for every BOLD volume; censored volumes are NaN (written as ``n/a``)."""
+    """Rows for every BOLD volume; censored volumes are NaN (written as ``n/a``).
+
+    Parameters
+    ----------
+    block : ndarray, shape (n_kept, n_parcels)
+        Timeseries of the kept volumes.
+    sample_mask : ndarray of int, shape (n_kept,)
+        0-based indices of the kept volumes in the run.
+    n_volumes : int
+        Volumes of the run.
+
+    Returns
+    -------
+    ndarray, shape (n_volumes, n_parcels), float64
+    """
     full = np.full((n_volumes, block.shape[1]), np.nan)
     full[sample_mask] = block
     return full

@@ -62,7 +62,23 @@ def _atlas_entities(label: str, space: str, res: str | None, scale: int) -> dict
 
 def atlas_dseg_name(label: str, space: str, res: str | None, scale: int,
                     extension: str = ".nii.gz") -> str:
-    """Relative path of the group atlas image (or table / sidecar) at one scale."""
+    """Relative path of the group atlas image (or table / sidecar) at one scale.
+
+    Parameters
+    ----------
+    label : str
+        The atlas label (``atlas-<label>``).
+    space : str
+    res : str or None
+    scale : int
+    extension : str
+        ``.nii.gz``, ``.tsv`` or ``.json``.
+
+    Returns
+    -------
+    str
+        The path, relative to the output folder.
+    """
     return naming.build_name("atlas_dseg", {**_atlas_entities(label, space, res, scale),
                                              "extension": extension})
 
@@ -71,7 +87,30 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
                 space: str, res: str | None, regions: dict[int, RegionSet] | None = None,
                 n_volumes: int = 0) -> list[Path]:
     """Write ``atlas-<label>_description.json`` and the dseg files of every scale (and
-    the network maps, ``_probseg``, of dictlearning / canica)."""
+    the network maps, ``_probseg``, of dictlearning / canica).
+
+    Parameters
+    ----------
+    config : Config
+    result : GroupResult
+        The group level's record (atlas label, units, summaries).
+    gmask : GroupMask
+        The group mask and grid the atlas is on.
+    labels : dict
+        scale -> int labels (0..n) over the group mask's voxels.
+    space : str
+    res : str or None
+        Entities of the atlas.
+    regions : dict of int -> RegionSet, optional
+        Each scale's regions (their ``origin`` column and network maps).
+    n_volumes : int
+        Kept volumes of every unit together (the automatic dictlearning alpha).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
     out = config.output_dir
     written = []
     regions = regions or {}
@@ -161,7 +200,27 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
 
 def write_atlas_maps(config: Config, result: GroupResult, gmask: GroupMask, ents: dict,
                       maps: np.ndarray, origin: np.ndarray, dseg_sidecar: dict) -> list[Path]:
-    """The group network maps as a 4D ``_probseg`` image next to the atlas dseg."""
+    """The group network maps as a 4D ``_probseg`` image next to the atlas dseg.
+
+    Parameters
+    ----------
+    config : Config
+    result : GroupResult
+    gmask : GroupMask
+    ents : dict
+        Entities of the atlas dseg at this scale (``suffix`` is replaced).
+    maps : ndarray, shape (n_maps, n_voxels)
+        Map loadings over the group mask's voxels.
+    origin : ndarray of int, shape (n_regions,)
+        Map (1-based) each region was extracted from (counted into ``RegionsPerMap``).
+    dseg_sidecar : dict
+        The atlas dseg's sidecar, from which the shared keys are copied.
+
+    Returns
+    -------
+    list of Path
+        The image and its sidecar.
+    """
     out = config.output_dir
     ents = {**ents, "suffix": "probseg"}
     volume = np.zeros(gmask.mask.shape + (maps.shape[0],), dtype=np.float32)
@@ -232,7 +291,31 @@ def write_group_connectomes(config: Config, result: GroupResult, collected: list
     """Connectomes on the group atlas: per run (``--connectivity`` measures, tangent
     included) and the group mean (nilearn ``ConnectivityMeasure.mean_``: the mean of the
     runs' matrices; for tangent the geometric mean of their covariances, the reference
-    point of the tangent space). Every run counts once."""
+    point of the tangent space). Every run counts once.
+
+    Parameters
+    ----------
+    config : Config
+    result : GroupResult
+    collected : list
+        ``(unit key, run, kept volumes, scale -> timeseries)`` of every run, as
+        :func:`bids_parcellate.group.apply.apply_atlas` collects them.
+    labels : dict
+        scale -> labels of the atlas (the scales written).
+    space : str
+    res : str or None
+
+    Returns
+    -------
+    list of Path
+        The files written.
+
+    Raises
+    ------
+    ValueError
+        ``tangent`` with fewer than two runs
+        (:func:`bids_parcellate.connectome.group_connectomes`).
+    """
     written = []
     participants = sorted({naming.unit_prefix(*key) for key, *_ in collected})
     for scale in sorted(labels):
@@ -279,6 +362,23 @@ def write_agreement(config: Config, result: GroupResult, units: dict[UnitKey, li
 
     Own parcellations are read from OUTPUT_DIR (written by the participant level); units
     and scales without one are left out, and no table is written when there is none.
+
+    Parameters
+    ----------
+    config : Config
+    result : GroupResult
+    units : dict of (subject, session) -> list of Run
+        The units of the atlas.
+    gmask : GroupMask
+    labels : dict
+        scale -> int labels over the group mask's voxels.
+    space : str
+    res : str or None
+
+    Returns
+    -------
+    list of Path
+        The table and its sidecar, or nothing.
     """
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 

@@ -136,7 +136,20 @@ def dataset_description(source_dirs: list[Path]) -> dict:
 
 
 def bids_uri(path: Path, source_dirs: list[Path]) -> str:
-    """BIDS URI (``bids:<link>:<relative path>``) of an input file."""
+    """BIDS URI (``bids:<link>:<relative path>``) of an input file.
+
+    Parameters
+    ----------
+    path : Path
+        An input file.
+    source_dirs : list of Path
+        The input datasets (the ``DatasetLinks`` of :func:`dataset_description`).
+
+    Returns
+    -------
+    str
+        The BIDS URI, or a ``file://`` URI when ``path`` is in no source dataset.
+    """
     links = dataset_description(source_dirs)["DatasetLinks"]
     path = Path(path).resolve()
     for key, uri in links.items():
@@ -189,6 +202,17 @@ def prepare_output_dir(output_dir: Path, source_dirs: list[Path]) -> None:
 
     They are rewritten atomically with identical content by every concurrent process
     (array jobs), so a reader always sees one complete copy.
+
+    Parameters
+    ----------
+    output_dir : Path
+    source_dirs : list of Path
+        The input datasets (``SourceDatasets`` and ``DatasetLinks``).
+
+    Raises
+    ------
+    UserError
+        When OUTPUT_DIR cannot be created or written.
     """
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -245,6 +269,20 @@ def remove_unit_outputs(output_dir: Path, subject: str, session: str | None,
     files change), the files ``listed`` in an earlier marker (relative paths), every file
     in the unit's folders whose name starts with the unit's prefix, and temporary files.
     Other sessions' folders are left alone.
+
+    Parameters
+    ----------
+    output_dir : Path
+    subject : str
+    session : str or None
+    listed : sequence of str
+        Paths relative to ``output_dir`` (an earlier marker's files); those outside it
+        are left alone.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
     """
     output_dir = Path(output_dir)
     marker = completion_marker(output_dir, subject, session)

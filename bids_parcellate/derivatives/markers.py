@@ -43,7 +43,19 @@ class UnitPlan:
 
 
 def unit_sources(runs: list[Run], source_dirs: list[Path]) -> list[str]:
-    """BIDS URIs of every input file of a unit (sorted)."""
+    """BIDS URIs of every input file of a unit (sorted).
+
+    Parameters
+    ----------
+    runs : list of Run
+        The unit's runs (their BOLD, mask and confounds files).
+    source_dirs : list of Path
+        The input datasets (:func:`bids_parcellate.derivatives.dataset.bids_uri`).
+
+    Returns
+    -------
+    list of str
+    """
     paths = {p for run in runs for p in (run.bold, run.mask, run.confounds) if p is not None}
     return sorted(dataset.bids_uri(p, source_dirs) for p in paths)
 
@@ -83,6 +95,17 @@ def _differences(old: dict, new: dict) -> str:
 def plan_units(config: Config, selection: Selection) -> dict[tuple[str, str | None],
                                                               UnitPlan]:
     """Decide, for every selected unit, whether it is complete or must be computed.
+
+    Parameters
+    ----------
+    config : Config
+        Its config hash, ``output_dir`` and ``overwrite``.
+    selection : Selection
+        The selected units and their runs.
+
+    Returns
+    -------
+    dict of (subject, session) -> UnitPlan
 
     Raises
     ------
@@ -140,7 +163,24 @@ def plan_units(config: Config, selection: Selection) -> dict[tuple[str, str | No
 
 def write_marker(config: Config, subject: str, session: str | None, files: list[Path],
                  sources: list[str]) -> Path:
-    """Write a unit's completion marker, after all of its files (see module docstring)."""
+    """Write a unit's completion marker, after all of its files (see module docstring).
+
+    Parameters
+    ----------
+    config : Config
+    subject : str
+    session : str or None
+    files : list of Path
+        The unit's output files, inside ``config.output_dir`` (recorded with their size
+        and sha256).
+    sources : list of str
+        BIDS URIs of the unit's inputs (:func:`unit_sources`).
+
+    Returns
+    -------
+    Path
+        The marker.
+    """
     output_dir = config.output_dir
     records = {}
     for path in sorted(set(files)):

@@ -23,7 +23,26 @@ def path_patterns() -> dict[str, str]:
 
 
 def build_name(kind: str, entities: dict) -> str:
-    """Relative BIDS path for an output ``kind`` (``dseg``, ``timeseries``...)."""
+    """Relative BIDS path for an output ``kind`` (``dseg``, ``timeseries``...).
+
+    Parameters
+    ----------
+    kind : str
+        A key of ``data/bids_patterns.json`` (:func:`path_patterns`).
+    entities : dict
+        Entity name (``subject``, ``suffix``, ``extension``...) -> value; None values are
+        left out.
+
+    Returns
+    -------
+    str
+        The path, relative to the output folder.
+
+    Raises
+    ------
+    ValueError
+        When the pattern of ``kind`` cannot be filled from ``entities``.
+    """
     from bids.layout.writing import build_path
 
     clean = {k: str(v) for k, v in entities.items() if v is not None}
@@ -47,20 +66,54 @@ def source_prefix(entities: dict) -> str:
 
 
 def unit_prefix(subject: str, session: str | None) -> str:
-    """``sub-01`` or ``sub-01_ses-1``."""
+    """``sub-01`` or ``sub-01_ses-1``.
+
+    Parameters
+    ----------
+    subject : str
+        Subject label (without ``sub-``).
+    session : str or None
+        Session label (without ``ses-``).
+
+    Returns
+    -------
+    str
+    """
     return f"sub-{subject}" + (f"_ses-{session}" if session else "")
 
 
 def completion_marker(output_dir: Path, subject: str, session: str | None) -> Path:
     """Path of a unit's completion marker (written last; see
-    :mod:`bids_parcellate.derivatives.markers`)."""
+    :mod:`bids_parcellate.derivatives.markers`).
+
+    Parameters
+    ----------
+    output_dir : Path
+    subject : str
+    session : str or None
+
+    Returns
+    -------
+    Path
+    """
     return Path(output_dir) / build_name("completed", {"subject": subject, "session": session,
                                                        "suffix": "completed",
                                                        "extension": ".json"})
 
 
 def unit_dir(output_dir: Path, subject: str, session: str | None) -> Path:
-    """Folder holding a unit's outputs: ``sub-<label>`` or ``sub-<label>/ses-<label>``."""
+    """Folder holding a unit's outputs: ``sub-<label>`` or ``sub-<label>/ses-<label>``.
+
+    Parameters
+    ----------
+    output_dir : Path
+    subject : str
+    session : str or None
+
+    Returns
+    -------
+    Path
+    """
     return completion_marker(output_dir, subject, session).parent
 
 
@@ -73,7 +126,21 @@ def manifest_path(output_dir: Path) -> Path:
 
 
 def log_path(output_dir: Path, levels: tuple[str, ...], stamp: str) -> Path:
-    """Log file of one invocation; host and pid make it unique among array jobs."""
+    """Log file of one invocation; host and pid make it unique among array jobs.
+
+    Parameters
+    ----------
+    output_dir : Path
+    levels : tuple of str
+        The analysis levels run (``participant``, ``group``), joined by ``-`` in the name.
+    stamp : str
+        Start time of the invocation, as a file-name-safe token.
+
+    Returns
+    -------
+    Path
+        ``OUTPUT_DIR/logs/<levels>-<stamp>-<host>-<pid>.log``.
+    """
     return Path(output_dir) / LOGS_DIR / f"{'-'.join(levels)}-{stamp}-{HOST}-{os.getpid()}.log"
 
 
@@ -88,7 +155,17 @@ def is_report_file(rel: str | Path) -> bool:
 
 # --------------------------------------------------------------------------- reports
 def participant_report_path(output_dir: Path, subject: str) -> Path:
-    """``OUTPUT_DIR/sub-<label>.html`` (fMRIPrep's convention)."""
+    """``OUTPUT_DIR/sub-<label>.html`` (fMRIPrep's convention).
+
+    Parameters
+    ----------
+    output_dir : Path
+    subject : str
+
+    Returns
+    -------
+    Path
+    """
     return Path(output_dir) / build_name("participant_report",
                                          {"subject": subject, "extension": ".html"})
 

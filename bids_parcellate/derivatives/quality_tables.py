@@ -87,7 +87,25 @@ METHOD_NOTES = {
 
 def unit_rows(subject: str, session: str | None, method: str, bootstrap: int,
               n_voxels: int, figures: Mapping[int, dict]) -> dict[int, list]:
-    """One table row per scale, in the order of :data:`COLUMNS`."""
+    """One table row per scale, in the order of :data:`COLUMNS`.
+
+    Parameters
+    ----------
+    subject : str
+    session : str or None
+    method : str
+    bootstrap : int
+        Bootstrap resamples (0 for a plain fit).
+    n_voxels : int
+        Voxels in the unit's brain mask.
+    figures : mapping of int -> dict
+        scale -> quality figures by column name; columns without a figure are n/a.
+
+    Returns
+    -------
+    dict
+        scale -> row (list, one cell per column of :data:`COLUMNS`; None for n/a).
+    """
     rows = {}
     for scale, values in figures.items():
         record = {"participant_id": f"sub-{subject}",
@@ -100,7 +118,19 @@ def unit_rows(subject: str, session: str | None, method: str, bootstrap: int,
 
 
 def sidecar(description: str, extra: Mapping | None = None) -> dict:
-    """JSON sidecar of a quality table: column descriptions and method notes."""
+    """JSON sidecar of a quality table: column descriptions and method notes.
+
+    Parameters
+    ----------
+    description : str
+        The ``Description`` of the table.
+    extra : mapping, optional
+        Additional keys, added last.
+
+    Returns
+    -------
+    dict
+    """
     return {
         "Description": description,
         **{name: {"Description": text} for name, text in COLUMNS.items()},
@@ -122,6 +152,11 @@ def write_unit_tables(output_dir: Path, entities: Mapping, rows: Mapping[int, li
         scale -> row (see :func:`unit_rows`).
     extra : mapping
         scale -> additional sidecar keys (parcellation path, parameters...).
+
+    Returns
+    -------
+    list of Path
+        The files written.
     """
     written = []
     for scale, row in sorted(rows.items()):
@@ -171,6 +206,12 @@ def update_group_table(output_dir: Path, attempts: int = 5) -> Path | None:
     rebuilds the group table atomically and checks that the set of unit tables did not
     change meanwhile (rebuilding again when it did). The last process to finish therefore
     leaves a table that holds every unit written before it.
+
+    Parameters
+    ----------
+    output_dir : Path
+    attempts : int
+        Rebuilds before giving up (with a warning) while the unit tables keep changing.
 
     Returns
     -------

@@ -32,7 +32,26 @@ def parcel_names(n: int) -> list[str]:
 def dseg_table(labels: np.ndarray, mask: np.ndarray, affine: np.ndarray,
                 origin: np.ndarray | None = None) -> list[list]:
     """Rows of the dseg table; ``origin`` (map or original parcel of each region) is
-    inserted as the third column when given."""
+    inserted as the third column when given.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (n_voxels,)
+        Parcel labels 1..n over the in-mask voxels, in the order of ``np.argwhere(mask)``
+        (0: no parcel).
+    mask : ndarray of bool, 3D
+        The mask ``labels`` are over.
+    affine : ndarray, shape (4, 4)
+        Voxel-to-world affine of the mask (centroids in mm).
+    origin : ndarray of int, shape (n,), optional
+        The ``component`` / ``original_parcel`` of each parcel.
+
+    Returns
+    -------
+    list of list
+        One row per parcel, in the order of :func:`dseg_columns`: index, name, origin
+        (when given), voxel count and x, y, z centroid (mm, 2 decimals).
+    """
     n = int(labels.max())
     coords = np.argwhere(mask).astype(np.float64)
     counts = np.bincount(labels, minlength=n + 1)[1:]
@@ -68,10 +87,13 @@ ORIGIN_COLUMNS = {
 
 
 def kept_volumes(result: UnitResult) -> int:
+    """Kept (uncensored) volumes of the unit's runs, all runs together."""
     return sum(int(r.sample_mask.size) for r in result.runs)
 
 
 def origin_column_name(config: Config) -> str | None:
+    """The dseg column recording what each parcel came from: ``component`` (region-based
+    methods), ``original_parcel`` (``--split-disconnected``), or None."""
     if config.is_decomposition:
         return "component"
     return "original_parcel" if config.split_disconnected else None
@@ -135,6 +157,22 @@ def timeseries_sidecar(config: Config, clean, parcellation: str, source_dirs: li
 
 
 def processing_parameters(config: Config, n_volumes: int = 0) -> dict:
+    """The ``Parameters`` of every dseg (and probseg) sidecar, at either level.
+
+    Parameters
+    ----------
+    config : Config
+    n_volumes : int
+        Kept volumes the parcellation was learned from, all runs together: the automatic
+        ``DictLearningAlpha`` (:func:`bids_parcellate.learn.regions.auto_alpha`) depends
+        on it when ``--dictlearning-alpha`` is not given.
+
+    Returns
+    -------
+    dict
+        BIDS-style keys (``Method``, ``SmoothingFWHM``, ``DenoiseStrategy``...), the mask
+        and grid options given, and the method's knobs (``RenaScaling``...).
+    """
     if config.is_decomposition:
         alpha = ({"DictLearningAlpha": config.dictlearning_alpha or auto_alpha(n_volumes)}
                  if config.method == "dictlearning" else {})
@@ -196,7 +234,28 @@ DSEG_COLUMNS_JSON = {name: {"Description": text} for name, text in DSEG_COLUMNS.
 def write_relmats(config: Config, entities: dict, names: list[str],
                   by_kind: dict[str, np.ndarray], extra: dict,
                   kind: str = "relmat") -> list[Path]:
-    """Write one ``_relmat`` TSV + JSON per measure (``kind``: the path pattern)."""
+    """Write one ``_relmat`` TSV + JSON per measure (``kind``: the path pattern).
+
+    Parameters
+    ----------
+    config : Config
+    entities : dict
+        Entities of the matrices (``meas`` and ``suffix`` are added).
+    names : list of str
+        Parcel names: the header and the ``node`` column.
+    by_kind : dict of str -> ndarray, shape (n_parcels, n_parcels)
+        Measure (nilearn kind) -> matrix.
+    extra : dict
+        Additional sidecar keys (parcellation, timeseries, number of volumes...).
+    kind : str
+        Path pattern of :func:`bids_parcellate.derivatives.naming.build_name`
+        (``relmat`` or ``group_relmat``).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
     out = config.output_dir
     written = []
     for measure, matrix in by_kind.items():

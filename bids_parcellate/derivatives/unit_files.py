@@ -7,6 +7,7 @@ every write goes through :mod:`.writers` (atomic).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -28,11 +29,37 @@ from bids_parcellate.learn.features import labels_to_volume
 from bids_parcellate.learn.regions import RegionSet
 from bids_parcellate.results import UnitResult
 
+if TYPE_CHECKING:  # annotations only
+    from bids_parcellate.inputs.bold import UnitMask
 
-def write_unit_files(config: Config, result: UnitResult, unit_mask, labels: dict,
+
+def write_unit_files(config: Config, result: UnitResult, unit_mask: UnitMask, labels: dict,
                 series: dict, source_dirs: list[Path],
                 regions: dict[int, RegionSet] | None = None) -> list[Path]:
-    """Write the dseg files of every scale and the timeseries of every run."""
+    """Write the dseg files of every scale and the timeseries of every run.
+
+    Parameters
+    ----------
+    config : Config
+    result : UnitResult
+        The unit (its subject, session and runs: volumes, kept volumes, confounds).
+    unit_mask : UnitMask
+        The unit's mask and grid (the dseg images are on it).
+    labels : dict
+        scale -> int labels (0..n) over the in-mask voxels.
+    series : dict
+        BOLD path -> scale -> parcel timeseries, ndarray (n_kept, n_parcels).
+    source_dirs : list of Path
+        The input datasets (BIDS URIs of the sources).
+    regions : dict of int -> RegionSet, optional
+        Each scale's regions; needed for their ``origin`` column with region-based
+        methods and ``--split-disconnected``.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
     out = config.output_dir
     first = result.runs[0].run
     space = first.entities.get("space", config.space)
@@ -119,9 +146,24 @@ def _resolution(unit_mask, res: str) -> str:
     return f"res-{res}: the resolution of the input BOLD grid"
 
 
-def write_maps(config: Config, result: UnitResult, unit_mask,
+def write_maps(config: Config, result: UnitResult, unit_mask: UnitMask,
                 regions: dict[int, RegionSet], source_dirs: list[Path]) -> list[Path]:
-    """Write the network maps of every scale as a 4D ``_probseg`` image."""
+    """Write the network maps of every scale as a 4D ``_probseg`` image.
+
+    Parameters
+    ----------
+    config : Config
+    result : UnitResult
+    unit_mask : UnitMask
+    regions : dict of int -> RegionSet
+        Each scale's regions; scales without maps (clustering methods) write nothing.
+    source_dirs : list of Path
+
+    Returns
+    -------
+    list of Path
+        The files written (none for clustering methods).
+    """
     out = config.output_dir
     base = unit_entities(config, result)
     written = []
@@ -160,7 +202,24 @@ def write_maps(config: Config, result: UnitResult, unit_mask,
 
 def write_connectomes(config: Config, result: UnitResult, series: dict,
                        matrices: dict) -> list[Path]:
-    """Write one ``_relmat`` (TSV + JSON) per run, scale and measure."""
+    """Write one ``_relmat`` (TSV + JSON) per run, scale and measure.
+
+    Parameters
+    ----------
+    config : Config
+    result : UnitResult
+    series : dict
+        BOLD path -> scale -> parcel timeseries, ndarray (n_kept, n_parcels) (the parcel
+        names).
+    matrices : dict
+        BOLD path -> scale -> measure -> ndarray (n_parcels, n_parcels)
+        (:func:`bids_parcellate.connectome.run_connectomes`).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
     base = unit_entities(config, result)
     written = []
     for summary in result.runs:
@@ -182,6 +241,20 @@ def write_connectomes(config: Config, result: UnitResult, series: dict,
 
 def write_quality(config: Config, result: UnitResult, figures: dict[int, dict]
                    ) -> list[Path]:
+    """Write the unit's quality table (TSV + JSON) beside the dseg of every scale.
+
+    Parameters
+    ----------
+    config : Config
+    result : UnitResult
+    figures : dict of int -> dict
+        scale -> quality figures (:mod:`bids_parcellate.quality`), by column name.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
     ents = unit_entities(config, result)
     rows = quality_tables.unit_rows(result.subject, result.session, config.method,
                              config.bootstrap, result.n_voxels, figures)

@@ -50,6 +50,18 @@ def remove_temps(folder: Path, any_process: bool = False) -> list[Path]:
 
     By default only those of processes on this host that no longer run (a killed run);
     with ``any_process`` all of them (for folders that only one process writes).
+
+    Parameters
+    ----------
+    folder : Path
+        Folder to clean; nothing is done when it does not exist.
+    any_process : bool
+        Remove every temporary file, not only those of dead processes of this host.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
     """
     removed = []
     if not Path(folder).is_dir():
@@ -95,17 +107,52 @@ def _fsync(path: str) -> None:
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` atomically."""
+    """Write ``data`` atomically.
+
+    Parameters
+    ----------
+    path : Path
+        Destination; its parent folders are created.
+    data : bytes
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     return _atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write UTF-8 text atomically."""
+    """Write UTF-8 text atomically.
+
+    Parameters
+    ----------
+    path : Path
+    text : str
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     return write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: Path, data: dict) -> Path:
-    """Write JSON (sorted keys, indented, final newline) atomically."""
+    """Write JSON (sorted keys, indented, final newline) atomically.
+
+    Parameters
+    ----------
+    path : Path
+    data : dict
+        JSON-serialisable, plus paths and numpy scalars and arrays (:func:`json_default`).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=json_default)
                       + "\n")
 
@@ -124,7 +171,23 @@ def json_default(value):
 
 
 def format_tsv(columns: list[str], rows: np.ndarray | list, float_format: str = "%.8g") -> str:
-    """A BIDS TSV: header, tab-separated, ``n/a`` for NaN/None, fixed float format."""
+    """A BIDS TSV: header, tab-separated, ``n/a`` for NaN/None, fixed float format.
+
+    Parameters
+    ----------
+    columns : list of str
+        Header.
+    rows : ndarray or list
+        Rows of cells, each as many as ``columns``; floats are written with
+        ``float_format``, other values with ``str``.
+    float_format : str
+        ``%``-format of float cells.
+
+    Returns
+    -------
+    str
+        The file's text, with a final newline.
+    """
     buf = io.StringIO()
     buf.write("\t".join(columns) + "\n")
     for row in rows:
@@ -140,8 +203,20 @@ def format_tsv(columns: list[str], rows: np.ndarray | list, float_format: str = 
     return buf.getvalue()
 
 
-def write_tsv(path: Path, columns: list[str], rows) -> Path:
-    """Write a BIDS TSV atomically (see :func:`format_tsv`)."""
+def write_tsv(path: Path, columns: list[str], rows: np.ndarray | list) -> Path:
+    """Write a BIDS TSV atomically (see :func:`format_tsv`).
+
+    Parameters
+    ----------
+    path : Path
+    columns : list of str
+    rows : ndarray or list
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     return write_text(path, format_tsv(columns, rows))
 
 
@@ -150,7 +225,21 @@ def write_matrix_tsv(path: Path, columns: list[str], matrix: np.ndarray,
                      row_names: tuple[str, list[str]] | None = None) -> Path:
     """Write a float matrix as TSV (vectorised formatting, NaN as ``n/a``).
 
-    ``row_names``: optional ``(column name, names)`` written as a first column.
+    Parameters
+    ----------
+    path : Path
+    columns : list of str
+        Header of the matrix's columns.
+    matrix : ndarray, shape (n_rows, n_columns)
+    float_format : str
+        ``%``-format of the values.
+    row_names : (str, list of str), optional
+        ``(column name, names)`` written as a first column (one name a row).
+
+    Returns
+    -------
+    Path
+        ``path``.
     """
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -173,6 +262,17 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
 
     ``numpy.savez`` stamps every member with the current time; members are written
     here with a fixed timestamp so that the same arrays give the same bytes.
+
+    Parameters
+    ----------
+    path : Path
+    arrays : dict of str -> ndarray
+        Member name (without ``.npy``) -> array; no object arrays (pickling is refused).
+
+    Returns
+    -------
+    Path
+        ``path``.
     """
     import zipfile
 
@@ -187,7 +287,19 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
 
 
 def write_nifti(path: Path, img: nib.Nifti1Image) -> Path:
-    """Write a NIfTI image atomically; nibabel's gzip stream has no timestamp or name."""
+    """Write a NIfTI image atomically; nibabel's gzip stream has no timestamp or name.
+
+    Parameters
+    ----------
+    path : Path
+        Destination (``.nii.gz`` or ``.nii``).
+    img : Nifti1Image
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     return _atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 

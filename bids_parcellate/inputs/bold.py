@@ -50,9 +50,11 @@ class UnitMask:
 
     @property
     def n_voxels(self) -> int:
+        """Voxels in the mask."""
         return int(self.mask.sum())
 
     def to_img(self) -> nib.Nifti1Image:
+        """The mask as a 3D uint8 image (0/1, units mm)."""
         img = nib.Nifti1Image(self.mask.astype(np.uint8), self.affine)
         img.header.set_xyzt_units("mm")
         return img
@@ -138,6 +140,26 @@ def load_bold(run: Run, unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
     The file is decompressed in blocks of volumes by a reader thread while the calling
     thread keeps the in-mask voxels of the previous block, so the full 4D array
     (880 MB as float32 at 2 mm) is never built.
+
+    Parameters
+    ----------
+    run : Run
+    unit_mask : UnitMask
+        The voxels kept; its ``reader``, when set, reads the run instead (resampling, or
+        a mask computed from the BOLD: :class:`bids_parcellate.inputs.grids.BoldReader`).
+
+    Returns
+    -------
+    series : ndarray, shape (n_volumes, n_voxels), float32
+        The in-mask voxel timeseries, every volume.
+    mean_img : ndarray, 3D float32
+        Mean of the BOLD over time (on the analysis grid).
+
+    Raises
+    ------
+    RunError
+        When the file is unreadable, not 4D, not on the mask's grid, or holds NaN/Inf or
+        only constant voxels.
     """
     if unit_mask.reader is not None:  # resampling / mask from the BOLD (masking.py)
         return unit_mask.reader(run, unit_mask)
@@ -148,7 +170,23 @@ def load_bold(run: Run, unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
 def open_bold(run: Run, unit_mask: UnitMask) -> tuple[nib.Nifti1Image, object]:
     """Open a run's BOLD and check its header (4D, on the mask's grid); data not read yet.
 
-    Returns the image and its open stream, for :func:`read_bold`.
+    Parameters
+    ----------
+    run : Run
+    unit_mask : UnitMask
+        The mask whose grid the BOLD must be on.
+
+    Returns
+    -------
+    img : Nifti1Image
+        The image, its data not read.
+    stream : file object
+        Its open stream, for :func:`read_bold` (which closes it).
+
+    Raises
+    ------
+    RunError
+        When the file cannot be read or its header is refused (:func:`check_bold_header`).
     """
     try:
         img, stream = _open_image(run.bold)
@@ -164,7 +202,24 @@ def open_bold(run: Run, unit_mask: UnitMask) -> tuple[nib.Nifti1Image, object]:
 
 def check_bold_header(run: Run, img: nib.Nifti1Image, shape: tuple[int, ...],
                       affine: np.ndarray) -> None:
-    """Refuse a BOLD that is not 4D or not on the grid ``shape``/``affine`` of its mask."""
+    """Refuse a BOLD that is not 4D or not on the grid ``shape``/``affine`` of its mask.
+
+    Parameters
+    ----------
+    run : Run
+        The run (its BOLD and mask paths name the files in the error).
+    img : Nifti1Image
+        The BOLD (header only is used).
+    shape : tuple of int
+        Shape of the mask (the first three dimensions are compared).
+    affine : ndarray, shape (4, 4)
+        Affine of the mask (compared to within 1e-3).
+
+    Raises
+    ------
+    RunError
+        When the BOLD is not 4D or its grid differs.
+    """
     if len(img.shape) != 4:
         raise RunError(f"{run.bold}: BOLD must be 4D, got {len(img.shape)}D shape {img.shape}")
     if not _same_grid(img.shape, img.affine, shape, affine):
@@ -174,7 +229,31 @@ def check_bold_header(run: Run, img: nib.Nifti1Image, shape: tuple[int, ...],
 
 def read_bold(img: nib.Nifti1Image, stream, run: Run,
               unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
-    """The data of a BOLD opened by :func:`open_bold` (closes its stream)."""
+    """The data of a BOLD opened by :func:`open_bold` (closes its stream).
+
+    Parameters
+    ----------
+    img : Nifti1Image
+        The image returned by :func:`open_bold`.
+    stream : file object
+        Its open stream, read once in order and closed.
+    run : Run
+    unit_mask : UnitMask
+        The voxels kept.
+
+    Returns
+    -------
+    series : ndarray, shape (n_volumes, n_voxels), float32
+        The in-mask voxel timeseries.
+    mean_img : ndarray, 3D float32
+        Mean of the BOLD over time.
+
+    Raises
+    ------
+    RunError
+        When the data cannot be read (truncated or corrupt file) or are refused by
+        :func:`check_series`.
+    """
     with stream:
         try:
             series, total = _read_masked(img.dataobj, unit_mask.mask)
@@ -187,7 +266,17 @@ def read_bold(img: nib.Nifti1Image, stream, run: Run,
 def check_series(run: Run, series: np.ndarray) -> None:
     """Refuse NaN/Inf and all-constant data inside the mask; warn about constant voxels.
 
-    ``series``: (time x voxels) in the mask, as read (or resampled) from ``run.bold``.
+    Parameters
+    ----------
+    run : Run
+        The run ``series`` was read from (named in the messages).
+    series : ndarray, shape (n_volumes, n_voxels)
+        The in-mask voxels, as read (or resampled) from ``run.bold``.
+
+    Raises
+    ------
+    RunError
+        When a voxel holds NaN or Inf, or every voxel is constant in time.
     """
     # one pass: NaN propagates into the minimum and maximum, and so does Inf into one
     low, high = series.min(axis=0), series.max(axis=0)

@@ -64,6 +64,8 @@ class Grid:
 
     @property
     def voxel_size(self) -> np.ndarray:
+        """Voxel size (mm) along each of the three axes: the norms of the affine's
+        columns."""
         return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
 
     def image(self, data: np.ndarray | None = None) -> nib.Nifti1Image:
@@ -94,6 +96,23 @@ def target_grid(config: Config, source: Grid) -> Grid | None:
     A 3x3 affine (``--target-resolution`` gives one: the source axes scaled to the
     requested voxel size) leaves the field of view to nilearn's ``resample_img``, which
     makes the new grid cover the source grid's bounding box.
+
+    Parameters
+    ----------
+    config : Config
+        Its ``target_resolution`` (mm), or ``target_affine`` (3x3 or 4x4) and
+        ``target_shape``.
+    source : Grid
+        The input BOLD's grid.
+
+    Returns
+    -------
+    Grid or None
+
+    Raises
+    ------
+    UserError
+        When the target grid holds no data of the source grid, or is empty.
     """
     if config.target_resolution is not None:
         axes = source.affine[:3, :3] / source.voxel_size
@@ -122,7 +141,18 @@ def target_grid(config: Config, source: Grid) -> Grid | None:
 
 def output_res(config: Config, runs: list[Run]) -> str | None:
     """The ``res-`` label of the outputs: the target grid's (``--target-*``), else the
-    input BOLD's (None when it has none)."""
+    input BOLD's (None when it has none).
+
+    Parameters
+    ----------
+    config : Config
+    runs : list of Run
+        The unit's runs (the first one's ``res`` entity is used).
+
+    Returns
+    -------
+    str or None
+    """
     if config.target_resolution is not None:
         return resolution_label(np.full(3, config.target_resolution))
     if config.target_affine is not None:
@@ -135,7 +165,27 @@ def resampling_reader(config: Config, shape: tuple[int, ...], affine: np.ndarray
                       ) -> tuple[Grid, BoldReader | None]:
     """The grid the data are analysed on, and the reader that resamples a BOLD on the
     grid ``shape``/``affine`` to it (None when there is no ``--target-*``). For stages
-    that mask with a known mask (the group level's atlas timeseries)."""
+    that mask with a known mask (the group level's atlas timeseries).
+
+    Parameters
+    ----------
+    config : Config
+    shape : tuple of int
+        Shape of the input BOLD grid (the first three dimensions are used).
+    affine : ndarray, shape (4, 4)
+        Its voxel-to-world affine.
+
+    Returns
+    -------
+    grid : Grid
+        The target grid, or the input grid when the data are not resampled.
+    reader : BoldReader or None
+
+    Raises
+    ------
+    UserError
+        As :func:`target_grid`.
+    """
     source = Grid(tuple(int(n) for n in shape[:3]), np.asarray(affine, dtype=float))
     target = target_grid(config, source)
     if target is None:
@@ -144,7 +194,19 @@ def resampling_reader(config: Config, shape: tuple[int, ...], affine: np.ndarray
 
 
 def resample_mask(mask: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
-    """A boolean mask on ``target`` (nearest neighbour, as nilearn resamples masks)."""
+    """A boolean mask on ``target`` (nearest neighbour, as nilearn resamples masks).
+
+    Parameters
+    ----------
+    mask : ndarray of bool, 3D
+        The mask on ``source``.
+    source : Grid
+    target : Grid
+
+    Returns
+    -------
+    ndarray of bool, shape ``target.shape``
+    """
     from nilearn.image import resample_img
 
     with warnings.catch_warnings():
@@ -157,7 +219,18 @@ def resample_mask(mask: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
 
 def resample_bold(img: nib.Nifti1Image, target: Grid) -> np.ndarray:
     """A 4D BOLD image resampled to ``target`` (nilearn ``resample_img``, continuous
-    interpolation as nilearn's maskers); float32 array."""
+    interpolation as nilearn's maskers); float32 array.
+
+    Parameters
+    ----------
+    img : Nifti1Image
+        The 4D BOLD.
+    target : Grid
+
+    Returns
+    -------
+    ndarray, shape ``target.shape + (n_volumes,)``, float32
+    """
     from nilearn.image import resample_img
 
     with warnings.catch_warnings():
@@ -170,7 +243,25 @@ def resample_bold(img: nib.Nifti1Image, target: Grid) -> np.ndarray:
 
 # --------------------------------------------------------------------------- masks
 def template_mask(strategy: str, grid: Grid, mask_args: dict | None) -> np.ndarray:
-    """nilearn's MNI152 template mask (``compute_brain_mask``) on ``grid``."""
+    """nilearn's MNI152 template mask (``compute_brain_mask``) on ``grid``.
+
+    Parameters
+    ----------
+    strategy : str
+        A key of :data:`TEMPLATE_STRATEGIES` (``--mask-strategy``).
+    grid : Grid
+    mask_args : dict or None
+        Keyword arguments of ``compute_brain_mask`` (``--mask-args``).
+
+    Returns
+    -------
+    ndarray of bool, shape ``grid.shape``
+
+    Raises
+    ------
+    UserError
+        When nilearn refuses ``mask_args``.
+    """
     from nilearn.masking import compute_brain_mask
 
     try:
@@ -186,7 +277,31 @@ def template_mask(strategy: str, grid: Grid, mask_args: dict | None) -> np.ndarr
 
 def data_mask(strategy: str, mean_img: nib.Nifti1Image, mask_args: dict | None,
               source: Path) -> np.ndarray:
-    """nilearn's ``compute_epi_mask`` / ``compute_background_mask`` of a mean image."""
+    """nilearn's ``compute_epi_mask`` / ``compute_background_mask`` of a mean image.
+
+    Parameters
+    ----------
+    strategy : str
+        A key of :data:`DATA_STRATEGIES` (``--mask-strategy``).
+    mean_img : Nifti1Image
+        A run's mean BOLD image (3D).
+    mask_args : dict or None
+        Keyword arguments of the nilearn function (``--mask-args``).
+    source : Path
+        The run's BOLD (named in the errors).
+
+    Returns
+    -------
+    ndarray of bool, 3D
+        The mask, on the grid of ``mean_img``.
+
+    Raises
+    ------
+    UserError
+        When nilearn refuses ``mask_args``.
+    RunError
+        When nilearn fails on the image or gives an empty mask.
+    """
     from nilearn import masking
 
     function = getattr(masking, DATA_STRATEGIES[strategy])
@@ -206,7 +321,24 @@ def data_mask(strategy: str, mean_img: nib.Nifti1Image, mask_args: dict | None,
 
 
 def load_user_mask(path: Path, grid: Grid) -> np.ndarray:
-    """``--mask``: a binary image (nilearn ``load_mask_img``) on ``grid`` (nearest)."""
+    """``--mask``: a binary image (nilearn ``load_mask_img``) on ``grid`` (nearest).
+
+    Parameters
+    ----------
+    path : Path
+        The ``--mask`` image.
+    grid : Grid
+        The BOLD grid; the mask is resampled to it (with a warning) when on another.
+
+    Returns
+    -------
+    ndarray of bool, shape ``grid.shape``
+
+    Raises
+    ------
+    UserError
+        When the image is not a usable mask, or no voxel is left on ``grid``.
+    """
     from nilearn.masking import load_mask_img
 
     try:
@@ -243,7 +375,7 @@ class BoldReader:
     Resamples to the target grid and, with a strategy computed from the data, computes
     the run's mask from the mean image of the (resampled) run; the masks are kept in
     :attr:`run_masks` for :func:`finish_unit_mask`. Called by
-    :func:`bids_parcellate.denoise.load_bold` (one read of the file).
+    :func:`bids_parcellate.inputs.bold.load_bold` (one read of the file).
     """
 
     def __init__(self, source: Grid, target: Grid | None, strategy: str,
@@ -259,6 +391,7 @@ class BoldReader:
 
     @property
     def from_data(self) -> bool:
+        """Whether the mask is computed from each run's BOLD (:data:`DATA_STRATEGIES`)."""
         return self.strategy in DATA_STRATEGIES
 
     def __call__(self, run: Run, unit_mask: UnitMask) -> tuple[np.ndarray, np.ndarray]:
@@ -303,6 +436,28 @@ def build_unit_mask(runs: list[Run], config: Config) -> UnitMask:
     Reads only mask files (and nilearn's templates); the BOLD is read later, once, by
     :func:`bids_parcellate.denoise.clean_run` (through :class:`BoldReader` when the data
     are resampled or the mask is computed from them).
+
+    Parameters
+    ----------
+    runs : list of Run
+        The unit's runs, all on one grid.
+    config : Config
+        The mask and grid options (``mask_strategy``, ``mask_args``, ``mask``,
+        ``target_*``).
+
+    Returns
+    -------
+    UnitMask
+        The mask, grid and description; its ``reader`` is set when the BOLD must be
+        resampled or the mask is computed from it.
+
+    Raises
+    ------
+    UserError
+        When an option leaves no voxel (the target grid, a template mask or ``--mask``)
+        or is refused by nilearn.
+    RunError
+        When the runs' brain masks are unusable or differ in grid.
     """
     base = load_unit_mask(runs)
     source = Grid(tuple(base.mask.shape), np.asarray(base.affine, dtype=float))

@@ -258,6 +258,22 @@ def index_layout(config: Config, root: Path):
     reusable by every array job; otherwise only the requested participants are.
     pybids stores absolute paths: a database is reused only for the same root path
     (inside a container, bind the data at the same path as where it was built).
+
+    Parameters
+    ----------
+    config : Config
+        ``participant_label``, ``bids_database_dir`` and ``work_dir`` (where databases go).
+    root : Path
+        The derivatives dataset (an fMRIPrep output folder).
+
+    Returns
+    -------
+    bids.layout.BIDSLayout
+
+    Raises
+    ------
+    InputError
+        When pybids cannot index ``root``.
     """
     from bids.layout import BIDSLayout, BIDSLayoutIndexer
 
