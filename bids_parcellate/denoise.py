@@ -31,6 +31,8 @@ from bids_parcellate.inputs.bold import (
 )
 from bids_parcellate.inputs.grids import BoldReader
 from bids_parcellate.inputs.query import Run, Skipped
+from bids_parcellate.runtime import helper_process
+from bids_parcellate.runtime.parallel import for_each_block
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -225,8 +227,6 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
         raise RunError(
             f"{run.bold}: RepetitionTime missing or <= 0 in the sidecar and header"
         )
-    from bids_parcellate.runtime import helper_process
-
     if unit_mask.reader is not None:  # resampling / mask from the BOLD (masking.py)
         series, mean_img = load_bold(run, unit_mask)
         plan = denoising_plan(run, series.shape[0], config)
@@ -381,8 +381,6 @@ def apply_operator(operator: np.ndarray, series: np.ndarray, sample_mask: np.nda
     -------
     ndarray, shape (n_kept, n_voxels), float32
     """
-    from bids_parcellate.runtime.parallel import for_each_block
-
     kept, n_volumes = operator.shape
     correction = operator.copy()
     correction[np.arange(kept), sample_mask] -= 1.0

@@ -40,6 +40,9 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
+from bids_parcellate.learn.features import standardize_columns
+from bids_parcellate.runtime import helper_process
+
 #: Width (s) of the band around a single run's split point left out of both halves.
 GAP_SECONDS = 10.0
 #: Volumes left out around the split when the repetition time is unknown.
@@ -76,15 +79,25 @@ class Halves:
 
     @property
     def n_volumes(self) -> tuple[int, int]:
+        """Kept volumes in the first and the second half."""
         return (sum(s.shape[0] for s in self.first), sum(s.shape[0] for s in self.second))
 
     def take(self, arrays: Sequence[np.ndarray], half: int) -> list[np.ndarray]:
         """Half ``half`` (0 or 1) of per-run arrays laid out like the split runs, each
         piece z-scored per column: runs standardised per run are used as they are (a
         run split keeps whole runs); slices of a run (time split) are standardised
-        copies."""
-        from bids_parcellate.learn.features import standardize_columns
+        copies.
 
+        Parameters
+        ----------
+        arrays : sequence of ndarray, shape (n_kept, n_voxels)
+            One array per run, in the order of the split runs.
+        half : {0, 1}
+
+        Returns
+        -------
+        list of ndarray
+        """
         if self.kind == "runs":
             return list(arrays[half::2])
         piece = arrays[0][:self.stop] if half == 0 else arrays[0][self.start:]
@@ -220,12 +233,35 @@ class Scorer:
 
 
 def accuracy(segments: Sequence[np.ndarray], labels: np.ndarray) -> float:
-    """Compression R² of ``labels`` on cleaned ``segments`` (see :class:`Scorer`)."""
+    """Compression R² of ``labels`` on cleaned ``segments`` (see :class:`Scorer`).
+
+    Parameters
+    ----------
+    segments : sequence of ndarray, shape (n_kept, n_voxels)
+        Cleaned runs or parts of runs (each standardised per voxel here).
+    labels : ndarray of int, shape (n_voxels,)
+        Labels 1..n (0: no parcel).
+
+    Returns
+    -------
+    float
+        Share of the variance kept by the parcel means.
+    """
     return Scorer(segments).accuracy(labels)
 
 
 def homogeneity(segments: Sequence[np.ndarray], labels: np.ndarray) -> float:
-    """Size-weighted mean within-parcel correlation of ``labels`` on ``segments``."""
+    """Size-weighted mean within-parcel correlation of ``labels`` on ``segments``.
+
+    Parameters
+    ----------
+    segments : sequence of ndarray, shape (n_kept, n_voxels)
+    labels : ndarray of int, shape (n_voxels,)
+
+    Returns
+    -------
+    float
+    """
     return Scorer(segments).homogeneity(labels)
 
 
@@ -276,7 +312,24 @@ def homogeneity_null(scorer: Scorer, connectivity: sparse.spmatrix, n_parcels: i
                      support: np.ndarray | None = None) -> np.ndarray:
     """Homogeneity of ``n_draws`` random contiguous parcellations (see
     :func:`random_parcellation`), of the ``support`` voxels only when given (the voxels
-    a region-based parcellation covers)."""
+    a region-based parcellation covers).
+
+    Parameters
+    ----------
+    scorer : Scorer
+        The data the parcellations are scored on.
+    connectivity : sparse matrix
+        6-neighbour graph of the in-mask voxels.
+    n_parcels : int
+    n_draws : int
+    rng : numpy.random.Generator
+    support : ndarray of bool, shape (n_voxels,), optional
+
+    Returns
+    -------
+    ndarray of float, shape (n_draws,)
+        NaN when the support has more connected pieces than ``n_parcels``.
+    """
     if support is None or support.all():
         draws = [random_parcellation(connectivity, n_parcels, rng) for _ in range(n_draws)]
     else:
@@ -305,8 +358,20 @@ def gini(values: np.ndarray) -> float:
 
 
 def pieces_per_parcel(labels: np.ndarray, connectivity: sparse.spmatrix) -> np.ndarray:
-    """Number of connected pieces of every parcel (index 0 is parcel 1; label 0, no
-    parcel, is not counted)."""
+    """Number of connected pieces of every parcel.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (n_voxels,)
+        Labels 1..n (0: no parcel, not counted).
+    connectivity : sparse matrix
+        Voxel adjacency (6-neighbour grid).
+
+    Returns
+    -------
+    ndarray of int, shape (n,)
+        Index 0 is parcel 1.
+    """
     graph = sparse.coo_matrix(connectivity)
     same = labels[graph.row] == labels[graph.col]
     n = labels.shape[0]
@@ -319,7 +384,19 @@ def pieces_per_parcel(labels: np.ndarray, connectivity: sparse.spmatrix) -> np.n
 
 
 def shape_figures(labels: np.ndarray, connectivity: sparse.spmatrix) -> dict:
-    """Size distribution and fragmentation of a parcellation."""
+    """Size distribution and fragmentation of a parcellation.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (n_voxels,)
+    connectivity : sparse matrix
+
+    Returns
+    -------
+    dict
+        ``n_parcels``, ``n_unassigned``, ``size_min``, ``size_median``, ``size_max``,
+        ``size_gini``, ``n_fragmented`` (columns of the quality tables).
+    """
     counts = np.bincount(labels)
     sizes = counts[1:][counts[1:] > 0]
     return {
@@ -366,8 +443,6 @@ def assess(runs_data: Sequence[np.ndarray], sample_masks: Sequence[np.ndarray],
         scale -> {column: value} for the columns of :data:`COLUMNS` that describe
         figures (the identifying columns are added by the caller).
     """
-    from bids_parcellate.runtime import helper_process
-
     scales = sorted(labels_by_scale)
     halves = split_halves(runs_data, sample_masks, trs)
     n1, n2 = halves.n_volumes
@@ -412,6 +487,19 @@ def fixed_figures(runs_data: Sequence[np.ndarray], labels_by_scale: Mapping[int,
     :func:`assess` adds the split-half figures; this alone scores a parcellation that
     was not learned from ``runs_data`` (e.g. a group atlas on a participant's runs, where
     ``accuracy`` is then held-out).
+
+    Parameters
+    ----------
+    runs_data : sequence of ndarray, shape (n_kept, n_voxels)
+        Cleaned runs.
+    labels_by_scale : mapping
+        scale -> labels 1..n over the voxels.
+    connectivity : sparse matrix
+        6-neighbour graph of the in-mask voxels.
+    random_state : int
+        Seed of the homogeneity null.
+    n_null : int
+        Random parcellations per scale for the null.
 
     Returns
     -------

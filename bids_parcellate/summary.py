@@ -93,11 +93,26 @@ class Summary:
 
     @property
     def name(self) -> str:
+        """The unit's name (``sub-<label>[_ses-<label>]``)."""
         return naming.unit_prefix(self.subject, self.session)
 
 
 def summary_parameters(config: Config, runs: list[Run]) -> dict:
-    """What determines a unit's summary: parameters, version and selected runs."""
+    """What determines a unit's summary: parameters, version and selected runs.
+
+    Parameters
+    ----------
+    config : Config
+    runs : list of Run
+        The unit's selected runs.
+
+    Returns
+    -------
+    dict
+        ``format``, ``version`` (major.minor), ``parameters`` (the hashed parameters
+        that change features: not those of :data:`_NOT_IN_SUMMARY`), ``runs`` (sorted
+        BOLD file names).
+    """
     params = {k: v for k, v in config.hashed_parameters().items() if k not in _NOT_IN_SUMMARY}
     return {
         "format": FORMAT_VERSION,
@@ -108,7 +123,18 @@ def summary_parameters(config: Config, runs: list[Run]) -> dict:
 
 
 def summary_hash(config: Config, runs: list[Run]) -> str:
-    """Short stable digest of :func:`summary_parameters`."""
+    """Short stable digest of :func:`summary_parameters`.
+
+    Parameters
+    ----------
+    config : Config
+    runs : list of Run
+
+    Returns
+    -------
+    str
+        16 hexadecimal characters of the sha256 of the parameters as sorted JSON.
+    """
     payload = json.dumps(summary_parameters(config, runs), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -133,6 +159,10 @@ def make_summary(config: Config, runs: list[Run], used: list[Run], mask: np.ndar
     features : ndarray (n_voxels, k)
     n_volumes : int
         Kept volumes in total.
+
+    Returns
+    -------
+    Summary
     """
     subject, session = runs[0].unit
     return Summary(
@@ -146,6 +176,16 @@ def make_summary(config: Config, runs: list[Run], used: list[Run], mask: np.ndar
 
 def compute_summary(config: Config, runs: list[Run]) -> Summary:
     """Denoise a unit's runs and build its summary (reads each BOLD once).
+
+    Parameters
+    ----------
+    config : Config
+    runs : list of Run
+        The unit's complete runs.
+
+    Returns
+    -------
+    Summary
 
     Raises
     ------
@@ -171,7 +211,20 @@ def compute_summary(config: Config, runs: list[Run]) -> Summary:
 
 # --------------------------------------------------------------------------- files
 def summary_path(config: Config, subject: str, session: str | None, entities: dict) -> Path:
-    """Where a unit's summary lives in OUTPUT_DIR."""
+    """Where a unit's summary lives in OUTPUT_DIR.
+
+    Parameters
+    ----------
+    config : Config
+    subject : str
+    session : str or None
+    entities : dict
+        ``space`` and ``res`` of the unit's outputs.
+
+    Returns
+    -------
+    Path
+    """
     return config.output_dir / naming.build_name("summary", {
         "subject": subject, "session": session, **entities,
         "desc": "summary", "suffix": "features", "extension": ".npz"})
@@ -179,7 +232,22 @@ def summary_path(config: Config, subject: str, session: str | None, entities: di
 
 def write_summary(config: Config, summary: Summary, source_dirs: list[Path],
                   runs: list[Run]) -> list[Path]:
-    """Write the summary (``.npz``) and a readable sidecar (``.json``)."""
+    """Write the summary (``.npz``) and a readable sidecar (``.json``).
+
+    Parameters
+    ----------
+    config : Config
+    summary : Summary
+    source_dirs : list of Path
+        The input datasets (BIDS URIs of the runs in the sidecar).
+    runs : list of Run
+        The unit's selected runs.
+
+    Returns
+    -------
+    list of Path
+        The two files.
+    """
     path = summary_path(config, summary.subject, summary.session, summary.entities)
     header = {
         "hash": summary.hash,

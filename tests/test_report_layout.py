@@ -41,6 +41,7 @@ def test_report_imports_point_one_way():
         raise AssertionError(f"import cycle in {PACKAGE}: {exc.args[1]}") from None
     # the layers the package docstring describes
     assert order.index("templates") < order.index("canvas") < order.index("figures")
+    assert order.index("canvas") < order.index("mosaics") < order.index("record")
     assert order.index("record") < order.index("methods") < order.index("assemble")
 
 

@@ -64,6 +64,7 @@ class ComponentMerger:
         self.n_blocks_ = 0
 
     def add(self, block: np.ndarray) -> ComponentMerger:
+        """Merge ``block`` (n_voxels x k) into the kept components; returns ``self``."""
         block = np.asarray(block, dtype=np.float32)
         state = self.components_
         n_rows, k = block.shape
@@ -94,7 +95,25 @@ class ComponentMerger:
 
 
 def group_mask(summaries: dict[str, SummaryHeader], affine: np.ndarray) -> GroupMask:
-    """Intersection of the summaries' masks (one mask in memory at a time)."""
+    """Intersection of the summaries' masks (one mask in memory at a time).
+
+    Parameters
+    ----------
+    summaries : dict
+        unit name -> its summary header.
+    affine : ndarray, shape (4, 4)
+        The common grid's affine.
+
+    Returns
+    -------
+    GroupMask
+        The intersection, the size of the union and the voxels each unit misses.
+
+    Raises
+    ------
+    UserError
+        When the intersection is empty.
+    """
     inter = union = None
     counts = {}
     for name, header in summaries.items():
@@ -253,8 +272,21 @@ def unit_summaries(config: Config, units: dict[UnitKey, list[Run]], grid, source
 
 
 def space_res(units: dict[UnitKey, list[Run]], config: Config) -> tuple[str, str | None]:
-    """The ``space`` and ``res`` entities of the group outputs (``res`` only when every
-    run has the same, or the data are resampled)."""
+    """The ``space`` and ``res`` entities of the group outputs.
+
+    Parameters
+    ----------
+    units : dict
+        (subject, session) -> the unit's runs.
+    config : Config
+
+    Returns
+    -------
+    space : str
+    res : str or None
+        The ``--target-*`` grid's label when the data are resampled, else the runs' own
+        ``res`` when they all have the same, else None.
+    """
     first_runs = next(iter(units.values()))
     first = first_runs[0].entities
     if config.resamples:

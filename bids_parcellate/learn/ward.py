@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import sparse
 
+from bids_parcellate.runtime.parallel import for_each_block
+
 LOGGER = logging.getLogger("bids_parcellate")
 
 #: Grids with at most this many voxels get the exact Ward tree (it takes under a second).
@@ -82,8 +84,6 @@ def ward_costs(centroids: np.ndarray, weights: np.ndarray, rows: np.ndarray,
     -------
     ndarray of float64, shape (n_edges,)
     """
-    from bids_parcellate.runtime.parallel import for_each_block
-
     out = np.empty(rows.size, dtype=np.float64)
 
     def part(bounds: tuple[int, int]) -> None:

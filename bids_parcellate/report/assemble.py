@@ -28,7 +28,7 @@ import numpy as np
 
 from bids_parcellate.config import UserError
 from bids_parcellate.derivatives import naming, writers
-from bids_parcellate.report import figures
+from bids_parcellate.report import figures, mosaics
 from bids_parcellate.report.connectome import centroids_mm, connectome
 from bids_parcellate.report.methods import render_methods
 from bids_parcellate.report.templates import data_uri, render_page, svg_uri
@@ -267,7 +267,7 @@ def _atlas_view(output_dir: Path, atlas: dict) -> dict:
         bg = resample_to_img(load_mni152_template(resolution=2), first,
                              interpolation="continuous", force_resample=True,
                              copy_header=True)
-    return {**atlas, "rows": rows, "uri": svg_uri(figures.atlas_maps(shown, bg)),
+    return {**atlas, "rows": rows, "uri": svg_uri(mosaics.atlas_maps(shown, bg)),
             "connectomes": _group_connectomes(output_dir, atlas)}
 
 

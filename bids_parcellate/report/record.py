@@ -29,9 +29,14 @@ import numpy as np
 
 from bids_parcellate import __version__
 from bids_parcellate.config import Config
+from bids_parcellate.connectome import group_connectomes
+from bids_parcellate.denoise import strategies, strategy_kwargs
 from bids_parcellate.derivatives import naming, tables, writers
-from bids_parcellate.inputs.query import sidecar_path
-from bids_parcellate.report import figures
+from bids_parcellate.extract import align_to_volumes
+from bids_parcellate.inputs.query import InputError, read_dataset_description, sidecar_path
+from bids_parcellate.learn.features import labels_to_volume
+from bids_parcellate.learn.regions import auto_alpha
+from bids_parcellate.report import figures, mosaics
 from bids_parcellate.report.connectome import centroids_mm, connectome
 from bids_parcellate.results import UnitResult
 
@@ -158,8 +163,6 @@ def fmriprep_versions(source_dirs: Sequence[Path]) -> list[str]:
     list of str
         Distinct versions, sorted.
     """
-    from bids_parcellate.inputs.query import InputError, read_dataset_description
-
     found = []
     for path in source_dirs:
         try:
@@ -294,21 +297,18 @@ def _zscore(block: np.ndarray) -> np.ndarray:
 def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
                   series: dict, threshold: float | None) -> dict[str, tuple[bytes, dict]]:
     """Every figure of a unit: name -> (SVG bytes, extra record fields)."""
-    from bids_parcellate.extract import align_to_volumes
-    from bids_parcellate.learn.features import labels_to_volume
-
     mask, affine = unit_mask.mask, unit_mask.affine
     scales = sorted(labels)
-    slicer = figures.Slicer(unit_mask.to_img())
+    slicer = mosaics.Slicer(unit_mask.to_img())
     mean_bold = np.mean([c.mean_img for c in cleaned], axis=0, dtype=np.float64)
     bg_img = nib.Nifti1Image(mean_bold.astype(np.float32), affine)
     labels_imgs = {s: nib.Nifti1Image(labels_to_volume(labels[s], mask), affine)
                    for s in scales}
     out: dict[str, tuple[bytes, dict]] = {}
-    out["mask"] = (figures.brain_mask(bg_img, slicer, f"brain mask: {int(mask.sum())} "
+    out["mask"] = (mosaics.brain_mask(bg_img, slicer, f"brain mask: {int(mask.sum())} "
                                                       "voxels"),
                    {"description": _mask_description(unit_mask)})
-    out["labels"] = (figures.label_maps(labels_imgs, bg_img, slicer),
+    out["labels"] = (mosaics.label_maps(labels_imgs, bg_img, slicer),
                      {"cut_coords": slicer.cut_coords})
 
     # compressed representation: the middle kept volume of the first run
@@ -325,7 +325,7 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
     volume = int(first.sample_mask[index])
     run_label = naming.source_prefix(first.run.entities)
     out["compressed"] = (
-        figures.compressed(_volume(original, mask, affine), rebuilt, slicer, titles,
+        mosaics.compressed(_volume(original, mask, affine), rebuilt, slicer, titles,
                            f"cleaned signal, volume {volume} of {run_label} "
                            f"({int(mask.sum())} voxels)"),
         {"run": run_label, "volume": volume, "r2": {str(s): round(r2[s], 4) for s in scales}})
@@ -373,8 +373,6 @@ def _connectome_figure(kind: str, labels: dict, mask: np.ndarray, affine: np.nda
                        series: list, scales: list) -> tuple[bytes, dict]:
     """The first requested per-run measure, averaged over the unit's runs (nilearn's
     ``ConnectivityMeasure.mean_``), with nodes at the parcel centroids."""
-    from bids_parcellate.connectome import group_connectomes
-
     voxels = np.argwhere(mask)
     matrices, centroids = {}, {}
     for scale, runs in zip(scales, series, strict=True):
@@ -536,15 +534,11 @@ def _dictlearning_alpha(config: Config, result) -> float | None:
     """The DictLearning sparsity used for this unit (``auto`` depends on its volumes)."""
     if config.method != "dictlearning":
         return None
-    from bids_parcellate.learn.regions import auto_alpha
-
     return config.dictlearning_alpha or auto_alpha(
         sum(int(r.sample_mask.size) for r in result.runs))
 
 
 def _strategy(config: Config) -> dict:
-    from bids_parcellate.denoise import strategies, strategy_kwargs
-
     return {"name": config.denoise_strategy,
             "description": strategies()[config.denoise_strategy]["description"],
             "options": strategy_kwargs(config)}

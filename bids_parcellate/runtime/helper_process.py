@@ -27,6 +27,8 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from bids_parcellate.runtime.threads import thread_variables
+
 LOGGER = logging.getLogger("bids_parcellate")
 
 _helper: Helper | None = None
@@ -107,8 +109,6 @@ class Helper:
     """One helper process (spawned: no copy of this process's memory or threads)."""
 
     def __init__(self) -> None:
-        from bids_parcellate.runtime.threads import thread_variables
-
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child,), daemon=True,

@@ -25,7 +25,9 @@ import logging
 from dataclasses import dataclass
 
 from bids_parcellate.config import Config, UserError
+from bids_parcellate.inputs.grids import DATA_STRATEGIES
 from bids_parcellate.inputs.query import Run
+from bids_parcellate.runtime import helper_process
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -68,8 +70,6 @@ def base_bytes() -> float:
     (or the helper process that holds them)."""
     import resource
     import sys
-
-    from bids_parcellate.runtime import helper_process
 
     kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
     if helper_process.running():
@@ -133,8 +133,6 @@ def estimate_unit_memory(runs: list[Run], config: Config,
         # image is held next to the one read
         mask_voxels = int(np.ceil(mask_voxels * ratio))
         grid = int(grid * (1 + ratio))
-    from bids_parcellate.inputs.grids import DATA_STRATEGIES
-
     if ratio is None and config.mask_strategy not in DATA_STRATEGIES:
         grid = 0  # streamed (bold.read_bold)
     features = mask_voxels * min(volumes, config.n_components)
