@@ -108,7 +108,7 @@ def prepare_runs(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.n
 def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
                    fwhm: float, n_components: int,
                    prepared: Sequence[np.ndarray] | None = None, *,
-                   n_jobs: int = 1) -> np.ndarray:
+                   n_jobs: int = 1, weighting: float = 1.0) -> np.ndarray:
     """Voxel features for clustering from the cleaned runs of one unit.
 
     Each run is smoothed within the mask and z-scored per voxel (:func:`prepare_runs`,
@@ -116,6 +116,31 @@ def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np
     in time. When there are more volumes than ``n_components`` the data are reduced
     with an exact thin SVD computed from the (time x time) Gram matrix, which is exact
     and much cheaper than a randomized SVD when volumes << voxels.
+
+    Parameters
+    ----------
+    runs_data : sequence of ndarray, shape (n_times, n_voxels)
+        Cleaned runs (ignored when ``prepared`` is given).
+    mask : ndarray of bool, 3D
+    affine : ndarray (4, 4)
+    fwhm : float
+        Smoothing (mm) within the mask.
+    n_components : int
+        Components kept (at most the number of volumes).
+    prepared : sequence of ndarray, optional
+        The runs already smoothed and z-scored (:func:`prepare_runs`).
+    n_jobs : int
+        Threads for the smoothing.
+    weighting : float
+        Exponent ``alpha`` of the singular values: with the data ``X = U S V^T``
+        (voxels x volumes), the features are ``U S^alpha``. 1 (default) gives
+        ``X V = U S``, components weighted by their singular values, so Ward minimises
+        the within-parcel variance of the data; 0 whitens (every component weighs the
+        same, as nilearn's ``Parcellations``); values in between weigh weak components
+        partially. Components whose singular value is below ``1e-6`` times the largest
+        (the data's null space, e.g. the direction removed by centring) are set to 0
+        when ``alpha < 1``. With ``alpha != 1`` the SVD is computed even when there are
+        no more volumes than ``n_components`` (all components are then kept).
 
     Returns
     -------
@@ -130,7 +155,7 @@ def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np
     data = np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
     del columns
     n_times = data.shape[1]
-    if n_times <= n_components:
+    if n_times <= n_components and weighting == 1.0:
         return np.ascontiguousarray(data)
     gram = np.zeros((n_times, n_times))
     for start in range(0, data.shape[0], 16384):
@@ -142,7 +167,15 @@ def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np
     # deterministic sign: largest-magnitude loading positive
     signs = np.sign(basis[np.abs(basis).argmax(axis=0), np.arange(basis.shape[1])])
     signs[signs == 0] = 1
-    basis = (basis * signs).astype(np.float32)
+    basis = basis * signs
+    if weighting != 1.0:
+        # X V = U S, so X V S^(alpha - 1) = U S^alpha; the null space gets weight 0
+        singular = np.sqrt(np.maximum(eigval[order], 0.0))
+        live = singular > 1e-6 * singular[0]
+        scale = np.zeros_like(singular)
+        scale[live] = singular[live] ** (weighting - 1.0)
+        basis = basis * scale
+    basis = basis.astype(np.float32)
     return np.ascontiguousarray(data @ basis)
 
 
