@@ -232,8 +232,11 @@ def tables(rows, name):
     if ward:
         alphas = sorted({r["alpha"] for r in ward if r["side"] == "ours"}, reverse=True)
         truth = any(r["ari_truth"] != "n/a" for r in ward)
-        cell = (lambda r: f"{r['ari']:.3f} / {r['r2_heldout']:.4f}"
-                + (f" / {r['ari_truth']:.3f}" if truth else ""))
+
+        def cell(r, truth=truth):
+            return (f"{r['ari']:.3f} / {r['r2_heldout']:.4f}"
+                    + (f" / {r['ari_truth']:.3f}" if truth else ""))
+
         what = "split-half ARI / held-out R²" + (" / ARI to truth" if truth else "")
         print(f"\n**{name}**, Ward ({what}; **bold**: ours above nilearn on both)\n")
         print("| scale | FWHM | nilearn | " + " | ".join(f"α={a:g}" for a in alphas) + " |")

@@ -181,6 +181,8 @@ class Config:
     n_parcels: tuple[int, ...] = (100, 200, 400)
     smoothing_fwhm: float = 4.0
     n_components: int = 200
+    #: exponent of the singular values in the clustering features (U S^alpha)
+    feature_weighting: float = 1.0
     random_seed: int = 0
     bootstrap: int = 0
     # quality figures (extra outputs; they do not change the parcellation)
@@ -390,6 +392,9 @@ class Config:
             raise ConfigError(f"{option} {list(scales)}: scales repeat")
         if self.n_components < 1:
             raise ConfigError(f"--n-components {self.n_components}: must be >= 1")
+        if not 0.0 <= self.feature_weighting <= 1.0:
+            raise ConfigError(f"--feature-weighting {self.feature_weighting:g}: give a "
+                              "number from 0 (whitened) to 1 (weighted by variance)")
         if self.region_thresholding not in REGION_THRESHOLDINGS:
             raise ConfigError(f"--region-thresholding {self.region_thresholding!r}: choose "
                               f"from {', '.join(REGION_THRESHOLDINGS)}")

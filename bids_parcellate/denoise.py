@@ -37,8 +37,6 @@ from bids_parcellate.runtime.parallel import for_each_block
 LOGGER = logging.getLogger("bids_parcellate")
 
 
-
-
 class SkipRun(Exception):
     """A run is usable in principle but has too little data left; it is skipped."""
 
@@ -74,14 +72,6 @@ def check_strategy_options(config: Config) -> None:
             )
 
 
-
-
-
-
-
-
-
-
 @dataclass
 class CleanRun:
     """A denoised run.
@@ -109,22 +99,6 @@ class CleanRun:
     confounds: list[str]
     mean_img: np.ndarray
     framewise_displacement: np.ndarray | None = None
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def load_confounds(run: Run, n_volumes: int, config: Config

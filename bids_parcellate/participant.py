@@ -195,7 +195,8 @@ def learn_unit(config: Config, runs: list[Run], cleaned: list[CleanRun], unit_ma
     features = store.array(
         "features", features_key,
         lambda: build_features([], unit_mask.mask, unit_mask.affine, config.smoothing_fwhm,
-                               config.n_components, prepared=prepared()))
+                               config.n_components, prepared=prepared(),
+                               weighting=config.feature_weighting))
     result.timings["features"] = time.monotonic() - tic
     # the group level's input (map step), from the features already in memory
     summary = make_summary(config, runs, [c.run for c in cleaned], unit_mask.mask,

@@ -203,7 +203,7 @@ def compute_summary(config: Config, runs: list[Run]) -> Summary:
     del cleaned
     n_volumes = sum(d.shape[0] for d in data)
     features = build_features(data, unit_mask.mask, unit_mask.affine, config.smoothing_fwhm,
-                              config.n_components)
+                              config.n_components, weighting=config.feature_weighting)
     del data
     return make_summary(config, runs, used, unit_mask.mask, unit_mask.affine, features,
                         n_volumes)

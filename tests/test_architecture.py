@@ -106,3 +106,20 @@ def test_modules_stay_short():
     large = {m for m, p in modules().items()
              if len(p.read_text(encoding="utf-8").splitlines()) > MAX_LINES}
     assert large <= STILL_LARGE, f"over {MAX_LINES} lines: {sorted(large - STILL_LARGE)}"
+
+
+def test_only_the_command_line_defers_package_imports():
+    """Modules import each other at their top (the flow is visible there); only cli/
+    defers imports into functions so that --help and usage errors start fast."""
+    deferred = []
+    for name, path in modules().items():
+        if name.startswith("bids_parcellate.cli"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for sub in ast.walk(node):
+                    if (isinstance(sub, ast.ImportFrom)
+                            and (sub.module or "").startswith("bids_parcellate")):
+                        deferred.append(f"{name}:{sub.lineno}")
+    assert deferred == []

@@ -45,6 +45,8 @@ def test_hash_ignores_paths_and_resources_but_not_parameters():
     ({"connectivity": ("pearson",)}, "--connectivity 'pearson': choose from correlation, "
                                      "partial_correlation"),
     ({"connectivity": ("tangent",)}, "--connectivity tangent needs several participants"),
+    ({"feature_weighting": 1.5}, "--feature-weighting 1.5: give a number from 0"),
+    ({"feature_weighting": -0.1}, "--feature-weighting -0.1: give a number from 0"),
 ])
 def test_invalid_parameters(kwargs, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

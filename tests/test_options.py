@@ -557,7 +557,8 @@ def test_cache_keys_cover_every_parameter():
     base = Config(bids_dir=Path("/a"), output_dir=Path("/b"))
     key = cache_module.features_key(base, "x")
     for name, value in [("smoothing_fwhm", 6.0), ("n_components", 50), ("detrend", False),
-                        ("mask_strategy", "epi"), ("target_resolution", 4.0)]:
+                        ("mask_strategy", "epi"), ("target_resolution", 4.0),
+                        ("feature_weighting", 0.5)]:
         changed = Config(bids_dir=Path("/a"), output_dir=Path("/b"), **{name: value})
         assert cache_module.features_key(changed, "x") != key, name
     for name, value in [("n_parcels", (7,)), ("random_seed", 3), ("standardize", "zscore")]:
@@ -672,3 +673,19 @@ def test_cache_with_network_maps(tmp_path, counters):
     assert run_cli(demo.root, tmp_path / "c", *args, "6") == 0
     cached, fresh = sha256_tree(tmp_path / "b"), sha256_tree(tmp_path / "c")
     assert cached and cached == fresh
+
+
+def test_feature_weighting_reaches_the_features_and_the_sidecar(demo, tmp_path):
+    """--feature-weighting 0 whitens the features (every component weighs the same): the
+    parcels change, the sidecar says so, and the summary is built the same way."""
+    plain, whitened = tmp_path / "plain", tmp_path / "whitened"
+    args = ("--n-parcels", "20", "--no-quality", "--no-cache")
+    assert run_cli(demo.root, plain, *args) == 0
+    assert run_cli(demo.root, whitened, *args, "--feature-weighting", "0") == 0
+    assert sidecar(dseg(plain))["Parameters"]["FeatureWeighting"] == 1.0
+    assert sidecar(dseg(whitened))["Parameters"]["FeatureWeighting"] == 0.0
+    assert not np.array_equal(labels_of(dseg(plain)), labels_of(dseg(whitened)))
+    (summary,) = (whitened / "sub-01" / "func").glob("*_desc-summary_features.npz")
+    features = np.load(summary)["features"].astype(np.float64)
+    norms = np.linalg.norm(features, axis=0)
+    np.testing.assert_allclose(norms, norms[0], rtol=1e-3)  # U: unit columns

@@ -49,7 +49,8 @@ def test_summary_hash_follows_what_changes_the_features(tmp_path, runs):
     assert len(base) == 16
     assert summary.summary_hash(config(tmp_path), list(reversed(runs))) == base
     for kwargs in ({"smoothing_fwhm": 6.0}, {"n_components": 20}, {"high_pass": 0.01},
-                   {"denoise_strategy": "none"}, {"mask_strategy": "epi"}):
+                   {"denoise_strategy": "none"}, {"mask_strategy": "epi"},
+                   {"feature_weighting": 0.5}):
         assert summary.summary_hash(config(tmp_path, **kwargs), runs) != base, kwargs
     for kwargs in ({"n_parcels": (3,)}, {"method": "average"}, {"random_seed": 9},
                    {"task": ("rest",)}, {"standardize": "psc"}, {"overwrite": True},

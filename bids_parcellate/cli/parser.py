@@ -183,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="temporal dimensions kept for clustering and in the summaries "
                           "the group level reads (exact SVD when the runs have more "
                           "volumes)")
+    par.add_argument("--feature-weighting", type=float, default=1.0, metavar="ALPHA",
+                     help="clustering features U S^ALPHA of the SVD of the smoothed runs: "
+                          "1 weighs each component by its variance (within-parcel "
+                          "variance of the data minimised: more accurate parcels), 0 "
+                          "whitens them as nilearn does (smoother, more reproducible "
+                          "parcels); see docs/quality.md for measurements")
     par.add_argument("--split-disconnected", action="store_true",
                      help="kmeans, hierarchical_kmeans: split every parcel into its "
                           "connected pieces (pieces up to --min-region-size are dropped)")
@@ -385,6 +391,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         n_parcels=tuple(args.n_parcels),
         smoothing_fwhm=args.smoothing_fwhm,
         n_components=args.n_components,
+        feature_weighting=args.feature_weighting,
         random_seed=args.random_seed,
         bootstrap=args.bootstrap,
         quality=args.quality,

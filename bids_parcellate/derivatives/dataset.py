@@ -51,56 +51,6 @@ BIDSIGNORE = (
 )
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # --------------------------------------------------------------------------- dataset
 def in_container() -> dict | None:
     """Container description for ``GeneratedBy`` when running inside our image."""
@@ -310,10 +260,6 @@ def remove_unit_outputs(output_dir: Path, subject: str, session: str | None,
     return removed
 
 
-
-
-
-
 def list_outputs(output_dir: Path) -> list[Path]:
     """Every data output under OUTPUT_DIR (sorted), without ``logs/``, temporary files
     and reports (:func:`is_report_file`)."""
@@ -355,9 +301,5 @@ def write_manifest(output_dir: Path) -> Path:
             except FileNotFoundError:  # removed meanwhile by a concurrent rerun
                 continue
         return write_tsv(path, ["path", "sha256", "size"], rows)
-
-
-
-
 
 

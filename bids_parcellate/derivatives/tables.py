@@ -198,6 +198,7 @@ def processing_parameters(config: Config, n_volumes: int = 0) -> dict:
             "Method": config.method,
             "SmoothingFWHM": config.smoothing_fwhm,
             "NumberOfComponents": config.n_components,
+            "FeatureWeighting": config.feature_weighting,
             **split,
             "RandomSeed": config.random_seed,
             "Bootstrap": config.bootstrap,

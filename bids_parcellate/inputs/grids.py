@@ -522,5 +522,3 @@ def build_unit_mask(runs: list[Run], config: Config) -> UnitMask:
                     description=", ".join(parts), grid=grid_info, reader=reader)
 
 
-
-

@@ -107,7 +107,8 @@ def bagged_features(features: np.ndarray, resample_labels: np.ndarray) -> np.nda
 
 
 def volume_resampler(prepared: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
-                     n_components: int) -> Callable[[np.random.Generator], np.ndarray]:
+                     n_components: int, weighting: float = 1.0
+                     ) -> Callable[[np.random.Generator], np.ndarray]:
     """The bootstrap resamples of a unit's runs, as features.
 
     Parameters
@@ -119,6 +120,8 @@ def volume_resampler(prepared: Sequence[np.ndarray], mask: np.ndarray, affine: n
     affine : ndarray, shape (4, 4)
     n_components : int
         Feature components (see :func:`~bids_parcellate.learn.features.build_features`).
+    weighting : float
+        Exponent of the singular values in the features (``--feature-weighting``).
 
     Returns
     -------
@@ -129,7 +132,7 @@ def volume_resampler(prepared: Sequence[np.ndarray], mask: np.ndarray, affine: n
     def resample(rng: np.random.Generator) -> np.ndarray:
         # fancy indexing copies, so build_features may standardise the resample in place
         return build_features([x[block_bootstrap(x.shape[0], rng)] for x in prepared], mask,
-                              affine, 0.0, n_components)
+                              affine, 0.0, n_components, weighting=weighting)
 
     return resample
 

@@ -5,10 +5,13 @@ connectivity graph that the spatially constrained methods use
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage, sparse
+
+from bids_parcellate.runtime.parallel import for_each_block
 
 
 # --------------------------------------------------------------------------- features
@@ -39,10 +42,6 @@ def smooth_masked(data: np.ndarray, mask: np.ndarray, affine: np.ndarray,
         A transposed view of a C-contiguous (n_voxels, n_times) array, so that
         ``result.T`` (voxel features) needs no copy.
     """
-    import threading
-
-    from bids_parcellate.runtime.parallel import for_each_block
-
     if not fwhm:
         return data
     voxel_size = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
@@ -100,6 +99,21 @@ def prepare_runs(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np.n
     ``runs_data`` is not modified (without smoothing the runs are copied first:
     :func:`standardize_columns` works in place, and the cleaned runs are still needed for
     the timeseries and the quality figures).
+
+    Parameters
+    ----------
+    runs_data : sequence of ndarray, shape (n_kept, n_voxels)
+        Cleaned runs.
+    mask : ndarray of bool, 3D
+    affine : ndarray, shape (4, 4)
+    fwhm : float
+        Smoothing (mm) within the mask; 0: none.
+    n_jobs : int
+        Threads for the smoothing.
+
+    Returns
+    -------
+    list of ndarray, shape (n_kept, n_voxels), float32
     """
     return [standardize_columns(smooth_masked(x, mask, affine, fwhm, n_jobs=n_jobs) if fwhm
                                 else np.array(x, dtype=np.float32)) for x in runs_data]
@@ -138,8 +152,8 @@ def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np
         the within-parcel variance of the data; 0 whitens (every component weighs the
         same, as nilearn's ``Parcellations``); values in between weigh weak components
         partially. Components whose singular value is below ``1e-6`` times the largest
-        (the data's null space, e.g. the direction removed by centring) are set to 0
-        when ``alpha < 1``. With ``alpha != 1`` the SVD is computed even when there are
+        (the data's null space, e.g. the directions removed by confound regression)
+        are dropped when ``alpha < 1``. With ``alpha != 1`` the SVD is computed even when there are
         no more volumes than ``n_components`` (all components are then kept).
 
     Returns
@@ -169,12 +183,10 @@ def build_features(runs_data: Sequence[np.ndarray], mask: np.ndarray, affine: np
     signs[signs == 0] = 1
     basis = basis * signs
     if weighting != 1.0:
-        # X V = U S, so X V S^(alpha - 1) = U S^alpha; the null space gets weight 0
+        # X V = U S, so X V S^(alpha - 1) = U S^alpha; the null space is dropped
         singular = np.sqrt(np.maximum(eigval[order], 0.0))
         live = singular > 1e-6 * singular[0]
-        scale = np.zeros_like(singular)
-        scale[live] = singular[live] ** (weighting - 1.0)
-        basis = basis * scale
+        basis = basis[:, live] * singular[live] ** (weighting - 1.0)
     basis = basis.astype(np.float32)
     return np.ascontiguousarray(data @ basis)
 
@@ -209,7 +221,18 @@ def grid_connectivity(mask: np.ndarray) -> sparse.csr_matrix:
 
 
 def labels_to_volume(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Put in-mask labels back on the 3D grid (0 outside the mask), int16 when it fits."""
+    """Put in-mask labels back on the 3D grid (0 outside the mask), int16 when it fits.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (n_voxels,)
+        Labels of the in-mask voxels (C order).
+    mask : ndarray of bool, 3D
+
+    Returns
+    -------
+    ndarray, 3D, int16 (int32 beyond 32,766 labels)
+    """
     dtype = np.int16 if labels.max() < np.iinfo(np.int16).max else np.int32
     volume = np.zeros(mask.shape, dtype=dtype)
     volume[mask] = labels

@@ -109,12 +109,14 @@ def runs_training(config, runs_data: Sequence[np.ndarray], mask: np.ndarray,
         if features is not None:
             return features
         return build_features([], mask, affine, config.smoothing_fwhm,
-                              config.n_components, prepared=smoothed())
+                              config.n_components, prepared=smoothed(),
+                              weighting=config.feature_weighting)
 
     return Training(
         mask=mask, affine=affine, features=full_features,
         # the prepared runs are smoothed and standardised: resample them as they are
-        resampler=lambda: volume_resampler(smoothed(), mask, affine, config.n_components),
+        resampler=lambda: volume_resampler(smoothed(), mask, affine, config.n_components,
+                                           config.feature_weighting),
         decomposition_input=lambda: (smoothed(), None), memo=memo)
 
 

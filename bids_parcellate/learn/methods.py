@@ -37,16 +37,6 @@ LOGGER = logging.getLogger("bids_parcellate")
 LabelsByScale = dict[int, np.ndarray]
 
 
-
-
-
-
-
-
-
-
-
-
 # --------------------------------------------------------------------------- labels
 def order_labels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Renumber cluster ids to 1..n by parcel centroid (x, then y, then z).

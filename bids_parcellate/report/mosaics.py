@@ -281,7 +281,6 @@ def compressed(original: nib.Nifti1Image, rebuilt: Mapping[int, nib.Nifti1Image]
     return _mosaic(rows, slicer, colorbar=("cold_hot", vmax))
 
 
-
 def atlas_maps(labels_imgs: Mapping[int, nib.Nifti1Image],
                bg_img: nib.Nifti1Image | None) -> bytes:
     """Group atlas at every scale (rows), axial cuts over ``bg_img``.

@@ -395,8 +395,6 @@ FIGURE_FILES = {
 }
 
 
-
-
 def write_unit_report_data(config: Config, result: UnitResult, unit_mask: UnitMask,
                            cleaned: list[CleanRun], labels: dict[int, np.ndarray],
                            series: dict[Path, dict[int, np.ndarray]],

@@ -70,7 +70,7 @@ _AFTER_FEATURES = frozenset({
     "bootstrap", "quality", "split_half",
 })
 NOT_USED_BY = {
-    "denoised": _AFTER_FEATURES | {"smoothing_fwhm", "n_components"},
+    "denoised": _AFTER_FEATURES | {"smoothing_fwhm", "n_components", "feature_weighting"},
     "features": _AFTER_FEATURES,
 }
 
