@@ -176,6 +176,8 @@ class Config:
     detrend: bool = True
     standardize: str = "zscore_sample"
     min_volumes: int = 20
+    #: keep brain-mask voxels whose BOLD is constant over a run (no signal)
+    keep_flat_voxels: bool = False
     # parcellation
     method: str = "ward"
     n_parcels: tuple[int, ...] = (100, 200, 400)

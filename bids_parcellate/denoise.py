@@ -18,6 +18,7 @@ from functools import lru_cache
 from importlib import resources
 
 import numpy as np
+from nibabel.affines import apply_affine
 
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.derivatives.naming import source_prefix
@@ -90,6 +91,8 @@ class CleanRun:
         The regressors actually used.
     mean_img : ndarray, 3D float32
         Mean of the raw BOLD over time (for figures).
+    flat : ndarray of bool, shape (n_voxels,), optional
+        Voxels whose BOLD is constant over the run (no signal).
     """
 
     run: Run
@@ -99,6 +102,7 @@ class CleanRun:
     confounds: list[str]
     mean_img: np.ndarray
     framewise_displacement: np.ndarray | None = None
+    flat: np.ndarray | None = None
 
 
 def load_confounds(run: Run, n_volumes: int, config: Config
@@ -229,6 +233,7 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
                 raise plan
     n_volumes = series.shape[0]
     confounds, names, sample_mask, fd, operator = plan
+    flat = series.max(axis=0) == series.min(axis=0)  # no signal (two reductions, no copy)
     cleaned = apply_operator(operator, series, sample_mask, n_jobs=config.nprocs)
     del series
     return CleanRun(
@@ -239,6 +244,7 @@ def clean_run(run: Run, unit_mask: UnitMask, config: Config) -> CleanRun:
         confounds=names,
         mean_img=mean_img,
         framewise_displacement=fd,
+        flat=flat,
     )
 
 
@@ -429,6 +435,7 @@ def clean_runs(runs: list[Run], unit_mask: UnitMask, config: Config,
         if done is not None:
             done(message)
     unit_mask, cleaned = finish_unit_mask(unit_mask, cleaned)
+    unit_mask, cleaned = drop_flat_voxels(unit_mask, cleaned, keep=config.keep_flat_voxels)
     return unit_mask, cleaned, skipped
 
 
@@ -464,7 +471,8 @@ def finish_unit_mask(unit_mask: UnitMask, cleaned: list[CleanRun]
     if not final.any():
         raise RunError(f"{cleaned[0].run.bold}: the intersection of the runs' "
                        f"{reader.strategy} masks is empty")
-    out = [replace(c, data=np.ascontiguousarray(c.data[:, final[m]]))
+    out = [replace(c, data=np.ascontiguousarray(c.data[:, final[m]]),
+                   flat=None if c.flat is None else c.flat[final[m]])
            for c, m in zip(cleaned, masks, strict=True)]
     if reader.user_mask is not None:
         computed = np.logical_and.reduce([reader.computed_masks[c.run.bold] for c in cleaned])
@@ -474,3 +482,67 @@ def finish_unit_mask(unit_mask: UnitMask, cleaned: list[CleanRun]
     LOGGER.info("%s mask: %d voxels (runs: %s)", reader.strategy, int(final.sum()),
                 ", ".join(str(n) for n in counts.values()))
     return replace(unit_mask, mask=final, n_voxels_per_run=counts), out
+
+
+def drop_flat_voxels(unit_mask: UnitMask, cleaned: list[CleanRun], *, keep: bool = False
+                     ) -> tuple[UnitMask, list[CleanRun]]:
+    """Leave out of the unit the brain-mask voxels without signal in any of its runs.
+
+    A voxel whose BOLD is constant over a run (typically outside the acquired field of
+    view: all zeros) carries no signal there; cleaning makes it zero, and a parcel made
+    of such voxels has an all-zero timeseries. Like a voxel outside one run's brain mask
+    (the runs' masks are intersected), it is left out of the unit's mask, and recorded in
+    ``unit_mask.flat_voxels`` (count and bounding box in mm) for the sidecars and the
+    report.
+
+    Parameters
+    ----------
+    unit_mask : UnitMask
+    cleaned : list of CleanRun
+        The unit's cleaned runs, each with its ``flat`` voxels.
+    keep : bool
+        ``--keep-flat-voxels``: record them but keep them in the mask.
+
+    Returns
+    -------
+    unit_mask : UnitMask
+        Without the flat voxels (unless ``keep``), with ``flat_voxels`` set when any.
+    cleaned : list of CleanRun
+        Their data restricted to the kept voxels.
+
+    Raises
+    ------
+    RunError
+        When no voxel has signal in every run.
+    """
+    flags = [c.flat for c in cleaned if c.flat is not None]
+    if not flags:
+        return unit_mask, cleaned
+    flat = np.logical_or.reduce(flags)
+    n_flat = int(flat.sum())
+    if not n_flat:
+        return unit_mask, cleaned
+    if n_flat == flat.size and not keep:
+        raise RunError(f"{cleaned[0].run.bold}: no voxel of the brain mask has signal in "
+                       "every run (each is constant over at least one run)")
+    coords = np.argwhere(unit_mask.mask)[flat]
+    corners = apply_affine(unit_mask.affine,
+                           np.stack([coords.min(axis=0), coords.max(axis=0)]))
+    record = {"Count": n_flat,
+              "BoundingBox": [[round(float(v), 2) for v in corner]
+                              for corner in np.sort(corners, axis=0)],
+              "Kept": keep}
+    where = "x {0:g} to {3:g}, y {1:g} to {4:g}, z {2:g} to {5:g} mm".format(
+        *record["BoundingBox"][0], *record["BoundingBox"][1])
+    if keep:
+        LOGGER.warning("%d brain-mask voxels have no signal in some run (%s); kept "
+                       "(--keep-flat-voxels)", n_flat, where)
+        return replace(unit_mask, flat_voxels=record), cleaned
+    LOGGER.warning("%d brain-mask voxels have no signal in some run (%s): left out of the "
+                   "parcellation (--keep-flat-voxels keeps them)", n_flat, where)
+    mask = unit_mask.mask.copy()
+    mask[unit_mask.mask] = ~flat
+    out = [replace(c, data=np.ascontiguousarray(c.data[:, ~flat]), flat=None)
+           for c in cleaned]
+    return replace(unit_mask, mask=mask, flat_voxels=record), out
+

@@ -247,23 +247,39 @@ def test_traceback_only_with_verbose(copy, tmp_path, capsys):
     assert "Traceback" in err and "BOLD must be 4D" in err
 
 
-def test_zero_variance_voxels_are_handled(copy, tmp_path, capsys):
+@pytest.mark.parametrize("keep", [False, True])
+def test_voxels_without_signal_are_left_out_and_recorded(copy, tmp_path, capsys, keep):
+    """Brain-mask voxels constant over a run (no signal, e.g. outside the field of view)
+    are left out of the parcellation and recorded; --keep-flat-voxels keeps them."""
     data = bold_data(copy)
     brain = np.asarray(nib.load(mask(copy)).dataobj) > 0
     constant = np.argwhere(brain)[:25]
     for index in constant:
-        data[tuple(index)] = 1000.0
+        data[tuple(index)] = 1000.0  # the same value in every volume of run 1
     rewrite_bold(copy, data)
     out = tmp_path / "out"
-    assert run_cli(copy, out, "--n-parcels", "10", "--participant-label", "01") == 0
+    extra = ("--keep-flat-voxels",) if keep else ()
+    assert run_cli(copy, out, "--n-parcels", "10", "--participant-label", "01", *extra) == 0
     err = capsys.readouterr().err
     assert "25 of 3666 voxels inside the brain mask are constant in time" in err
+    assert "25 brain-mask voxels have no signal in some run" in err
     ts = next((out / "sub-01" / "func").glob("*_timeseries.tsv"))
     values = pd.read_csv(ts, sep="\t", na_values="n/a").dropna().to_numpy()
     assert values.shape == (38, 10) and np.isfinite(values).all()
-    labels = np.asarray(nib.load(next((out / "sub-01" / "anat").glob("*_dseg.nii.gz")))
-                        .dataobj)
-    assert (labels[brain] > 0).all()
+    dseg = next((out / "sub-01" / "anat").glob("*_dseg.nii.gz"))
+    labels = np.asarray(nib.load(dseg).dataobj)
+    flat = np.zeros_like(brain)
+    flat[tuple(constant.T)] = True
+    assert (labels[brain & ~flat] > 0).all()
+    assert (labels[flat] > 0).all() if keep else not labels[flat].any()
+    sidecar = json.loads(dseg.with_name(dseg.name.replace(".nii.gz", ".json")).read_text())
+    record = sidecar["VoxelsWithoutSignal"]
+    assert record["Count"] == 25 and record["Kept"] is keep
+    corners = nib.affines.apply_affine(nib.load(dseg).affine, constant)
+    np.testing.assert_allclose(record["BoundingBox"],
+                               [corners.min(axis=0), corners.max(axis=0)], atol=0.01)
+    assert sidecar["Parameters"]["KeepFlatVoxels"] is keep
+    assert sidecar["BrainMask"].endswith(f": {int(brain.sum()) - (0 if keep else 25)} voxels")
 
 
 # --------------------------------------------------------------------------- dataset level

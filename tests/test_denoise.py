@@ -1,5 +1,6 @@
 """Reading and cleaning runs (bids_parcellate.denoise) against nibabel and nilearn."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import nibabel as nib
@@ -72,3 +73,37 @@ def test_cleaning_operator_equals_nilearn_clean(high_pass, low_pass):
     np.testing.assert_allclose(ours, reference, atol=1e-4 * reference.std())
     again = denoise.apply_operator(operator, series, sample_mask, n_jobs=1)
     np.testing.assert_array_equal(ours, again)
+
+
+def test_drop_flat_voxels_any_run_and_keep():
+    from dataclasses import replace as dc_replace
+
+    from bids_parcellate.inputs.bold import UnitMask
+    from bids_parcellate.inputs.query import Run
+
+    mask = np.zeros((4, 3, 2), dtype=bool)
+    mask[1:3] = True  # 12 voxels
+    unit = UnitMask(mask=mask, affine=np.diag([2.0, 2.0, 2.0, 1.0]), n_voxels_per_run={})
+    rng = np.random.default_rng(0)
+    run = Run(entities={}, bold=Path("run.nii.gz"), mask=None, confounds=None, tr=2.0)
+    flat1, flat2 = np.zeros(12, bool), np.zeros(12, bool)
+    flat1[0], flat2[5] = True, True  # one voxel without signal in each run
+    runs = [denoise.CleanRun(run=run, data=rng.standard_normal((10, 12)).astype(np.float32),
+                             sample_mask=np.arange(10), n_volumes=10, confounds=[],
+                             mean_img=np.zeros(mask.shape, np.float32), flat=flat)
+            for flat in (flat1, flat2)]
+    kept_unit, kept = denoise.drop_flat_voxels(unit, runs, keep=True)
+    assert kept_unit.mask is unit.mask and kept is runs
+    assert kept_unit.flat_voxels["Count"] == 2 and kept_unit.flat_voxels["Kept"] is True
+    new_unit, out = denoise.drop_flat_voxels(unit, runs)
+    assert new_unit.n_voxels == 10 and new_unit.flat_voxels["Kept"] is False
+    expected = np.ones(12, bool)
+    expected[[0, 5]] = False
+    for before, after in zip(runs, out, strict=True):
+        np.testing.assert_array_equal(after.data, before.data[:, expected])
+    coords = np.argwhere(mask)[[0, 5]] * 2.0
+    assert new_unit.flat_voxels["BoundingBox"] == [coords.min(axis=0).tolist(),
+                                                   coords.max(axis=0).tolist()]
+    every = [dc_replace(c, flat=np.ones(12, bool)) for c in runs]
+    with pytest.raises(denoise.RunError, match="no voxel of the brain mask has signal"):
+        denoise.drop_flat_voxels(unit, every)

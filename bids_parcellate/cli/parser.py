@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{', '.join(STANDARDIZE_CHOICES)}")
     den.add_argument("--min-volumes", type=int, default=20, metavar="N",
                      help="skip runs with fewer volumes left after censoring")
+    den.add_argument("--keep-flat-voxels", action="store_true",
+                     help="parcellate brain-mask voxels whose BOLD is constant over a run "
+                          "(no signal, e.g. outside the field of view); by default they "
+                          "are left out, counted and located in the dseg sidecars")
 
     par = parser.add_argument_group("parcellation")
     par.add_argument("--method", default="ward",
@@ -183,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="temporal dimensions kept for clustering and in the summaries "
                           "the group level reads (exact SVD when the runs have more "
                           "volumes)")
-    par.add_argument("--feature-weighting", type=float, default=1.0, metavar="ALPHA",
+    par.add_argument("--feature-weighting", type=_positive_float, default=1.0, metavar="ALPHA",
                      help="clustering features U S^ALPHA of the SVD of the smoothed runs: "
                           "1 weighs each component by its variance (within-parcel "
                           "variance of the data minimised: more accurate parcels), 0 "
@@ -391,6 +395,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         n_parcels=tuple(args.n_parcels),
         smoothing_fwhm=args.smoothing_fwhm,
         n_components=args.n_components,
+        keep_flat_voxels=args.keep_flat_voxels,
         feature_weighting=args.feature_weighting,
         random_seed=args.random_seed,
         bootstrap=args.bootstrap,

@@ -210,6 +210,7 @@ def processing_parameters(config: Config, n_volumes: int = 0) -> dict:
         }
     # brain mask and grid (--mask-strategy, --mask, --target-*), method knobs
     params["MaskStrategy"] = config.mask_strategy
+    params["KeepFlatVoxels"] = config.keep_flat_voxels
     if config.mask_args:
         params["MaskArgs"] = config.mask_args
     if config.mask is not None:

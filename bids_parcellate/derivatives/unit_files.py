@@ -95,6 +95,8 @@ def write_unit_files(config: Config, result: UnitResult, unit_mask: UnitMask, la
             "Sources": sources,
             "SpatialReference": space,
             "BrainMask": f"{unit_mask.description}: {unit_mask.n_voxels} voxels",
+            **({"VoxelsWithoutSignal": unit_mask.flat_voxels} if unit_mask.flat_voxels
+               else {}),
             "ConfigHash": config.config_hash(),
             **{name: {"Description": text} for name, text in columns.items()
                if name not in ("index", "name")},

@@ -46,6 +46,9 @@ class UnitMask:
     description: str = "intersection of the runs' fMRIPrep brain masks"
     #: ``{"label": res label, "description": ...}`` when the grid was resampled
     grid: dict | None = None
+    #: brain-mask voxels without signal (BOLD constant over a run): ``Count``,
+    #: ``BoundingBox`` (mm), ``Kept`` (``--keep-flat-voxels``); None when there are none
+    flat_voxels: dict | None = None
     reader: Callable | None = field(default=None, repr=False)
 
     @property
@@ -287,9 +290,10 @@ def check_series(run: Run, series: np.ndarray) -> None:
     if constant == series.shape[1]:
         raise RunError(f"{run.bold}: every voxel inside the brain mask is constant in time")
     if constant:
-        # kept: cleaning turns them into zeros, features and parcel means stay finite
+        # left out of the unit's mask after cleaning unless --keep-flat-voxels
+        # (bids_parcellate.denoise.drop_flat_voxels)
         LOGGER.warning("%s: %d of %d voxels inside the brain mask are constant in time "
-                       "(zero variance); kept with a zero signal", run.bold.name, constant,
+                       "(zero variance: no signal)", run.bold.name, constant,
                        series.shape[1])
 
 

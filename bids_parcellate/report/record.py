@@ -364,9 +364,13 @@ def _draw_figures(config: Config, result, unit_mask, cleaned, labels: dict,
 
 def _mask_description(unit_mask) -> str:
     """How the unit's mask was made (``--mask-strategy``, ``--mask``; see
-    :mod:`bids_parcellate.masking`)."""
-    return getattr(unit_mask, "description",
-                   "intersection of the runs' fMRIPrep brain masks")
+    :mod:`bids_parcellate.inputs.grids`), and the voxels without signal it lost."""
+    text = getattr(unit_mask, "description", "intersection of the runs' fMRIPrep brain masks")
+    flat = getattr(unit_mask, "flat_voxels", None)
+    if flat:
+        text += (f"; {flat['Count']} voxels without signal (constant over a run) "
+                 + ("kept (--keep-flat-voxels)" if flat["Kept"] else "left out"))
+    return text
 
 
 def _connectome_figure(kind: str, labels: dict, mask: np.ndarray, affine: np.ndarray,

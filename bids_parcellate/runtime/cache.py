@@ -396,7 +396,8 @@ def store_denoised(cache: Cache, key: str, unit_mask: UnitMask, cleaned: list[Cl
                      "fd": clean.framewise_displacement is not None})
     meta = {"runs": runs, "skipped": [[str(s.bold), s.reason] for s in skipped],
             "n_voxels_per_run": unit_mask.n_voxels_per_run,
-            "description": unit_mask.description, "grid": unit_mask.grid}
+            "description": unit_mask.description, "grid": unit_mask.grid,
+            "flat_voxels": unit_mask.flat_voxels}
     cache.store("denoised", key, arrays, meta)
 
 
@@ -426,7 +427,8 @@ def load_denoised(cache: Cache, key: str, runs: list[Run]
     by_bold = {str(Path(run.bold).resolve()): run for run in runs}
     unit_mask = UnitMask(mask=np.asarray(arrays["mask"]), affine=np.array(arrays["affine"]),
                          n_voxels_per_run=meta["n_voxels_per_run"],
-                         description=meta["description"], grid=meta["grid"])
+                         description=meta["description"], grid=meta["grid"],
+                         flat_voxels=meta.get("flat_voxels"))
     if any(item["bold"] not in by_bold for item in meta["runs"]):
         return None
     cleaned = [
