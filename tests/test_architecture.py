@@ -123,3 +123,29 @@ def test_only_the_command_line_defers_package_imports():
                             and (sub.module or "").startswith("bids_parcellate")):
                         deferred.append(f"{name}:{sub.lineno}")
     assert deferred == []
+
+
+def _public_functions(tree: ast.Module):
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            yield node
+        elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            yield from (n for n in node.body
+                        if isinstance(n, ast.FunctionDef) and not n.name.startswith("_"))
+
+
+def test_public_functions_carry_numpydoc_sections():
+    """Every public function has a docstring; one of two or more arguments names them in
+    a Parameters section, and says what it gives back in a Returns section."""
+    missing = []
+    for name, path in modules().items():
+        for func in _public_functions(ast.parse(path.read_text(encoding="utf-8"))):
+            args = [a.arg for a in func.args.args + func.args.kwonlyargs
+                    if a.arg not in ("self", "cls")]
+            doc = ast.get_docstring(func) or ""
+            returns = func.returns is not None and not (
+                isinstance(func.returns, ast.Constant) and func.returns.value is None)
+            if (not doc or (len(args) >= 2 and "Parameters" not in doc)
+                    or (len(args) >= 2 and returns and "Returns" not in doc)):
+                missing.append(f"{name}.{func.name}")
+    assert missing == []
