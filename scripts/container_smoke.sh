@@ -52,7 +52,8 @@ print(p if os.path.isfile(p) else "")')
 RUN_UID=$(id -u); RUN_GID=$(id -g)
 if [ "$RUN_UID" -eq 0 ]; then RUN_UID=4242; RUN_GID=4242; fi
 
-rm -rf "$WORK/bids" "$WORK/out"
+# WORKDIR may be reused (CI keeps it under /var/tmp): start every output folder empty
+rm -rf "$WORK/bids" "$WORK/out" "$WORK/out1"
 mkdir -p "$WORK/bids" "$WORK/out"
 chmod 0755 "$WORK"
 if [ "$(id -u)" -eq 0 ]; then chown "$RUN_UID:$RUN_GID" "$WORK/bids" "$WORK/out"; fi
@@ -169,11 +170,15 @@ EOF
 # One participant with --nprocs 2 is processed in the main process, with the helper
 # process that imports nilearn and loads the confounds (bids_parcellate/runtime/helper_process.py),
 # under the same restrictions; its files equal those of the two-worker run above.
-mkdir -p "$WORK/out1"
+mkdir -p "$WORK/out1"  # (emptied at the start)
 if [ "$(id -u)" -eq 0 ]; then chown "$RUN_UID:$RUN_GID" "$WORK/out1"; fi
-timed "participant level (1 subject, helper)" "${RUN[@]}" -v "$WORK/bids/ds:/data:ro" \
-    -v "$WORK/out1:/out" "$IMAGE" /data /out participant --participant-label 01 \
-    --n-parcels "${N_PARCELS[@]}" --nprocs 2 -v 2> "$WORK/helper.log"
+# (its log goes to a file, read below; on failure its last lines are shown)
+helper_run() {
+    "${RUN[@]}" -v "$WORK/bids/ds:/data:ro" -v "$WORK/out1:/out" "$IMAGE" /data /out \
+        participant --participant-label 01 --n-parcels "${N_PARCELS[@]}" --nprocs 2 -v \
+        2> "$WORK/helper.log" || { local rc=$?; tail -n 3 "$WORK/helper.log" >&2; return "$rc"; }
+}
+timed "participant level (1 subject, helper)" helper_run
 grep -q "helper process [0-9]* imports nilearn" "$WORK/helper.log" \
     || { cat "$WORK/helper.log" >&2; die "no helper process with --nprocs 2 and one participant"; }
 python3 - "$WORK/out" "$WORK/out1" <<'EOF' || die "helper run differs from the two-worker run"
