@@ -67,9 +67,11 @@ def standardize_parcels(block: np.ndarray, standardize: str | bool) -> np.ndarra
     """nilearn's ``standardize_signal(block, detrend=False, standardize=standardize)``.
 
     The default ``zscore_sample`` is computed here with the same operations (equal to
-    the last bit, tested): importing ``nilearn.signal`` imports scikit-learn and
-    scipy.signal (about 1 s), which the participant level otherwise leaves to its helper
-    process (:mod:`bids_parcellate.runtime.helper_process`).
+    the last bit, tested), and ``zscore`` too (the population standard deviation, as
+    nilearn's ``zscore`` was before nilearn 0.14 removed it): importing
+    ``nilearn.signal`` imports scikit-learn and scipy.signal (about 1 s), which the
+    participant level otherwise leaves to its helper process
+    (:mod:`bids_parcellate.runtime.helper_process`).
 
     Parameters
     ----------
@@ -86,9 +88,9 @@ def standardize_parcels(block: np.ndarray, standardize: str | bool) -> np.ndarra
     """
     if not standardize:
         return block
-    if standardize == "zscore_sample" and block.shape[0] > 1:
+    if standardize in ("zscore_sample", "zscore") and block.shape[0] > 1:
         block = block - block.mean(axis=0)
-        std = block.std(axis=0, ddof=1)
+        std = block.std(axis=0, ddof=1 if standardize == "zscore_sample" else 0)
         std[std < np.finfo(np.float64).eps] = 1.0
         block /= std
         return block

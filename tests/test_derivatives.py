@@ -266,6 +266,16 @@ def test_bids_uri(tmp_path):
     assert dataset.bids_uri(other, [source]) == other.resolve().as_uri()
 
 
+def test_bids_uri_in_a_folder_with_spaces(tmp_path):
+    """A dataset path with spaces (percent-encoded in DatasetLinks) still gives bids: URIs."""
+    source = tmp_path / "my study" / "fmriprep 23"
+    bold = source / "sub-01" / "func" / "sub-01_bold.nii.gz"
+    assert dataset.bids_uri(bold, [source]) == "bids:fmriprep23:sub-01/func/sub-01_bold.nii.gz"
+    links = dataset.dataset_description([source])["DatasetLinks"]
+    assert links == {"fmriprep23": source.resolve().as_uri()}
+    assert "%20" in links["fmriprep23"]
+
+
 def test_check_output_dir(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")

@@ -70,6 +70,16 @@ def test_parcel_timeseries_zscore_sample():
         np.testing.assert_allclose(out[scale], expected, rtol=1e-10, atol=1e-12)
 
 
+def test_parcel_timeseries_zscore_population():
+    """``--standardize zscore`` (removed from nilearn 0.14): the population std."""
+    labels, data = labels_and_data(n_times=40, seed=1)
+    out = extract.parcel_timeseries(data, labels, standardize="zscore")
+    for scale in (3, 7):
+        means = hand_means(data, labels[scale])
+        expected = (means - means.mean(axis=0)) / means.std(axis=0, ddof=0)
+        np.testing.assert_allclose(out[scale], expected, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("standardize", ["zscore_sample", "psc"])
 def test_standardize_parcels_equals_nilearn(standardize):
     from nilearn.signal import standardize_signal

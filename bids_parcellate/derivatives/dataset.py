@@ -63,18 +63,24 @@ def in_container() -> dict | None:
     return {"Type": kind, "Tag": image}
 
 
+def _dataset_links(source_dirs: list[Path]) -> dict[str, Path]:
+    """``DatasetLinks`` keys (the folder name's letters and digits) -> resolved folders."""
+    links: dict[str, Path] = {}
+    for path in source_dirs:
+        key = "".join(ch for ch in Path(path).resolve().name if ch.isalnum()) or "source"
+        while key in links:
+            key += "x"
+        links[key] = Path(path).resolve()
+    return links
+
+
 def dataset_description(source_dirs: list[Path]) -> dict:
     """``dataset_description.json`` content for the output dataset."""
     generated = {"Name": "bids_parcellate", "Version": __version__, "CodeURL": CODE_URL}
     container = in_container()
     if container:
         generated["Container"] = container
-    links = {}
-    for path in source_dirs:
-        key = "".join(ch for ch in path.resolve().name if ch.isalnum()) or "source"
-        while key in links:
-            key += "x"
-        links[key] = path.resolve().as_uri()
+    links = {key: root.as_uri() for key, root in _dataset_links(source_dirs).items()}
     return {
         "Name": "bids_parcellate: data-driven parcellations",
         "BIDSVersion": BIDS_VERSION,
@@ -100,10 +106,8 @@ def bids_uri(path: Path, source_dirs: list[Path]) -> str:
     str
         The BIDS URI, or a ``file://`` URI when ``path`` is in no source dataset.
     """
-    links = dataset_description(source_dirs)["DatasetLinks"]
     path = Path(path).resolve()
-    for key, uri in links.items():
-        root = Path(uri.removeprefix("file://"))
+    for key, root in _dataset_links(source_dirs).items():
         if root in path.parents:
             return f"bids:{key}:{path.relative_to(root).as_posix()}"
     return path.as_uri()
