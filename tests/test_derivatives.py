@@ -436,3 +436,27 @@ def test_timeseries_sidecar_is_one_schema_for_both_levels(tmp_path):
     assert group["Atlas"] == "demoWard" and "Atlas" not in unit
     assert "of the group atlas" in group["Description"]
     assert "group atlas" not in unit["Description"]
+
+
+def test_group_connectomes_without_tangent_when_one_run_is_left(tmp_path, caplog):
+    """Runs skipped at the group level after the tangent check: the other measures are
+    written, tangent is left out with a warning (it used to raise a bare ValueError)."""
+    from bids_parcellate.derivatives import atlas_files
+    from bids_parcellate.results import GroupResult
+
+    config = helpers.make_config(tmp_path, analysis_levels=("group",),
+                                 connectivity=("correlation", "tangent"))
+    run = helpers.make_run({"bold": tmp_path / "bold.nii.gz"})
+    series = np.random.default_rng(0).standard_normal((30, 4))
+    collected = [(("01", None), run, 30, {4: series})]
+    with caplog.at_level("WARNING", logger="bids_parcellate"):
+        written = atlas_files.write_group_connectomes(
+            config, GroupResult(label="testWard"), collected, {4: np.arange(10) % 4 + 1},
+            "MNI152NLin2009cAsym", None)
+    names = sorted(p.name for p in written)
+    run_name = "sub-01_task-rest_run-1_space-MNI152NLin2009cAsym_atlas-testWard_scale-4"
+    assert names == sorted([
+        f"{run_name}_meas-correlation_relmat.tsv", f"{run_name}_meas-correlation_relmat.json",
+        "group_atlas-testWard_scale-4_meas-correlation_relmat.tsv",
+        "group_atlas-testWard_scale-4_meas-correlation_relmat.json"])
+    assert "only 1 run is left at the group level" in caplog.text

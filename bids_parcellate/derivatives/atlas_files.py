@@ -310,24 +310,27 @@ def write_group_connectomes(config: Config, result: GroupResult, collected: list
     list of Path
         The files written.
 
-    Raises
-    ------
-    ValueError
-        ``tangent`` with fewer than two runs
-        (:func:`bids_parcellate.connectome.group_connectomes`).
+    ``tangent`` needs two runs: when runs were skipped at the group level (after
+    :func:`bids_parcellate.group.checks.check_tangent` passed) and fewer remain, its
+    files are left out with a warning, and the other measures are written.
     """
     written = []
     participants = sorted({naming.unit_prefix(*key) for key, *_ in collected})
+    kinds = list(config.connectivity)
+    if "tangent" in kinds and len(collected) < 2:
+        LOGGER.warning("--connectivity tangent: no tangent-space matrices, since only %d "
+                       "run is left at the group level (it needs two)", len(collected))
+        kinds.remove("tangent")
     for scale in sorted(labels):
         series = [by_scale[scale] for *_, by_scale in collected]
         names = parcel_names(series[0].shape[1])
         dseg = atlas_dseg_name(result.label, space, res, scale)
-        group = group_connectomes(series, config.connectivity)
+        group = group_connectomes(series, kinds)
         for index, (_, run, n_kept, by_scale) in enumerate(collected):
             ents = {**run.entities, "space": space, "res": res, "atlas": result.label,
                     "scale": scale}
             per_run = {}
-            for kind in config.connectivity:
+            for kind in kinds:
                 tangent_runs = group[kind][0]
                 per_run[kind] = (tangent_runs[index] if tangent_runs is not None else
                                  connectivity([by_scale[scale]], kind)[0])
@@ -339,7 +342,7 @@ def write_group_connectomes(config: Config, result: GroupResult, collected: list
                  "NumberOfVolumes": n_kept})
         common = {"Parcellation": dseg, "Atlas": result.label, "NumberOfRuns": len(series),
                   "Participants": participants}
-        for kind in config.connectivity:
+        for kind in kinds:
             about = ({"Measure": "Geometric mean covariance",
                       "MeasureDescription": "Geometric (Riemannian) mean of the runs' "
                                             "Ledoit-Wolf covariances: the reference point "
