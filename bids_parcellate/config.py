@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bids_parcellate import __version__
+from bids_parcellate.words import values_text
 
 #: Clustering methods: every voxel gets a parcel; ``--n-parcels`` are the scales.
 CLUSTERING_METHODS = ("ward", "complete", "average", "kmeans", "hierarchical_kmeans", "rena")
@@ -93,7 +94,8 @@ class UserError(Exception):
 
 
 class ConfigError(UserError):
-    """A parameter is invalid."""
+    """A parameter is invalid: a value out of its range or choices, or options that do not
+    go together. The CLI treats it as a usage error (exit code 2, as argparse's own)."""
 
 
 def check_label(value: str, option: str, prefix: str | None = None) -> str:
@@ -231,7 +233,8 @@ class Config:
     def __post_init__(self) -> None:
         for level in self.analysis_levels:
             if level not in ANALYSIS_LEVELS:
-                raise ConfigError(f"analysis level {level!r}: choose from {ANALYSIS_LEVELS}")
+                raise ConfigError(f"analysis level {level!r}: choose from "
+                                  f"{', '.join(ANALYSIS_LEVELS)}")
         if self.method not in METHODS:
             raise ConfigError(f"--method {self.method!r}: choose from {', '.join(METHODS)}")
         if self.denoise_strategy not in DENOISE_STRATEGIES:
@@ -241,10 +244,12 @@ class Config:
             )
         if self.standardize not in STANDARDIZE_CHOICES:
             raise ConfigError(
-                f"--standardize {self.standardize!r}: choose from {STANDARDIZE_CHOICES}"
+                f"--standardize {self.standardize!r}: choose from "
+                f"{', '.join(STANDARDIZE_CHOICES)}"
             )
         if self.smoothing_fwhm < 0:
-            raise ConfigError(f"--smoothing-fwhm {self.smoothing_fwhm}: must be >= 0")
+            raise ConfigError(f"--smoothing-fwhm {self.smoothing_fwhm:g}: must be >= 0 "
+                              "(0 = no smoothing)")
         self._check_method_options()
         self._check_connectivity()
         if self.min_volumes < 2:
@@ -252,10 +257,10 @@ class Config:
         for name in ("high_pass", "low_pass", "fd_threshold", "std_dvars_threshold"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} {value}: must be > 0")
+                raise ConfigError(f"--{name.replace('_', '-')} {value:g}: must be > 0")
         if self.high_pass and self.low_pass and self.high_pass >= self.low_pass:
             raise ConfigError(
-                f"--high-pass {self.high_pass} must be below --low-pass {self.low_pass}"
+                f"--high-pass {self.high_pass:g} must be below --low-pass {self.low_pass:g}"
             )
         if self.bootstrap < 0 or self.bootstrap == 1:
             raise ConfigError(f"--bootstrap {self.bootstrap}: give 0 (off) or at least 2 "
@@ -266,7 +271,7 @@ class Config:
         if self.nprocs < 1:
             raise ConfigError(f"--nprocs {self.nprocs}: must be >= 1")
         if self.mem_gb is not None and not self.mem_gb > 0:
-            raise ConfigError(f"--mem-gb {self.mem_gb}: must be > 0")
+            raise ConfigError(f"--mem-gb {self.mem_gb:g}: must be > 0")
         if not (0 <= self.random_seed < 2**32):
             raise ConfigError(f"--random-seed {self.random_seed}: must be in [0, 2**32)")
         if not LABEL_PATTERN.match(self.space):
@@ -282,7 +287,7 @@ class Config:
         self._check_grid_options()
         self._check_method_knobs()
         if not self.cache_limit_gb > 0:
-            raise ConfigError(f"--cache-limit-gb {self.cache_limit_gb}: must be > 0")
+            raise ConfigError(f"--cache-limit-gb {self.cache_limit_gb:g}: must be > 0")
 
     def _check_mask_options(self) -> None:
         if self.mask_strategy not in MASK_STRATEGIES:
@@ -308,7 +313,7 @@ class Config:
     def _check_grid_options(self) -> None:
         if self.target_resolution is not None:
             if not self.target_resolution > 0:
-                raise ConfigError(f"--target-resolution {self.target_resolution}: must be "
+                raise ConfigError(f"--target-resolution {self.target_resolution:g}: must be "
                                   "> 0 mm")
             if self.target_affine is not None or self.target_shape is not None:
                 raise ConfigError("--target-resolution excludes --target-affine and "
@@ -322,7 +327,7 @@ class Config:
                 raise ConfigError("--target-affine: its 3x3 part is singular")
         if self.target_shape is not None:
             if len(self.target_shape) != 3 or any(int(n) < 1 for n in self.target_shape):
-                raise ConfigError(f"--target-shape {list(self.target_shape)}: give 3 "
+                raise ConfigError(f"--target-shape {values_text(self.target_shape)}: give 3 "
                                   "positive integers")
             if self.target_affine is None or np.shape(self.target_affine) != (4, 4):
                 raise ConfigError("--target-shape needs a 4x4 --target-affine (as nilearn's "
@@ -389,9 +394,9 @@ class Config:
         if not scales:
             raise ConfigError(f"{option}: give at least one number")
         if any(n < 2 for n in scales):
-            raise ConfigError(f"{option} {list(scales)}: every scale must be >= 2")
+            raise ConfigError(f"{option} {values_text(scales)}: every scale must be >= 2")
         if len(set(scales)) != len(scales):
-            raise ConfigError(f"{option} {list(scales)}: scales repeat")
+            raise ConfigError(f"{option} {values_text(scales)}: scales repeat")
         if self.n_components < 1:
             raise ConfigError(f"--n-components {self.n_components}: must be >= 1")
         if not 0.0 <= self.feature_weighting <= 1.0:
@@ -406,16 +411,16 @@ class Config:
         if self.region_thresholding == "ratio_n_voxels" and decomposition and not (
                 0 < self.region_threshold <= min(self.n_maps)):
             raise ConfigError(
-                f"--region-threshold {self.region_threshold}: with ratio_n_voxels it is a "
+                f"--region-threshold {self.region_threshold:g}: with ratio_n_voxels it is a "
                 f"ratio in (0, {min(self.n_maps)}] (at most the number of maps)")
         if self.region_thresholding == "percentile" and not (
                 0 <= self.region_threshold < 100):
-            raise ConfigError(f"--region-threshold {self.region_threshold}: a percentile "
+            raise ConfigError(f"--region-threshold {self.region_threshold:g}: a percentile "
                               "must be in [0, 100)")
         if self.dictlearning_alpha is not None and self.dictlearning_alpha <= 0:
-            raise ConfigError(f"--dictlearning-alpha {self.dictlearning_alpha}: must be > 0")
+            raise ConfigError(f"--dictlearning-alpha {self.dictlearning_alpha:g}: must be > 0")
         if self.min_region_size < 0:
-            raise ConfigError(f"--min-region-size {self.min_region_size}: must be >= 0")
+            raise ConfigError(f"--min-region-size {self.min_region_size:g}: must be >= 0")
 
     def _check_connectivity(self) -> None:
         for kind in self.connectivity:
@@ -424,7 +429,9 @@ class Config:
                     f"--connectivity {kind!r}: choose from "
                     f"{', '.join(m.replace(' ', '_') for m in CONNECTIVITY_MEASURES)}")
         if len(set(self.connectivity)) != len(self.connectivity):
-            raise ConfigError(f"--connectivity {' '.join(self.connectivity)}: measures repeat")
+            raise ConfigError(
+                "--connectivity "
+                f"{' '.join(m.replace(' ', '_') for m in self.connectivity)}: measures repeat")
         if "tangent" in self.connectivity and "group" not in self.analysis_levels:
             raise ConfigError(
                 "--connectivity tangent needs several participants: it is computed at the "

@@ -47,6 +47,7 @@ from bids_parcellate.learn.learner import learn
 from bids_parcellate.results import GroupResult, UnitResult
 from bids_parcellate.runtime import cache, helper_process, parallel
 from bids_parcellate.runtime.progress import Progress
+from bids_parcellate.words import plural
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -117,9 +118,10 @@ def process_unit(config: Config, key: UnitKey, runs: list[Run], source_dirs: lis
             LOGGER.error("%s: report data not written (%s: %s)", result.name,
                          type(exc).__name__, exc)
             LOGGER.debug("traceback", exc_info=True)
-    LOGGER.info("%s: %d parcellation(s) (%s) on %d voxels from %d run(s), %d files written",
-                result.name, len(learned.labels), ", ".join(map(str, sorted(learned.labels))),
-                unit_mask.n_voxels, len(result.runs), len(result.files))
+    LOGGER.info("%s: %s (%s) on %d voxels from %s, %s written", result.name,
+                plural(len(learned.labels), "parcellation"),
+                ", ".join(map(str, sorted(learned.labels))), unit_mask.n_voxels,
+                plural(len(result.runs), "run"), plural(len(result.files), "file"))
     return result
 
 
@@ -290,8 +292,9 @@ def run_group_level(config: Config, selection: Selection,
     gmask = reduce.group_mask(summaries, grid[1])
     features = reduce.reduce_summaries(summaries.values(), gmask.mask, config.n_components)
     result.timings["reduce"] = time.monotonic() - tic
-    LOGGER.info("group features: %d voxels x %d components from %d unit(s) (%.1f s)",
-                features.shape[0], features.shape[1], len(summaries), result.timings["reduce"])
+    LOGGER.info("group features: %d voxels x %d components from %s (%.1f s)",
+                features.shape[0], features.shape[1], plural(len(summaries), "unit"),
+                result.timings["reduce"])
 
     tic = time.monotonic()
     learned = learn(config, reduce.group_training(config, summaries, gmask, features))
@@ -302,9 +305,10 @@ def run_group_level(config: Config, selection: Selection,
     dataset.prepare_output_dir(config.output_dir, source_dirs)
     result.files += atlas_files.write_atlas(config, result, gmask, learned.labels, space,
                                             res, learned.regions, n_volumes)
-    LOGGER.info("group atlas atlas-%s: scales %s from %d unit(s) written (%.1f s)",
-                result.label, ", ".join(map(str, sorted(learned.labels))), len(summaries),
-                result.timings["parcellate"])
+    LOGGER.info("group atlas atlas-%s: %s %s from %s written (%.1f s)", result.label,
+                "scale" if len(learned.labels) == 1 else "scales",
+                ", ".join(map(str, sorted(learned.labels))),
+                plural(len(summaries), "unit"), result.timings["parcellate"])
 
     tic = time.monotonic()
     kept = {k: v for k, v in units.items() if naming.unit_prefix(*k) in summaries}

@@ -426,7 +426,7 @@ def test_one_unit_failure_is_summarised(copy, tmp_path, capsys):
     make_3d(copy)
     assert run_cli(copy, tmp_path / "out", "--n-parcels", "10") == 1
     lines = stderr_lines(capsys)
-    done = [i for i, line in enumerate(lines) if "1 unit(s) succeeded" in line]
+    done = [i for i, line in enumerate(lines) if "1 unit succeeded" in line]
     assert done and "1 failed" in lines[done[0]]
     assert any("FAILED sub-01" in line for line in lines[done[0]:])
 

@@ -41,7 +41,7 @@ def test_hash_ignores_paths_and_resources_but_not_parameters():
     ({"method": "canica", "n_maps": (5,), "region_threshold": 6.0}, "ratio in (0, 5]"),
     ({"method": "canica", "region_thresholding": "percentile", "region_threshold": 100.0},
      "percentile must be in [0, 100)"),
-    ({"method": "canica", "n_maps": (1,)}, "--n-maps [1]: every scale must be >= 2"),
+    ({"method": "canica", "n_maps": (1,)}, "--n-maps 1: every scale must be >= 2"),
     ({"connectivity": ("pearson",)}, "--connectivity 'pearson': choose from correlation, "
                                      "partial_correlation"),
     ({"connectivity": ("tangent",)}, "--connectivity tangent needs several participants"),

@@ -160,8 +160,8 @@ def test_plan_refuses_outputs_of_other_parameters(tmp_path, study):
         markers.plan_units(new, selection)
     assert str(err.value) == (
         f"{new.output_dir}: holds outputs of sub-01 made with other parameters (config hash "
-        f"{old.config_hash()}, now {new.config_hash()}; differing: --smoothing-fwhm (4.0 -> "
-        "6.0)); use another OUTPUT_DIR, or --overwrite to replace the selected units' "
+        f"{old.config_hash()}, now {new.config_hash()}; differing: --smoothing-fwhm (4 -> "
+        "6)); use another OUTPUT_DIR, or --overwrite to replace the selected units' "
         "outputs")
     # nothing was touched
     assert (new.output_dir / "sub-01" / "sub-01_completed.json").is_file()
@@ -198,6 +198,26 @@ def test_plan_counts_units_outside_the_selection(tmp_path, study, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         f"sub-02 keeps its outputs made with config hash {old.config_hash()} (not selected); "
         "OUTPUT_DIR now mixes parameters"]
+
+
+def test_plan_names_options_the_old_outputs_did_not_record(tmp_path, study):
+    """An option added since (absent from the marker) reads "not recorded", booleans
+    on/off, lists as typed: no Python None, True or [..] in the message."""
+    root, _, selection = study
+    config = helpers.make_config(tmp_path, bids_dir=root)
+    _, marker = complete_unit(config, selection)
+    data = json.loads(marker.read_text())
+    del data["Parameters"]["keep_flat_voxels"]  # as if made before the option existed
+    data["Parameters"]["n_parcels"] = [100, 200]
+    data["Parameters"]["detrend"] = False
+    data["ConfigHash"] = "0123456789abcdef"
+    marker.write_text(json.dumps(data))
+    new = helpers.make_config(tmp_path, bids_dir=root, n_parcels=(10, 20))
+    with pytest.raises(UserError) as err:
+        markers.plan_units(new, selection)
+    assert ("differing: --detrend (off -> on), --keep-flat-voxels (not recorded -> off), "
+            "--n-parcels (100 200 -> 10 20)); use another OUTPUT_DIR") in str(err.value)
+    assert not any(word in str(err.value) for word in ("None", "True", "False", "["))
 
 
 def test_plan_same_parameters_other_version(tmp_path, study):

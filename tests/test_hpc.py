@@ -189,11 +189,11 @@ def test_nprocs_outputs_identical_progress_in_one_log(demo8, demo8_out, tmp_path
     assert sha256_tree(out) == sha256_tree(demo8_out)
     (log,) = (out / "logs").glob("participant-*.log")
     text = log.read_text()
-    assert "2 worker processes with 1 BLAS thread(s) each" in text
+    assert "2 worker processes with 1 BLAS thread each" in text
     # every run's progress line, counted across workers, in the main log
     for i in range(1, 5):
         assert f"[{i}/4 runs] sub-0" in text
-    assert text.count("parcellation(s) (20, 50) on 3666 voxels") == 2
+    assert text.count("2 parcellations (20, 50) on 3666 voxels") == 2
     # the reports are assembled from the workers' records
     assert sorted(p.name for p in out.glob("sub-*.html")) == ["sub-01.html", "sub-02.html"]
 
@@ -210,8 +210,8 @@ def test_mem_gb_runs_fewer_units_at_once(demo8, demo8_out, tmp_path):
                    "--mem-gb", f"{1.5 * unit_gb:.3f}") == 0
     assert sha256_tree(out) == sha256_tree(demo8_out)
     (log,) = (out / "logs").glob("participant-*.log")
-    assert "running 2 unit(s) one at a time (--mem-gb" in log.read_text()
-    assert "holds 1 unit(s) of about" in log.read_text()
+    assert "running 2 units one at a time (--mem-gb" in log.read_text()
+    assert "holds 1 unit of about" in log.read_text()
 
 
 def test_a_failing_unit_in_a_worker_does_not_stop_the_others(demo8, demo8_out, tmp_path,
@@ -303,7 +303,7 @@ def test_print_slurm_script_runs_one_participant_per_task(demo8, demo8_out, tmp_
     proc = subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "in 1 unit(s) (sub-02)" in proc.stderr
+    assert "in 1 unit (sub-02)" in proc.stderr
     assert "indexing" not in proc.stderr  # reused the database
     expected = {k: v for k, v in sha256_tree(demo8_out).items() if k.startswith("sub-02")}
     tree = sha256_tree(out)

@@ -139,6 +139,8 @@ def test_option_errors_are_one_line(argv, message):
         parse(*argv)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+    # an invalid value is a usage error (exit code 2); a missing file is bad input (1)
+    assert isinstance(info.value, ConfigError) == (argv[0] != "--mask")
 
 
 def test_method_knobs_are_validated_in_config():

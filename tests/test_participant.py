@@ -202,20 +202,22 @@ def test_selection_filters(demo8, tmp_path):
     assert not (out / "sub-01").exists()
 
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda root, demo: [root / "nothing", "--participant-label", "01"], "does not exist"),
+@pytest.mark.parametrize("make_args, message, expected", [
+    (lambda root, demo: [root / "nothing", "--participant-label", "01"], "does not exist", 1),
     (lambda root, demo: [demo.root, "--participant-label", "99"],
-     "--participant-label 99: not found"),
-    (lambda root, demo: [demo.root, "--task", "nback"], "no runs left after filters"),
-    (lambda root, demo: [demo.root, "--participant-label", "../x"], "not a BIDS label"),
-    (lambda root, demo: [demo.root, "--method", "spectral"], "--method 'spectral'"),
+     "--participant-label 99: not found", 1),
+    (lambda root, demo: [demo.root, "--task", "nback"], "no runs left after filters", 1),
+    # invalid option values: usage errors
+    (lambda root, demo: [demo.root, "--participant-label", "../x"], "not a BIDS label", 2),
+    (lambda root, demo: [demo.root, "--method", "spectral"], "--method 'spectral'", 2),
 ])
-def test_errors_are_one_line_and_write_nothing(demo8, tmp_path, capsys, make_args, message):
+def test_errors_are_one_line_and_write_nothing(demo8, tmp_path, capsys, make_args, message,
+                                               expected):
     args = make_args(tmp_path, demo8)
     out = tmp_path / "out"
     code = run_cli(args[0], out, *args[1:])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1
+    assert code == expected
     assert err[-1].startswith("bids_parcellate: error:") and message in err[-1], err
     assert "Traceback" not in "\n".join(err)
     assert not out.exists()

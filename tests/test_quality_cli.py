@@ -92,7 +92,7 @@ def test_single_run_is_split_in_time(demo8, tmp_path):
     (("--bootstrap", "5", "--method", "canica"), "--bootstrap is for clustering methods"),
 ])
 def test_bootstrap_option_is_validated(demo8, tmp_path, capsys, args, message):
-    assert run_cli(demo8.root, tmp_path / "out", *args) == 1
+    assert run_cli(demo8.root, tmp_path / "out", *args) == 2  # a usage error
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

@@ -202,7 +202,7 @@ def test_split_disconnected_pieces_map_back_to_kmeans_parcels(demo8, tmp_path):
 def test_option_errors_are_one_line_and_write_nothing(demo8, tmp_path, capsys, args,
                                                       message):
     out = tmp_path / "out"
-    assert run_cli(demo8.root, out, *args) == 1
+    assert run_cli(demo8.root, out, *args) == 2  # a usage error
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bids_parcellate: error:") and message in err[0]
     assert not out.exists()

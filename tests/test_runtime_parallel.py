@@ -32,11 +32,11 @@ def test_plan_workers_without_a_memory_cap(args, workers, threads):
 def test_plan_workers_capped_by_memory():
     plan = parallel.plan_workers(16, 8, unit_gb=3.0, mem_gb=10.0)
     assert (plan.workers, plan.threads) == (3, 5)  # 10 // 3 units at a time, 16 // 3 threads
-    assert plan.reason == "--mem-gb 10 holds 3 unit(s) of about 3.0 GB at a time"
+    assert plan.reason == "--mem-gb 10 holds 3 units of about 3.0 GB at a time"
 
     plan = parallel.plan_workers(4, 4, unit_gb=20.0, mem_gb=8.0)
     assert (plan.workers, plan.threads) == (1, 4)  # still one, even if it does not fit
-    assert plan.reason == "--mem-gb 8 holds 1 unit(s) of about 20.0 GB at a time"
+    assert plan.reason == "--mem-gb 8 holds 1 unit of about 20.0 GB at a time"
 
 
 def test_in_process():
@@ -94,14 +94,14 @@ def unit_task(subject, n_runs, progress):
 def test_map_units_in_process_keeps_task_order(caplog):
     progress = Progress()
     tasks = [("03", 1), ("01", 2), ("02", 0)]
-    plan = parallel.WorkerPlan(workers=1, threads=4, reason="--mem-gb 4 holds 1 unit(s)")
+    plan = parallel.WorkerPlan(workers=1, threads=4, reason="--mem-gb 4 holds 1 unit")
     with caplog.at_level(logging.INFO, logger="bids_parcellate"):
         results = parallel.map_units(unit_task, tasks, plan, progress)
     pid = os.getpid()
     assert results == [("03", 1, pid), ("01", 2, pid), ("02", 0, pid)]
     assert progress.messages == ["sub-03 run 1", "sub-01 run 1", "sub-01 run 2"]
     messages = [r.getMessage() for r in caplog.records]
-    assert messages[0] == "running 3 unit(s) one at a time (--mem-gb 4 holds 1 unit(s))"
+    assert messages[0] == "running 3 units one at a time (--mem-gb 4 holds 1 unit)"
     assert messages[1:] == ["sub-03 done", "sub-01 done", "sub-02 done"]
 
 
@@ -140,6 +140,5 @@ def test_map_units_in_worker_processes(caplog):
     assert sorted(progress.messages) == ["sub-01 run 1", "sub-01 run 2", "sub-02 run 1",
                                          "sub-03 run 1"]
     messages = [r.getMessage() for r in caplog.records]
-    assert messages[0] == ("running 3 unit(s) in 2 worker processes with 1 BLAS thread(s) "
-                           "each")
+    assert messages[0] == "running 3 units in 2 worker processes with 1 BLAS thread each"
     assert sorted(messages[1:]) == ["sub-01 done", "sub-02 done", "sub-03 done"]

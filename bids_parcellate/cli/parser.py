@@ -8,6 +8,7 @@ frozen :class:`~bids_parcellate.config.Config` (paths checked, files read).
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from bids_parcellate import __version__
@@ -21,18 +22,49 @@ from bids_parcellate.config import (
     REGION_THRESHOLDINGS,
     STANDARDIZE_CHOICES,
     Config,
+    ConfigError,
     UserError,
     check_label,
 )
+from bids_parcellate.words import value_text
 
 PROG = "bids_parcellate"
+#: The documentation (docs/ of the source repository): an installed package has no docs/.
+DOCS_URL = "https://github.com/bids-parcellate/bids_parcellate/tree/main/docs"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with a one-line usage error (exit code 2): the full usage of
+    this many options would bury the message; ``--help`` shows it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option's default shown once, as it is typed: "(default: 100 200 400)", "on"
+    or "off" for a ``--x/--no-x`` pair. Nothing for flags, for options without a default
+    value and for help texts that state their default themselves."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = (action.help or "").removesuffix(" (default: %(default)s)")
+        if (not action.option_strings or "default" in text
+                or isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction
+                              | argparse._CountAction)
+                or action.default in (None, [], (), argparse.SUPPRESS)):
+            return text
+        default = value_text(action.default).replace("%", "%%")
+        return f"{text} (default: {default})"
 
 
 def _positive_float(text: str) -> float:
+    """A finite number (the ranges are checked by :class:`Config`)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
 
 
@@ -45,8 +77,8 @@ def _numbers(text: str, option: str) -> list:
         value = json.loads(text) if text.startswith("[") else [
             float(x) for x in text.replace(",", " ").split()]
     except ValueError:
-        raise UserError(f"{option} {text!r}: give a JSON array or comma-separated "
-                        "numbers") from None
+        raise ConfigError(f"{option} {text!r}: give a JSON array or comma-separated "
+                          "numbers") from None
     return value
 
 
@@ -59,12 +91,12 @@ def parse_target_affine(text: str | None) -> tuple | None:
     try:
         values = np.asarray(_numbers(text, "--target-affine"), dtype=float)
     except ValueError:
-        raise UserError(f"--target-affine {text!r}: not an array of numbers") from None
+        raise ConfigError(f"--target-affine {text!r}: not an array of numbers") from None
     if values.ndim == 1 and values.size in (9, 16):
         side = 3 if values.size == 9 else 4
         values = values.reshape(side, side)
     if values.shape not in ((3, 3), (4, 4)):
-        raise UserError(f"--target-affine {text!r}: give 9 (3x3) or 16 (4x4) numbers")
+        raise ConfigError(f"--target-affine {text!r}: give 9 (3x3) or 16 (4x4) numbers")
     return tuple(tuple(float(v) for v in row) for row in values)
 
 
@@ -76,7 +108,7 @@ def parse_target_shape(text: str | None) -> tuple | None:
     if (not isinstance(values, list) or len(values) != 3
             or not all(isinstance(v, int | float) and float(v).is_integer() and v > 0
                        for v in values)):
-        raise UserError(f"--target-shape {text!r}: give 3 positive integers")
+        raise ConfigError(f"--target-shape {text!r}: give 3 positive integers")
     return tuple(int(v) for v in values)
 
 
@@ -89,10 +121,10 @@ def parse_mask_args(text: str | None) -> dict | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"--mask-args {text!r}: not valid JSON ({exc.msg})") from None
+        raise ConfigError(f"--mask-args {text!r}: not valid JSON ({exc.msg})") from None
     if not isinstance(value, dict):
-        raise UserError(f"--mask-args {text!r}: give a JSON object, e.g. "
-                        '\'{"lower_cutoff": 0.3}\'')
+        raise ConfigError(f"--mask-args {text!r}: give a JSON object, e.g. "
+                          '\'{"lower_cutoff": 0.3}\'')
     return value
 
 
@@ -102,12 +134,17 @@ def _auto_or_float(text: str) -> float | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to generate the Boutiques descriptor and docs)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Data-driven brain parcellations from fMRIPrep derivatives "
                     "(a BIDS-App).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Quick demo: bids_parcellate --demo OUT. Outputs: see docs/outputs.md.",
+        formatter_class=_HelpFormatter,
+        epilog=f"Quick demo: {PROG} --demo OUT. Documentation (the outputs, quality "
+               f"figures, clusters, containers): the docs/ folder of the source "
+               f"repository, {DOCS_URL}. Exit codes: 0 success; 1 bad input (a missing "
+               f"or unusable file or folder) or a participant failed; 2 usage error (an "
+               f"unknown option, or an invalid option value or combination); 3 internal "
+               f"error; 130 interrupted; 143 terminated (SIGTERM).",
     )
     parser.add_argument("bids_dir", type=Path,
                         help="fMRIPrep derivatives dataset, or a raw BIDS dataset whose "
@@ -135,11 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="JSON with pybids queries in fMRIPrep's format; its 'bold' "
                           "entry restricts the BOLD runs")
     sel.add_argument("--derivatives", type=Path, action="append", default=[], metavar="PATH",
-                     help="fMRIPrep derivatives folder (repeatable); default: BIDS_DIR "
-                          "itself when it is a derivative dataset, else BIDS_DIR/derivatives/*")
-    sel.add_argument("-w", "--work-dir", type=Path, default=None,
-                     help="work directory (pybids database, caches); default a temporary "
-                          "folder removed at exit")
+                     help="fMRIPrep derivatives folder (repeatable) (default: BIDS_DIR "
+                          "itself when it is a derivative dataset, else "
+                          "BIDS_DIR/derivatives/*)")
+    sel.add_argument("-w", "--work-dir", type=Path, default=None, metavar="PATH",
+                     help="work directory (pybids database, caches) (default: a temporary "
+                          "folder removed at exit)")
     sel.add_argument("--bids-database-dir", type=Path, default=None, metavar="PATH",
                      help="reusable pybids database folder (indexes all participants, so "
                           "that array jobs can share it)")
@@ -152,10 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--global-signal", choices=["basic", "power2", "derivatives", "full"],
                      default=None, help="add global signal regressors")
     den.add_argument("--fd-threshold", type=_positive_float, default=None, metavar="MM",
-                     help="scrubbing: framewise displacement threshold (default 0.5)")
+                     help="scrubbing: framewise displacement threshold (default: 0.5, "
+                          "nilearn's)")
     den.add_argument("--std-dvars-threshold", type=_positive_float, default=None,
                      metavar="VALUE", help="scrubbing: standardised DVARS threshold "
-                                           "(default 1.5)")
+                                           "(default: 1.5, nilearn's)")
     den.add_argument("--high-pass", type=_positive_float, default=None, metavar="HZ",
                      help="Butterworth high-pass cut-off (the strategies already regress "
                           "fMRIPrep's cosine drift terms)")
@@ -192,11 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "1 weighs each component by its variance (within-parcel "
                           "variance of the data minimised: more accurate parcels), 0 "
                           "whitens them as nilearn does (smoother, more reproducible "
-                          "parcels); see docs/quality.md for measurements")
+                          "parcels); measurements in quality.md of the documentation "
+                          "(link below)")
     par.add_argument("--split-disconnected", action="store_true",
                      help="kmeans, hierarchical_kmeans: split every parcel into its "
                           "connected pieces (pieces up to --min-region-size are dropped)")
-    par.add_argument("--random-seed", type=int, default=0, help="seed of every random step")
+    par.add_argument("--random-seed", type=int, default=0, metavar="SEED",
+                     help="seed of every random step")
     par.add_argument("--bootstrap", type=int, default=0, metavar="B",
                      help="consensus parcellation over B block-bootstrap resamples of the "
                           "volumes (0 = off; about B+1 times the cost of one fit, and the "
@@ -220,12 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "ReNA n_iter)")
     par.add_argument("--kmeans-n-init", type=int, default=None, metavar="N",
                      help="kmeans / hierarchical_kmeans: k-means++ initialisations "
-                          "(default as nilearn's Parcellations: "
+                          "(default: nilearn Parcellations', "
                           + ", ".join(f"{m} {d['n_init']}" for m, d in KMEANS_DEFAULTS.items())
                           + ")")
     par.add_argument("--kmeans-batch-size", type=int, default=None, metavar="N",
                      help="kmeans / hierarchical_kmeans: MiniBatchKMeans batch size "
-                          "(default as nilearn's Parcellations: "
+                          "(default: nilearn Parcellations', "
                           + ", ".join(f"{m} {d['batch_size']}"
                                       for m, d in KMEANS_DEFAULTS.items()) + ")")
 
@@ -260,10 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="numbers of network maps (scales), each decomposed separately")
     reg.add_argument("--dictlearning-alpha", type=_auto_or_float, default=None,
                      metavar="ALPHA",
-                     help="sparsity of the dictlearning maps (nilearn's alpha); default "
-                          "'auto': 10 x sqrt(kept volumes / 3360), which matches nilearn's "
-                          "alpha=10 on its 20-participant example whatever the number of "
-                          "volumes (see docs/outputs.md)")
+                     help="sparsity of the dictlearning maps (nilearn's alpha), or 'auto': "
+                          "10 x sqrt(kept volumes / 3360), which matches nilearn's alpha=10 "
+                          "on its 20-participant example whatever the number of volumes "
+                          "(outputs.md of the documentation, link below) (default: auto)")
     reg.add_argument("--region-thresholding", choices=REGION_THRESHOLDINGS,
                      default="ratio_n_voxels",
                      help="how the maps are thresholded before region extraction")
@@ -300,9 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
                            ".html, .bib) for the selected inputs; no data are processed")
 
     res = parser.add_argument_group("resources and reruns")
-    res.add_argument("--nprocs", "--n-cpus", type=int, default=1,
-                     help="CPUs to use (BLAS/OpenMP threads); outputs do not depend on it")
-    res.add_argument("--mem-gb", type=_positive_float, default=None,
+    res.add_argument("--nprocs", "--n-cpus", type=int, default=1, metavar="N",
+                     help="CPUs to use: up to N participants at once in worker processes, "
+                          "each splitting its share of the N CPUs into threads for "
+                          "reading, cleaning, smoothing and Ward (with single-threaded "
+                          "BLAS); scikit-learn's OpenMP loops (k-means) and the group "
+                          "level's BLAS are capped at N. Outputs do not depend on it")
+    res.add_argument("--mem-gb", type=_positive_float, default=None, metavar="GB",
                      help="memory limit in GB: the run stops before computing anything "
                           "when its estimated peak memory is above it; with --nprocs, "
                           "fewer participants run at once when they would not fit")
@@ -310,11 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recompute participants whose outputs are complete, and replace "
                           "outputs made with other parameters (without it, complete "
                           "outputs are skipped and a parameter change is refused)")
-    res.add_argument("--no-cache", dest="use_cache", action="store_false",
-                     help="do not reuse or store intermediate results (cleaned data, "
-                          "features, trees) in the work directory; by default, with "
-                          "-w/--work-dir kept between runs, a rerun that changes only "
-                          "--n-parcels reuses them")
+    res.add_argument("--cache", dest="cache", action=argparse.BooleanOptionalAction,
+                     default=True,
+                     help="store intermediate results (cleaned data, features, trees) in "
+                          "the work directory and reuse them: with -w/--work-dir kept "
+                          "between runs, a rerun that changes only --n-parcels reuses "
+                          "them; --no-cache neither reads nor writes them (default: on "
+                          "with -w/--work-dir; without it the work directory is temporary "
+                          "and there is no cache)")
     res.add_argument("--cache-limit-gb", type=_positive_float, default=20.0, metavar="GB",
                      help="size limit of the cache in the work directory (least recently "
                           "used entries are removed)")
@@ -326,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
-    """Validate parsed arguments into a :class:`Config` (raises ``UserError``).
+    """Validate parsed arguments into a :class:`Config`.
 
     Parameters
     ----------
@@ -344,9 +392,12 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
 
     Raises
     ------
+    ConfigError
+        On an invalid label, run index or option value, or options that do not go
+        together (a usage error).
     UserError
-        On an invalid label, run index or option value, a missing or unreadable file,
-        or OUTPUT_DIR or the work directory at a forbidden place relative to BIDS_DIR.
+        On a missing or unreadable file, or OUTPUT_DIR or the work directory at a
+        forbidden place relative to BIDS_DIR.
     """
     from bids_parcellate.inputs.query import read_bids_filters
 
@@ -361,7 +412,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
     for r in args.run:
         text = r.removeprefix("run-")
         if not text.isdigit():
-            raise UserError(f"--run {r!r}: not a run index (digits only)")
+            raise ConfigError(f"--run {r!r}: not a run index (digits only)")
         runs.append(int(text))
     filters = read_bids_filters(args.bids_filter_file) if args.bids_filter_file else None
     work_dir = args.work_dir.absolute() if args.work_dir else None
@@ -411,7 +462,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> Config:
         rena_n_iter=args.rena_n_iter,
         kmeans_n_init=args.kmeans_n_init,
         kmeans_batch_size=args.kmeans_batch_size,
-        use_cache=args.use_cache,
+        use_cache=args.cache,
         cache_limit_gb=args.cache_limit_gb,
         n_maps=tuple(args.n_maps),
         dictlearning_alpha=args.dictlearning_alpha,

@@ -5,7 +5,9 @@ Turns the parsed arguments (:mod:`bids_parcellate.cli.parser`) into a
 ``OUTPUT_DIR/logs/`` once the inputs are known to be usable) and runs the requested
 analysis levels.
 
-Exit codes: 0 success; 1 bad input or some participants failed; 2 usage error;
+Exit codes: 0 success; 1 bad input (a missing or unusable file or folder) or some
+participants failed; 2 usage error (argparse's own, and every
+:class:`~bids_parcellate.config.ConfigError`: an invalid option value or combination);
 3 internal error (a bug: rerun with ``-v`` for the traceback and report it);
 130 interrupted (Ctrl-C); 143 terminated by SIGTERM (rerun the command to resume).
 """
@@ -25,8 +27,9 @@ from pathlib import Path
 from bids_parcellate import __version__
 from bids_parcellate.cli import demo
 from bids_parcellate.cli.parser import PROG, build_parser, config_from_args
-from bids_parcellate.config import Config, UserError
+from bids_parcellate.config import Config, ConfigError, UserError
 from bids_parcellate.runtime.threads import limit_threads
+from bids_parcellate.words import plural
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -114,9 +117,11 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
 
     Raises
     ------
+    ConfigError
+        When a denoising option does not apply to the strategy (a usage error).
     UserError
-        On unusable inputs or options (before anything is computed), or when the group
-        level cannot run.
+        On unusable inputs (before anything is computed), or when the group level
+        cannot run.
     """
     from bids_parcellate import report
     from bids_parcellate.denoise import check_strategy_options
@@ -126,7 +131,12 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     from bids_parcellate.pipeline import run_group_level, run_participant_level
     from bids_parcellate.runtime.resources import check_memory
 
-    check_strategy_options(config)
+    try:
+        check_strategy_options(config)
+    except ConfigError:
+        raise
+    except UserError as exc:  # an option the strategy does not use: a usage error
+        raise ConfigError(str(exc)) from None
     if config.reports_only:
         log_path = attach_log_file(memory, _existing_output_dir(config),
                                    config.analysis_levels)
@@ -141,9 +151,10 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     with report.UnitLog() as selection_log:
         selection = collect_runs(config)
     units = selection.units()
-    LOGGER.info("found %d run(s) in %d unit(s) (%s); %d skipped", len(selection.runs),
-                len(units), ", ".join(f"sub-{s}" + (f"_ses-{x}" if x else "")
-                                      for s, x in units), len(selection.skipped))
+    LOGGER.info("found %s in %s (%s); %d skipped", plural(len(selection.runs), "run"),
+                plural(len(units), "unit"), ", ".join(f"sub-{s}" + (f"_ses-{x}" if x else "")
+                                                      for s, x in units),
+                len(selection.skipped))
     if config.print_slurm:
         from bids_parcellate.cli.slurm import batch_script
         from bids_parcellate.derivatives.dataset import in_container
@@ -180,9 +191,9 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
             failed = [r for r in results if r.error]
             failed_units = {(r.subject, r.session) for r in failed}
             reused = sum(r.reused for r in results)
-            LOGGER.info("participant level done in %.1f s: %d unit(s) succeeded (%d complete "
-                        "from an earlier run), %d failed", time.monotonic() - start,
-                        len(results) - len(failed), reused, len(failed))
+            LOGGER.info("participant level done in %.1f s: %s succeeded (%d complete from "
+                        "an earlier run), %d failed", time.monotonic() - start,
+                        plural(len(results) - len(failed), "unit"), reused, len(failed))
             for r in failed:
                 LOGGER.error("FAILED %s: %s", r.name, r.error)
             incomplete = [(r, s) for r in results if not r.error for s in r.missing_inputs]
@@ -197,10 +208,11 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
 
             tic = time.monotonic()
             group = run_group_level(config, selection, exclude=failed_units)
-            LOGGER.info("group level done in %.1f s: atlas-%s from %d unit(s) (%d summaries "
-                        "reused, %d computed), %d files written", time.monotonic() - tic,
-                        group.label, len(group.units), len(group.reused),
-                        len(group.computed), len(group.files))
+            LOGGER.info("group level done in %.1f s: atlas-%s from %s (%s reused, %d "
+                        "computed), %s written", time.monotonic() - tic, group.label,
+                        plural(len(group.units), "unit"),
+                        plural(len(group.reused), "summary", zero="0"),
+                        len(group.computed), plural(len(group.files), "file"))
             for name, error in group.errors.items():
                 LOGGER.error("FAILED %s (group level): %s", name, error)
             if (group.errors or group.incomplete) and code == 0:
@@ -257,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             config = _replace_work_dir(config, temp_work, use_cache=False)
         with limit_threads(config.nprocs):
             return run(config, memory)
+    except ConfigError as exc:  # an invalid option value: a usage error, as argparse's
+        LOGGER.debug("traceback", exc_info=True)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     except UserError as exc:
         LOGGER.debug("traceback", exc_info=True)
         print(f"{PROG}: error: {exc}", file=sys.stderr)

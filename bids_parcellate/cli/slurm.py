@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bids_parcellate import __version__
 from bids_parcellate.config import Config
+from bids_parcellate.words import plural
 
 #: Options the script sets per job, or that make no sense in it.
 _PER_JOB = {"bids_dir", "output_dir", "analysis_level", "participant_label", "nprocs",
@@ -137,7 +138,7 @@ def batch_script(config: Config, labels: list[str], container: dict | None = Non
     sif = ("# In the container image: submit with SIF=/path/to/image.sif exported "
            "(sbatch passes the environment).\n" if container else "")
     return f"""#!/bin/bash
-# bids_parcellate {__version__}: {n} participant(s) of {config.bids_dir}
+# bids_parcellate {__version__}: {plural(n, 'participant')} of {config.bids_dir}
 # Written by `bids_parcellate ... --print-slurm`. One script, two uses:
 #   participant level, one array task per participant:
 #     jid=$(sbatch --parsable --array=0-{n - 1} THIS_SCRIPT)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bids_parcellate.demo.dataset import make_demo_dataset
 from bids_parcellate.demo.settings import CONFOUNDS_NAMES, DTYPES, LAYOUTS
+from bids_parcellate.words import plural
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         * (1 if runs is None else len(runs))
     )
     print(
-        f"bids_parcellate.demo: wrote {n_runs} run(s) of {len(args.participants)} "
-        f"participant(s) to {truth.root} (fMRIPrep: {truth.fmriprep_dir}, truth: "
+        f"bids_parcellate.demo: wrote {plural(n_runs, 'run')} of "
+        f"{plural(len(args.participants), 'participant')} to {truth.root} (fMRIPrep: "
+        f"{truth.fmriprep_dir}, truth: "
         f"{truth.root / 'sourcedata' / 'ground_truth'}) in "
         f"{time.perf_counter() - start:.1f} s",
         file=sys.stderr,

@@ -31,6 +31,7 @@ from bids_parcellate.inputs.query import Run, read_dataset_description
 from bids_parcellate.learn.features import labels_to_volume
 from bids_parcellate.learn.regions import RegionSet
 from bids_parcellate.results import GroupMask, GroupResult
+from bids_parcellate.words import plural
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -130,7 +131,7 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
                     + (f" of {dataset_name}" if dataset_name else ""),
             "Description": f"Data-driven {config.method} parcellation learned by "
                            f"bids_parcellate from the cleaned BOLD runs of "
-                           f"{len(result.units)} participant unit(s), at scales "
+                           f"{plural(len(result.units), 'participant unit')}, at scales "
                            f"{', '.join(map(str, sorted(labels)))}.",
             "BIDSVersion": dataset.BIDS_VERSION,
             "SpatialReference": space,
@@ -164,8 +165,8 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
         sidecar = {
             "Name": f"{result.label}, " + (f"{scale} maps" if config.is_decomposition
                                            else f"{scale} parcels"),
-            "Description": f"{what}, learned from {len(result.units)} unit(s) on the "
-                           "intersection of their brain masks.",
+            "Description": f"{what}, learned from {plural(len(result.units), 'unit')} on "
+                           "the intersection of their brain masks.",
             "Method": config.method,
             "NumberOfParcels": int(labels[scale].max()),
             "SpatialReference": space,
@@ -429,6 +430,6 @@ def write_agreement(config: Config, result: GroupResult, units: dict[UnitKey, li
     summary = {scale: [r[at + 1] for r in rows if r[at] == scale] for scale in sorted(labels)}
     for scale, values in summary.items():
         if values:
-            LOGGER.info("agreement with the group atlas at scale %d: median ARI %.3f over %d "
-                        "unit(s)", scale, float(np.median(values)), len(values))
+            LOGGER.info("agreement with the group atlas at scale %d: median ARI %.3f over %s",
+                        scale, float(np.median(values)), plural(len(values), "unit"))
     return written

@@ -29,6 +29,7 @@ from bids_parcellate import __version__
 from bids_parcellate.config import Config, UserError
 from bids_parcellate.derivatives import dataset, naming, writers
 from bids_parcellate.inputs.query import Run, Selection
+from bids_parcellate.words import value_text
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -86,10 +87,32 @@ def _incomplete_reason(marker: dict, output_dir: Path) -> str | None:
     return None
 
 
+#: Parameters whose option is not named after them.
+_OPTIONS = {"bids_filters": "--bids-filter-file", "session_label": "--session-label"}
+
+
+def _parameter_text(key: str, params: dict, absent: str) -> str:
+    """A recorded parameter as the user would type it (booleans on/off, lists spaced)."""
+    if key not in params:
+        return absent
+    value = params[key]
+    if key == "mask" and isinstance(value, str):
+        return f"a file with sha256 {value[:12]}"
+    if key == "connectivity" and isinstance(value, list):
+        value = [str(v).replace(" ", "_") for v in value]
+    return value_text(value)
+
+
 def _differences(old: dict, new: dict) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return ", ".join(f"--{k.replace('_', '-')} ({old.get(k)!r} -> {new.get(k)!r})"
-                     for k in keys) or "the bids_parcellate version"
+    """The parameters that differ, e.g. ``--smoothing-fwhm (4 -> 6)``; a parameter the
+    old marker does not record (an option added since, or one that did not apply to its
+    method) reads ``not recorded``, one that does not apply now ``not used``."""
+    keys = sorted(k for k in set(old) | set(new)
+                  if k not in old or k not in new or old[k] != new[k])
+    return ", ".join(
+        f"{_OPTIONS.get(k, '--' + k.replace('_', '-'))} "
+        f"({_parameter_text(k, old, 'not recorded')} -> {_parameter_text(k, new, 'not used')})"
+        for k in keys) or "the bids_parcellate version"
 
 
 def plan_units(config: Config, selection: Selection) -> dict[tuple[str, str | None],

@@ -28,6 +28,7 @@ from bids_parcellate.extract import align_to_volumes
 from bids_parcellate.learn.features import labels_to_volume
 from bids_parcellate.learn.regions import RegionSet
 from bids_parcellate.results import UnitResult
+from bids_parcellate.words import plural
 
 if TYPE_CHECKING:  # annotations only
     from bids_parcellate.inputs.bold import UnitMask
@@ -131,7 +132,7 @@ def write_unit_files(config: Config, result: UnitResult, unit_mask: UnitMask, la
 
 def _dseg_description(config: Config, scale: int, n_regions: int,
                       result: UnitResult) -> str:
-    learned = f"learned from {len(result.runs)} run(s) of {result.name}"
+    learned = f"learned from {plural(len(result.runs), 'run')} of {result.name}"
     if config.is_decomposition:
         return (f"{n_regions} regions extracted from {scale} {config.method} network maps "
                 f"{learned}; voxels in no region are 0")
@@ -183,7 +184,8 @@ def write_maps(config: Config, result: UnitResult, unit_mask: UnitMask,
         counts = np.bincount(regions[scale].origin, minlength=maps.shape[0] + 1)[1:]
         sidecar = {
             "Description": f"{maps.shape[0]} {config.method} network maps learned from "
-                           f"{len(result.runs)} run(s) of {result.name}: volume k is map "
+                           f"{plural(len(result.runs), 'run')} of {result.name}: volume k "
+                           "is map "
                            "k (the component column of the dseg table). Values are map "
                            "loadings, not probabilities.",
             "Method": config.method,

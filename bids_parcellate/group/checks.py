@@ -15,6 +15,7 @@ from bids_parcellate.config import Config, UserError
 from bids_parcellate.derivatives import naming
 from bids_parcellate.inputs.query import Run, Selection
 from bids_parcellate.results import GroupResult
+from bids_parcellate.words import plural
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -121,7 +122,8 @@ def check_grids(units: dict[UnitKey, list[Run]]) -> tuple[tuple[int, ...], np.nd
                                        else "")
     raise UserError(
         f"group level needs every participant on one voxel grid: {shown} differ from the "
-        f"{len(members[reference])} other unit(s) ({_grid_text(*grids[reference])}); "
+        f"{plural(len(members[reference]), 'other unit')} "
+        f"({_grid_text(*grids[reference])}); "
         "select them out with --participant-label or resample them")
 
 

@@ -28,6 +28,7 @@ from bids_parcellate.summary import (
     summary_path,
     write_summary,
 )
+from bids_parcellate.words import plural
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -128,8 +129,10 @@ def group_mask(summaries: dict[str, SummaryHeader], affine: np.ndarray) -> Group
     if not inter.any():
         raise UserError("group level: the intersection of the participants' brain masks is "
                         "empty")
-    LOGGER.info("group mask: %d voxels, the intersection of %d unit(s)' masks; %d voxel(s) of "
-                "their union lost%s", result.n_voxels, len(summaries), result.n_lost,
+    LOGGER.info("group mask: %d voxels, the intersection of %s; %s of their union lost%s",
+                result.n_voxels, "the masks of " + plural(len(summaries), "unit")
+                if len(summaries) != 1 else "1 unit's mask",
+                plural(result.n_lost, "voxel", zero="0"),
                 "" if not result.n_lost else " (most missing: " + ", ".join(
                     f"{n} {c}" for n, c in sorted(result.voxels_missing.items(),
                                                   key=lambda kv: (-kv[1], kv[0]))[:3] if c)
@@ -252,7 +255,8 @@ def unit_summaries(config: Config, units: dict[UnitKey, list[Run]], grid, source
             paths[name] = header
             continue
         reason = "missing" if header is None else "made with other parameters or runs"
-        LOGGER.info("%s: summary %s, computing it from %d run(s)", name, reason, len(runs))
+        LOGGER.info("%s: summary %s, computing it from %s", name, reason,
+                    plural(len(runs), "run"))
         try:
             summary = compute_summary(config, runs)
             if not result.computed:

@@ -42,6 +42,7 @@ from bids_parcellate.inputs.bold import (
     load_unit_mask,
 )
 from bids_parcellate.inputs.query import Run
+from bids_parcellate.words import value_text
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -270,7 +271,7 @@ def template_mask(strategy: str, grid: Grid, mask_args: dict | None) -> np.ndarr
             img = compute_brain_mask(grid.image(), mask_type=TEMPLATE_STRATEGIES[strategy],
                                      **(mask_args or {}))
     except (TypeError, ValueError) as exc:
-        raise UserError(f"--mask-strategy {strategy} --mask-args {mask_args}: "
+        raise UserError(f"--mask-strategy {strategy} --mask-args {value_text(mask_args)}: "
                         f"{first_line(exc)}") from exc
     return np.asarray(img.dataobj) > 0
 
@@ -310,7 +311,7 @@ def data_mask(strategy: str, mean_img: nib.Nifti1Image, mask_args: dict | None,
             warnings.simplefilter("ignore")
             img = function(mean_img, **(mask_args or {}))
     except TypeError as exc:
-        raise UserError(f"--mask-args {mask_args}: {first_line(exc)}") from exc
+        raise UserError(f"--mask-args {value_text(mask_args)}: {first_line(exc)}") from exc
     except ValueError as exc:  # nilearn raises ValueError on empty masks
         raise RunError(f"{source}: nilearn {function.__name__} failed "
                        f"({first_line(exc)})") from exc

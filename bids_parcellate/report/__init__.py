@@ -38,6 +38,7 @@ from bids_parcellate.report.assemble import (
 from bids_parcellate.report.methods import planned_records, write_citation
 from bids_parcellate.report.record import UnitLog, write_unit_report_data
 from bids_parcellate.results import UnitResult
+from bids_parcellate.words import plural
 
 if TYPE_CHECKING:  # annotations only
     from bids_parcellate.inputs.query import Selection
@@ -78,8 +79,8 @@ def finish_participant_level(config: Config, results: Sequence[UnitResult]) -> N
     for subject in subjects:
         write_participant_report(config.output_dir, subject)
     write_citation(config.output_dir, records)
-    LOGGER.info("%d report(s) and logs/CITATION.* assembled in %.2f s", len(subjects),
-                time.monotonic() - tic)
+    LOGGER.info("%s assembled in %.2f s", f"{plural(len(subjects), 'report')} and "
+                "logs/CITATION.*" if subjects else "logs/CITATION.*", time.monotonic() - tic)
 
 
 def reports_only(config: Config) -> list[Path]:

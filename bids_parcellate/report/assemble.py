@@ -32,6 +32,7 @@ from bids_parcellate.report import figures, mosaics
 from bids_parcellate.report.connectome import centroids_mm, connectome
 from bids_parcellate.report.methods import render_methods
 from bids_parcellate.report.templates import data_uri, render_page, svg_uri
+from bids_parcellate.words import plural
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -209,7 +210,7 @@ def write_participant_report(output_dir: Path, subject: str) -> Path:
                        n_runs=sum(len(r["runs"]) for r in records),
                        n_skipped=sum(len(r["skipped"]) for r in records))
     path = writers.write_text(naming.participant_report_path(output_dir, subject), html)
-    LOGGER.info("report %s (%d unit(s), %.1f s)", path.name, len(units),
+    LOGGER.info("report %s (%s, %.1f s)", path.name, plural(len(units), "unit"),
                 time.monotonic() - tic)
     return path
 
@@ -388,6 +389,6 @@ def write_group_report(output_dir: Path) -> Path:
     html = render_page("group.html.j2", atlases=atlases, participants=rows,
                        extra_columns=extra_columns, tables=tables, methods=methods)
     path = writers.write_text(naming.group_report_path(output_dir), html)
-    LOGGER.info("report %s (%d atlas(es), %d participant(s), %.1f s)", path.name,
-                len(atlases), len(rows), time.monotonic() - tic)
+    LOGGER.info("report %s (%s, %s, %.1f s)", path.name, plural(len(atlases), "atlas"),
+                plural(len(rows), "participant"), time.monotonic() - tic)
     return path

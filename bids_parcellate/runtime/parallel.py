@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bids_parcellate.words import plural
+
 if TYPE_CHECKING:
     from bids_parcellate.runtime.progress import Progress
 
@@ -72,8 +74,8 @@ def plan_workers(nprocs: int, n_units: int, unit_gb: float | None = None,
         fit = max(1, int(mem_gb // unit_gb))
         if fit < workers:
             workers = fit
-            reason = (f"--mem-gb {mem_gb:g} holds {fit} unit(s) of about {unit_gb:.1f} GB "
-                      "at a time")
+            reason = (f"--mem-gb {mem_gb:g} holds {plural(fit, 'unit')} of about "
+                      f"{unit_gb:.1f} GB at a time")
     return WorkerPlan(workers=workers, threads=max(1, nprocs // workers), reason=reason)
 
 
@@ -184,13 +186,14 @@ def map_units(function: Callable, tasks: Sequence[tuple], plan: WorkerPlan,
     """
     if plan.in_process(len(tasks)):
         if plan.reason:
-            LOGGER.info("running %d unit(s) one at a time (%s)", len(tasks), plan.reason)
+            LOGGER.info("running %s one at a time (%s)", plural(len(tasks), "unit"),
+                        plan.reason)
         return [function(*task, progress=progress) for task in tasks]
     from joblib import Parallel, delayed, parallel_config
     from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-    LOGGER.info("running %d unit(s) in %d worker processes with %d BLAS thread(s) each%s",
-                len(tasks), plan.workers, plan.threads,
+    LOGGER.info("running %s in %d worker processes with %s each%s",
+                plural(len(tasks), "unit"), plan.workers, plural(plan.threads, "BLAS thread"),
                 f" ({plan.reason})" if plan.reason else "")
     results: dict[int, object] = {}
     # a spawned manager holds the queue (picklable proxies; no fork of this process)
