@@ -383,13 +383,20 @@ DATASET_CASES = [
      ["--denoise-strategy 'magic': choose from"]),
     ("option-unused-by-strategy", _args("--fd-threshold", "0.3"),
      ["--fd-threshold has no effect with --denoise-strategy simple"]),
-    ("n-parcels-below-2", _args("--n-parcels", "1"), ["--n-parcels [1]: every scale must "
+    ("n-parcels-below-2", _args("--n-parcels", "1"), ["--n-parcels 1: every scale must "
                                                       "be >= 2"]),
     ("n-parcels-above-voxels", _args("--n-parcels", "10", "5000"),
      ["--n-parcels 5000: must be below the 3666 voxels in the brain mask"]),
     ("mem-gb-too-low", _args("--mem-gb", "0.05"), ["--mem-gb 0.05: sub-01 needs about",
                                                    "GB"]),
 ]
+
+
+#: messages of the cases above that are usage errors (exit 2): an option value that is
+#: invalid whatever the dataset
+USAGE_ERRORS = ("--participant-label '", "--session-label '", "--task '", "--run '",
+                "--method '", "--denoise-strategy '", "--fd-threshold has no effect",
+                "--n-parcels 1:")
 
 
 @pytest.mark.parametrize("setup, fragments", [c[1:] for c in DATASET_CASES],
@@ -402,7 +409,8 @@ def test_bad_dataset_or_option(copy, tmp_path, capsys, setup, fragments):
     before_out, before_bids = snapshot(out), snapshot(copy)
     code = run_cli(bids_dir, out, *args)
     lines = stderr_lines(capsys)
-    assert code == 1, lines
+    # an invalid option value is a usage error (2); a dataset that does not fit, 1
+    assert code == (2 if fragments[0].startswith(USAGE_ERRORS) else 1), lines
     assert not any("Traceback" in line for line in lines)
     message = [line for line in lines if "error" in line.lower()]
     assert message, lines

@@ -141,7 +141,7 @@ def test_template_mask_bad_arguments():
     with pytest.raises(UserError) as err:
         grids.template_mask("gm-template", grid(), {"bogus": 1})
     assert str(err.value).startswith("--mask-strategy gm-template --mask-args "
-                                      "{'bogus': 1}: ")
+                                      '{"bogus": 1}: ')
     assert "\n" not in str(err.value)
 
 
@@ -169,7 +169,7 @@ def test_data_mask_errors_name_the_file(tmp_path):
     assert str(err.value) == f"{bold}: nilearn compute_background_mask gives an empty mask"
     with pytest.raises(UserError) as err:
         grids.data_mask("epi", empty, {"bogus": 1}, bold)
-    assert str(err.value).startswith("--mask-args {'bogus': 1}: ")
+    assert str(err.value).startswith('--mask-args {"bogus": 1}: ')
 
 
 def test_load_user_mask_same_grid(tmp_path):

@@ -118,8 +118,8 @@ def test_parameter_change_is_refused_then_overwrite_replaces(small, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("bids_parcellate: error: ")
     assert "made with other parameters" in err[-1]
-    assert "--n-parcels ([10, 20] -> [10])" in err[-1]
-    assert "--smoothing-fwhm (4.0 -> 6.0)" in err[-1]
+    assert "--n-parcels (10 20 -> 10)" in err[-1]
+    assert "--smoothing-fwhm (4 -> 6)" in err[-1]
     assert tree_state(out) == before  # nothing new, not even a log
 
     assert run_cli(small.root, out, "--n-parcels", "10", "--smoothing-fwhm", "6",
