@@ -17,7 +17,9 @@ through :func:`process_unit`:
 Group level (:func:`run_group_level`):
 
 1. the units' complete runs, one voxel grid (:mod:`bids_parcellate.group.checks`);
-2. every unit's summary, reused or computed (:func:`bids_parcellate.group.reduce.unit_summaries`);
+2. every unit's summary, reused or computed (:func:`bids_parcellate.group.reduce.unit_summaries`)
+   (a caution, logged and written with the atlas, under 3 participants:
+   :func:`bids_parcellate.group.checks.small_group_caution`);
 3. the group mask and the merged features (:mod:`bids_parcellate.group.reduce`);
 4. the group atlas from the same learner as a unit's
    (:func:`bids_parcellate.learn.learner.learn` on
@@ -25,6 +27,9 @@ Group level (:func:`run_group_level`):
    (:mod:`bids_parcellate.derivatives.atlas_files`);
 5. every run's timeseries on it (:func:`bids_parcellate.group.apply.apply_atlas`);
 6. connectomes on it, and the agreement of each unit's own parcellation with it.
+
+Then the command line writes ``logs/CITATION.*`` and ``group.html``
+(:func:`bids_parcellate.report.finish_group_level`).
 """
 
 from __future__ import annotations
@@ -286,6 +291,10 @@ def run_group_level(config: Config, selection: Selection,
                         + "; ".join(f"{k}: {v}" for k, v in result.errors.items()) + ")")
     result.units = list(summaries)
     result.summaries = [h.path for h in summaries.values()]
+    result.caution = checks.small_group_caution(
+        [k for k in units if naming.unit_prefix(*k) in summaries])
+    if result.caution:
+        LOGGER.warning("group atlas atlas-%s: %s", result.label, result.caution)
     result.timings["summaries"] = time.monotonic() - tic
 
     tic = time.monotonic()

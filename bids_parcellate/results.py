@@ -81,6 +81,11 @@ class GroupResult:
     reused: list[str] = field(default_factory=list)
     computed: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    #: Set when the atlas is learned from fewer than 3 participants (see
+    #: :func:`bids_parcellate.group.checks.small_group_caution`).
+    caution: str | None = None
+    #: What cleaning did to each run reduced to timeseries on the atlas (the methods text).
+    runs: list[RunSummary] = field(default_factory=list)
 
 
 @dataclass

@@ -204,8 +204,6 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
             elif failed or incomplete:
                 code = 1
         if group_level:
-            from bids_parcellate.report.assemble import write_group_report
-
             tic = time.monotonic()
             group = run_group_level(config, selection, exclude=failed_units)
             LOGGER.info("group level done in %.1f s: atlas-%s from %s (%s reused, %d "
@@ -217,7 +215,7 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
                 LOGGER.error("FAILED %s (group level): %s", name, error)
             if (group.errors or group.incomplete) and code == 0:
                 code = 1
-            write_group_report(config.output_dir)
+            report.finish_group_level(config, selection, group)
     finally:
         write_manifest(config.output_dir)
     return code

@@ -144,6 +144,7 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
             "ConfigHash": config.config_hash(),
             "GeneratedBy": [{"Name": "bids_parcellate", "Version": __version__,
                              "CodeURL": dataset.CODE_URL}],
+            **({"Caution": result.caution} if result.caution else {}),
         }))
     for scale in sorted(labels):
         ents = _atlas_entities(result.label, space, res, scale)
@@ -182,6 +183,8 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
             **{name: {"Description": text} for name, text in columns.items()
                if name not in DSEG_COLUMNS},
         }
+        if result.caution:  # fewer than 3 participants
+            sidecar["Caution"] = result.caution
         if config.is_decomposition:
             sidecar["NumberOfMaps"] = scale
         if res is not None:
@@ -230,7 +233,7 @@ def write_atlas_maps(config: Config, result: GroupResult, gmask: GroupMask, ents
     img.header.set_xyzt_units("mm")
     counts = np.bincount(origin, minlength=maps.shape[0] + 1)[1:]
     keep = ("SpatialReference", "LevelType", "Participants", "GroupMask", "Parameters",
-            "Sources", "ConfigHash", "Resolution")
+            "Sources", "ConfigHash", "Resolution", "Caution")
     sidecar = {
         "Name": f"{result.label}, {maps.shape[0]} network maps",
         "Description": f"{maps.shape[0]} {config.method} network maps of the group: volume "

@@ -16,7 +16,7 @@ from bids_parcellate.derivatives.atlas_files import write_atlas_timeseries
 from bids_parcellate.extract import parcel_timeseries
 from bids_parcellate.inputs.bold import UnitMask
 from bids_parcellate.inputs.query import Run
-from bids_parcellate.results import GroupMask, GroupResult
+from bids_parcellate.results import GroupMask, GroupResult, RunSummary
 from bids_parcellate.runtime.progress import Progress
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def apply_atlas(config: Config, result: GroupResult, units: dict[UnitKey, list[R
     ----------
     config : Config
     result : GroupResult
-        Its ``label`` names the files; filled here: ``files`` and ``errors``.
+        Its ``label`` names the files; filled here: ``files``, ``errors`` and ``runs``.
     units : dict
         (subject, session) -> complete runs.
     gmask : GroupMask
@@ -92,6 +92,7 @@ def apply_atlas(config: Config, result: GroupResult, units: dict[UnitKey, list[R
             result.errors[name] = str(exc)
             continue
         for run, clean, series in blocks:
+            result.runs.append(RunSummary.of(clean))
             if collect is not None:
                 collect.append((key, run, int(clean.sample_mask.size), series))
             result.files += write_atlas_timeseries(config, result.label, run, clean, series,

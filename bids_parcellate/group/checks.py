@@ -1,7 +1,8 @@
 """Group-level checks made before anything is written: the units' complete runs
 (:func:`complete_units`), one voxel grid for every run (:func:`check_grids`), enough
-participants for the tangent space (:func:`check_tangent`), and the atlas label
-(:func:`atlas_label`).
+participants for the tangent space (:func:`check_tangent`), the atlas label
+(:func:`atlas_label`), and the caution of an atlas learned from few participants
+(:func:`small_group_caution`).
 """
 
 from __future__ import annotations
@@ -147,6 +148,40 @@ def check_tangent(config: Config, units: dict[UnitKey, list[Run]]) -> None:
     if "tangent" in config.connectivity and n < 2:
         raise UserError("--connectivity tangent needs several participants: the group level "
                         f"has {n}")
+
+
+#: Fewer participants than this: the group atlas carries a caution (log, sidecars, report).
+MIN_PARTICIPANTS = 3
+
+
+def small_group_caution(units: list[UnitKey]) -> str | None:
+    """The caution of a group atlas learned from fewer than :data:`MIN_PARTICIPANTS`
+    participants (sessions of one participant count once).
+
+    Parameters
+    ----------
+    units : list of (subject, session)
+        The units the atlas is learned from.
+
+    Returns
+    -------
+    str or None
+        One sentence for the log, the atlas sidecars, the group report and the methods
+        text; None from :data:`MIN_PARTICIPANTS` participants on.
+    """
+    subjects = sorted({key[0] for key in units})
+    if len(subjects) >= MIN_PARTICIPANTS:
+        return None
+    who = ", ".join(f"sub-{s}" for s in subjects)
+    if len(subjects) == 1:
+        sessions = f" ({len(units)} sessions)" if len(units) > 1 else ""
+        return (f"This group atlas was learned from a single participant ({who}{sessions}): "
+                "it is that participant's own parcellation, not a group atlas, and says "
+                f"nothing about other brains; use at least {MIN_PARTICIPANTS} participants "
+                "for a group atlas.")
+    return (f"This group atlas was learned from only {len(subjects)} participants ({who}): "
+            "it reflects their data and may not generalise to other brains; use at least "
+            f"{MIN_PARTICIPANTS} participants for a group atlas.")
 
 
 def atlas_label(config: Config) -> str:

@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,8 +30,8 @@ import numpy as np
 from bids_parcellate.config import UserError
 from bids_parcellate.derivatives import naming, writers
 from bids_parcellate.report import figures, mosaics
-from bids_parcellate.report.connectome import centroids_mm, connectome
-from bids_parcellate.report.methods import render_methods
+from bids_parcellate.report.connectome import connectome, node_positions
+from bids_parcellate.report.methods import group_context, render_methods
 from bids_parcellate.report.templates import data_uri, render_page, svg_uri
 from bids_parcellate.words import plural
 
@@ -248,6 +249,74 @@ def find_group_atlases(output_dir: Path) -> list[dict]:
     return [groups[k] for k in sorted(groups, key=lambda k: tuple(str(p) for p in k))]
 
 
+def atlas_description(output_dir: Path, label: str) -> dict:
+    """``atlas-<label>_description.json`` of a group atlas (empty when it is missing or
+    unreadable).
+
+    Parameters
+    ----------
+    output_dir : Path
+    label : str
+        The ``atlas-`` label.
+
+    Returns
+    -------
+    dict
+        Its fields: ``Participants`` (the units it was learned from), ``GroupMask``,
+        ``Parameters``, ``Caution`` (fewer than 3 participants)...
+    """
+    path = Path(output_dir) / naming.build_name("atlas_description", {
+        "atlas": label, "suffix": "description", "extension": ".json"})
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+#: A run's timeseries sidecar on a group atlas (the participant's figures in the group
+#: report when the participant level has not run): subject, session, atlas, scale, res.
+GROUP_TIMESERIES_PATTERN = re.compile(
+    r"^sub-(?P<sub>[A-Za-z0-9]+)(?:_ses-(?P<ses>[A-Za-z0-9]+))?_.*_atlas-(?P<atlas>"
+    r"[A-Za-z0-9]+)_scale-(?P<scale>[0-9]+)(?:_res-(?P<res>[A-Za-z0-9]+))?"
+    r"_stat-mean_timeseries\.json$")
+
+
+def atlas_run_figures(output_dir: Path, atlas: dict) -> dict[str, dict]:
+    """Runs and volumes of each participant on a group atlas, from the sidecars of its
+    timeseries (``NumberOfVolumes``, ``CensoredVolumes``) at its smallest scale.
+
+    Parameters
+    ----------
+    output_dir : Path
+    atlas : dict
+        An entry of :func:`find_group_atlases`.
+
+    Returns
+    -------
+    dict
+        ``sub-<label>`` -> ``runs``, ``volumes``, ``kept``.
+    """
+    scale = min(atlas["files"])
+    out: dict[str, dict] = {}
+    for path in sorted(Path(output_dir).glob(f"sub-*/**/func/*_atlas-{atlas['atlas']}_"
+                                             "*_timeseries.json")):
+        match = GROUP_TIMESERIES_PATTERN.match(path.name)
+        if not (match and match["atlas"] == atlas["atlas"] and match["res"] == atlas["res"]
+                and int(match["scale"]) == scale):
+            continue
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            n_volumes = int(meta["NumberOfVolumes"])
+            n_censored = len(meta.get("CensoredVolumes", []))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        entry = out.setdefault(f"sub-{match['sub']}", {"runs": 0, "volumes": 0, "kept": 0})
+        entry["runs"] += 1
+        entry["volumes"] += n_volumes
+        entry["kept"] += n_volumes - n_censored
+    return out
+
+
 def _atlas_view(output_dir: Path, atlas: dict) -> dict:
     imgs = {scale: nib.load(path) for scale, path in sorted(atlas["files"].items())}
     shown = {}
@@ -268,8 +337,11 @@ def _atlas_view(output_dir: Path, atlas: dict) -> dict:
         bg = resample_to_img(load_mni152_template(resolution=2), first,
                              interpolation="continuous", force_resample=True,
                              copy_header=True)
+    description = atlas_description(output_dir, atlas["atlas"])
+    units = [str(u) for u in description.get("Participants", [])]
     return {**atlas, "rows": rows, "uri": svg_uri(mosaics.atlas_maps(shown, bg)),
-            "connectomes": _group_connectomes(output_dir, atlas)}
+            "connectomes": _group_connectomes(output_dir, atlas), "units": units,
+            "caution": description.get("Caution"), "description": description}
 
 
 #: A group connectome table: ``group_atlas-<label>_scale-<k>[_res-<r>]_meas-<m>_relmat.tsv``.
@@ -281,7 +353,7 @@ GROUP_RELMAT_PATTERN = re.compile(
 def _group_connectomes(output_dir: Path, atlas: dict) -> list[dict]:
     """The group mean connectomes of an atlas (``--connectivity`` at the group level), one
     figure per measure: the matrix and the graph on a glass brain at every scale, nodes at
-    the centroids of the atlas's parcels (read from the files, so ``--reports-only``
+    a voxel of each of the atlas's parcels (read from the files, so ``--reports-only``
     shows the same)."""
     found: dict[str, dict[int, Path]] = {}
     for path in sorted(Path(output_dir).glob("group_atlas-*_relmat.tsv")):
@@ -305,7 +377,8 @@ def _group_connectomes(output_dir: Path, atlas: dict) -> list[dict]:
                                matrix.shape, n)
                 continue
             matrices[scale] = matrix
-            centroids[scale] = centroids_mm(labels[inside], np.argwhere(inside), img.affine)
+            centroids[scale] = node_positions(labels[inside], np.argwhere(inside),
+                                              img.affine)
         if matrices:
             out.append({"measure": meas, "uri": svg_uri(connectome(matrices, centroids,
                                                                     meas)),
@@ -313,17 +386,24 @@ def _group_connectomes(output_dir: Path, atlas: dict) -> list[dict]:
     return out
 
 
-def write_group_report(output_dir: Path) -> Path:
+def write_group_report(output_dir: Path, methods_records: Sequence[dict] | None = None
+                       ) -> Path:
     """Assemble ``OUTPUT_DIR/group.html`` from whatever group outputs exist.
 
-    Shows every group atlas (all scales), a participants table (runs, volumes kept and
-    censored, and the agreement of each participant with the group atlas from the
-    ``group*agreement*.tsv`` tables) with links to the participant reports, and every
-    ``group*.tsv`` table.
+    Shows every group atlas (all scales, with its caution when it was learned from fewer
+    than 3 participants), a participants table (every participant of the unit records
+    and of the group atlases: runs, volumes kept and censored, from the participant
+    records or, for a participant without one, from the sidecars of its timeseries on
+    the atlas; the atlases it is part of; the agreement of each participant with the
+    group atlas from the ``group*agreement*.tsv`` tables) with links to the participant
+    reports, every ``group*.tsv`` table, and the methods text.
 
     Parameters
     ----------
     output_dir : Path
+    methods_records : sequence of dict, optional
+        Unit records of the methods text (default: the unit records in OUTPUT_DIR; the
+        group level passes those it wrote ``logs/CITATION.*`` from).
 
     Returns
     -------
@@ -345,15 +425,40 @@ def write_group_report(output_dir: Path) -> Path:
     # group connectomes are drawn with their atlas, not listed as tables
     tables = [_table(p) for p in sorted(output_dir.glob("group*.tsv"))
               if not p.name.endswith("_relmat.tsv")]
-    # agreement tables (one row per participant, session and scale) become columns of
-    # the participants table: "<measure> (<scale>)", sessions' values joined by " / "
+    extra_columns, extra = _agreement_columns(tables)
+    participants = _participants(output_dir, records, atlases)
+    for pid in extra:
+        participants.setdefault(pid, {"atlases": []})
+    rows = []
+    for pid in sorted(participants):
+        report = naming.participant_report_path(output_dir, pid.removeprefix("sub-"))
+        rows.append({"participant_id": pid, **participants[pid],
+                     "report": report.name if report.is_file() else None,
+                     "extra": [" / ".join(extra.get(pid, {}).get(c, []))
+                               for c in extra_columns]})
+    methods_records = records if methods_records is None else methods_records
+    groups = [group_context(a["atlas"], a["description"]) for a in atlases
+              if a["description"]]
+    methods = render_methods(methods_records, groups=groups) if methods_records else None
+    html = render_page("group.html.j2", atlases=atlases, participants=rows,
+                       extra_columns=extra_columns, tables=tables, methods=methods,
+                       from_sidecars=any(r.get("from_sidecars") for r in rows))
+    path = writers.write_text(naming.group_report_path(output_dir), html)
+    LOGGER.info("report %s (%s, %s, %.1f s)", path.name, plural(len(atlases), "atlas"),
+                plural(len(rows), "participant"), time.monotonic() - tic)
+    return path
+
+
+def _agreement_columns(tables: list[dict]) -> tuple[list[str], dict[str, dict[str, list]]]:
+    """Agreement tables (one row per participant, session and scale) as columns of the
+    participants table: "<measure> (<scale>)", sessions' values joined by " / "."""
     extra_columns: list[str] = []
     extra: dict[str, dict[str, list]] = {}
+    n_agreement = sum("agreement" in t["name"] for t in tables)
     for table in tables:
         if "agreement" not in table["name"] or "participant_id" not in table["columns"]:
             continue
         atlas = re.search(r"atlas-([A-Za-z0-9]+)", table["name"])
-        n_agreement = sum("agreement" in t["name"] for t in tables)
         for row in table["rows"]:
             cells = dict(zip(table["columns"], row, strict=False))
             for column in table["columns"]:
@@ -366,29 +471,33 @@ def write_group_report(output_dir: Path) -> Path:
                     extra_columns.append(name)
                 extra.setdefault(cells["participant_id"], {}).setdefault(name, []).append(
                     cells[column])
+    return extra_columns, extra
+
+
+def _participants(output_dir: Path, records: list[dict], atlases: list[dict]
+                  ) -> dict[str, dict]:
+    """``sub-<label>`` -> the figures of the participants table: from the unit records,
+    else (the group level ran first) from the timeseries sidecars on each atlas."""
     participants: dict[str, dict] = {}
     for record in records:
         entry = participants.setdefault(f"sub-{record['subject']}", {
-            "units": 0, "runs": 0, "kept": 0, "volumes": 0, "skipped": 0, "warnings": 0})
+            "units": 0, "runs": 0, "kept": 0, "volumes": 0, "skipped": 0, "warnings": 0,
+            "atlases": []})
         entry["units"] += 1
         entry["runs"] += len(record["runs"])
         entry["kept"] += sum(r["n_kept"] for r in record["runs"])
         entry["volumes"] += sum(r["n_volumes"] for r in record["runs"])
         entry["skipped"] += len(record["skipped"])
         entry["warnings"] += len(record["warnings"])
-    for pid in extra:
-        participants.setdefault(pid, {})
-    rows = []
-    for pid in sorted(participants):
-        report = naming.participant_report_path(output_dir, pid.removeprefix("sub-"))
-        rows.append({"participant_id": pid, **participants[pid],
-                     "report": report.name if report.is_file() else None,
-                     "extra": [" / ".join(extra.get(pid, {}).get(c, []))
-                               for c in extra_columns]})
-    methods = render_methods(records) if records else None
-    html = render_page("group.html.j2", atlases=atlases, participants=rows,
-                       extra_columns=extra_columns, tables=tables, methods=methods)
-    path = writers.write_text(naming.group_report_path(output_dir), html)
-    LOGGER.info("report %s (%s, %s, %.1f s)", path.name, plural(len(atlases), "atlas"),
-                plural(len(rows), "participant"), time.monotonic() - tic)
-    return path
+    for atlas in atlases:
+        units = Counter(unit.split("_")[0] for unit in atlas["units"])  # per participant
+        figures_of = None
+        for pid in sorted(units):
+            if pid not in participants:
+                if figures_of is None:
+                    figures_of = atlas_run_figures(output_dir, atlas)
+                participants[pid] = {**figures_of.get(pid, {}), "units": units[pid],
+                                     "atlases": [], "from_sidecars": True}
+            if f"atlas-{atlas['atlas']}" not in participants[pid]["atlases"]:
+                participants[pid]["atlases"].append(f"atlas-{atlas['atlas']}")
+    return participants

@@ -291,9 +291,9 @@ class Canvas:
                            "color": color, "anchor": anchor, "rotate": rotate, "box": box})
 
     def colorbar(self, x: float, y: float, w: float, h: float, cmap: str,
-                 ticks: Sequence[tuple[float, str]], label: str = "",
+                 ticks: Sequence[tuple[float, str]], *, label: str,
                  color: str = INK) -> None:
-        """Vertical colour bar of a colour map of :data:`COLORMAPS`.
+        """Vertical colour bar of a colour map of :data:`COLORMAPS`, always labelled.
 
         Parameters
         ----------
@@ -304,7 +304,8 @@ class Canvas:
         ticks : sequence of (float, str)
             (position in [0, 1] from the bottom, label) pairs.
         label : str
-            Rotated title on the right.
+            Rotated title on the right: what the colours show, with its unit (e.g.
+            ``"Pearson r"``, ``"z-score"``, ``"cleaned BOLD (a.u.)"``); required.
         color : str
             Outline, ticks and text.
         """
@@ -317,9 +318,10 @@ class Canvas:
             ty = y + h * (1 - position)
             self.line(x + w, ty, x + w + 3, ty, color=color)
             self.text(x + w + 5, ty + 3.5, text, size=9, color=color)
-        if label:
-            self.text(x + w + 34, y + h / 2, label, size=10, color=color, anchor="middle",
-                      rotate=True)
+        if not label:
+            raise ValueError("a colour bar needs a label (what it shows, with its unit)")
+        self.text(x + w + 34, y + h / 2, label, size=10, color=color, anchor="middle",
+                  rotate=True)
 
     def svg(self) -> bytes:
         """The figure as an SVG document (UTF-8 bytes)."""

@@ -160,7 +160,7 @@ def carpet(series: Mapping[int, np.ndarray], orders: Mapping[int, np.ndarray],
         for start, label in zip([0, *boundaries], run_labels, strict=True):
             canvas.text(float(ax.x(start)) + 2, 15, label, size=9, color=MUTED)
     canvas.colorbar(WIDTH - 80, top, 12, y - 8 - top, "gray",
-                    [(0.0, "-2"), (0.5, "0"), (1.0, "2")], label="z")
+                    [(0.0, "-2"), (0.5, "0"), (1.0, "2")], label="z-score (per run)")
     return canvas.svg()
 
 

@@ -171,7 +171,33 @@ def _join(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def methods_context(records: Sequence[dict], quality: bool = False) -> dict:
+def group_context(label: str, description: dict) -> dict:
+    """Template variables of a group atlas's paragraph, from its description file.
+
+    Parameters
+    ----------
+    label : str
+        The ``atlas-`` label.
+    description : dict
+        ``atlas-<label>_description.json``: ``Participants`` (units), ``GroupMask``,
+        ``Parameters`` and, with fewer than 3 participants, ``Caution``.
+
+    Returns
+    -------
+    dict
+        ``label``, ``units_text``, ``n_voxels``, ``n_components``, ``caution``.
+    """
+    units = [str(u) for u in description.get("Participants", [])]
+    listed = f" ({_join(units)})" if 0 < len(units) <= 8 else ""
+    return {"label": label, "n_voxels": description.get("GroupMask", {}).get("NumberOfVoxels"),
+            "units_text": f"{len(units)} participant unit{'s' if len(units) != 1 else ''}"
+                          + listed,
+            "n_components": description.get("Parameters", {}).get("NumberOfComponents"),
+            "caution": description.get("Caution")}
+
+
+def methods_context(records: Sequence[dict], quality: bool = False,
+                    groups: Sequence[dict] = ()) -> dict:
     """Template variables describing the analysis of ``records`` (one per unit).
 
     Records of completed units carry volumes kept and regressors; records planned
@@ -184,6 +210,8 @@ def methods_context(records: Sequence[dict], quality: bool = False) -> dict:
         space and software are those of the first.
     quality : bool
         Whether the quality measures were computed (a sentence and its citation).
+    groups : sequence of dict
+        Group atlases learned from these units (:func:`group_context`): a paragraph each.
 
     Returns
     -------
@@ -298,7 +326,7 @@ def methods_context(records: Sequence[dict], quality: bool = False) -> dict:
         "decomposition": decomposition,
         "n_maps_text": _join([str(s) for s in scales]),
         "dictlearning_alpha": params.get("dictlearning_alpha"),
-        "alphas_text": _join([f"{a:g}" for a in alphas]) if alphas else "",
+        "alphas_text": _join([f"{a:.3g}" for a in alphas]) if alphas else "",
         "region_thresholding": params.get("region_thresholding"),
         "region_threshold": params.get("region_threshold"),
         "region_extractor": params.get("region_extractor"),
@@ -310,6 +338,7 @@ def methods_context(records: Sequence[dict], quality: bool = False) -> dict:
         "standardize": params["standardize"],
         "standardize_text": STANDARDIZE_TEXT.get(params["standardize"], ""),
         "quality": quality,
+        "groups": list(groups),
         "config_hash": ", ".join(hashes),
     }
 
@@ -475,7 +504,8 @@ def _inline_html(text: str) -> str:
     return CITATION.sub(lambda m: _cite(m, html=True), text)
 
 
-def render_methods(records: Sequence[dict], quality: bool = False) -> Methods:
+def render_methods(records: Sequence[dict], quality: bool = False,
+                   groups: Sequence[dict] = ()) -> Methods:
     """Render the methods text of ``records`` as Markdown, HTML and BibTeX.
 
     Parameters
@@ -484,13 +514,15 @@ def render_methods(records: Sequence[dict], quality: bool = False) -> Methods:
         Unit records (see :func:`methods_context`).
     quality : bool
         Whether the quality measures were computed.
+    groups : sequence of dict
+        Group atlases (:func:`group_context`).
 
     Returns
     -------
     Methods
         The text in every form, with the cited keys in reference-list order.
     """
-    context = methods_context(records, quality=quality)
+    context = methods_context(records, quality=quality, groups=groups)
     markdown_src = _environment(False).get_template(TEMPLATE).render(context)
     keys = _cited(markdown_src)
     ordered = sorted(keys, key=lambda k: (references()[k].short.lower(), k))
@@ -521,8 +553,8 @@ def render_methods(records: Sequence[dict], quality: bool = False) -> Methods:
     return Methods(markdown=markdown, html=Markup(html), bibtex=bibtex, keys=ordered)
 
 
-def write_citation(output_dir: Path, records: Sequence[dict],
-                   quality: bool = False) -> list[Path]:
+def write_citation(output_dir: Path, records: Sequence[dict], quality: bool = False,
+                   groups: Sequence[dict] = ()) -> list[Path]:
     """Write ``logs/CITATION.md``, ``.html`` and ``.bib`` (each atomically).
 
     Parameters
@@ -532,13 +564,15 @@ def write_citation(output_dir: Path, records: Sequence[dict],
         Unit records (see :func:`methods_context`).
     quality : bool
         Whether the quality measures were computed.
+    groups : sequence of dict
+        Group atlases (:func:`group_context`).
 
     Returns
     -------
     list of Path
         The three files.
     """
-    methods = render_methods(records, quality=quality)
+    methods = render_methods(records, quality=quality, groups=groups)
     paths = naming.citation_paths(output_dir)
     page = render_page("citation.html.j2", methods=methods)
     return [writers.write_text(paths["md"], methods.markdown),

@@ -37,7 +37,7 @@ from bids_parcellate.inputs.query import InputError, read_dataset_description, s
 from bids_parcellate.learn.features import labels_to_volume
 from bids_parcellate.learn.regions import auto_alpha
 from bids_parcellate.report import figures, mosaics
-from bids_parcellate.report.connectome import centroids_mm, connectome
+from bids_parcellate.report.connectome import connectome, node_positions
 from bids_parcellate.results import UnitResult
 
 if TYPE_CHECKING:  # annotations only
@@ -376,12 +376,12 @@ def _mask_description(unit_mask) -> str:
 def _connectome_figure(kind: str, labels: dict, mask: np.ndarray, affine: np.ndarray,
                        series: list, scales: list) -> tuple[bytes, dict]:
     """The first requested per-run measure, averaged over the unit's runs (nilearn's
-    ``ConnectivityMeasure.mean_``), with nodes at the parcel centroids."""
+    ``ConnectivityMeasure.mean_``), each node at a voxel of its parcel."""
     voxels = np.argwhere(mask)
     matrices, centroids = {}, {}
     for scale, runs in zip(scales, series, strict=True):
         matrices[scale] = group_connectomes(runs, [kind])[kind][1]
-        centroids[scale] = centroids_mm(labels[scale], voxels, affine)
+        centroids[scale] = node_positions(labels[scale], voxels, affine)
     return connectome(matrices, centroids, kind), {"measure": kind,
                                                    "n_runs": len(series[0])}
 

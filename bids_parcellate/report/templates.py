@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import resources
@@ -26,7 +27,47 @@ from markupsafe import Markup
 
 from bids_parcellate import __version__
 
-__all__ = ["environment", "render", "render_page", "data_uri", "svg_uri"]
+__all__ = ["environment", "render", "render_page", "data_uri", "svg_uri", "format_number"]
+
+#: Decimals of a non-integer value shown in a report table (ARI, R², correlations...).
+DECIMALS = 3
+
+
+def format_number(value: object) -> str:
+    """A table cell as the reports show it: numbers rounded, everything else as it is.
+
+    Integers (counts, scales) and values with at most :data:`DECIMALS` decimals are kept
+    as written; longer decimals are rounded to :data:`DECIMALS` places (``0.1956724``
+    -> ``0.196``), values under ``10**-DECIMALS`` in magnitude keep three significant
+    digits in scientific notation (``0.0040429`` -> ``4.04e-03``). The files keep every
+    digit; only the HTML text is rounded.
+
+    Parameters
+    ----------
+    value : object
+        A cell: text of a TSV, a number, None.
+
+    Returns
+    -------
+    str
+        The text shown (``""`` for None).
+    """
+    if value is None:
+        return ""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return str(value)
+    if not math.isfinite(number):  # nan, inf
+        return text
+    if "e" in text.lower():  # scientific notation: three significant digits
+        return f"{number:.3g}"
+    if "." not in text or len(text.split(".", 1)[1]) <= DECIMALS:
+        return text
+    if number != 0 and abs(number) < 10 ** -DECIMALS:
+        return f"{number:.2e}"
+    return f"{number:.{DECIMALS}f}"
 
 
 @lru_cache(maxsize=1)
@@ -46,6 +87,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["seconds"] = lambda v: f"{v:.1f} s" if v is not None else "n/a"
+    env.filters["num"] = format_number
     return env
 
 
