@@ -327,7 +327,8 @@ def write_unit(config: Config, result: UnitResult, unit_mask: UnitMask, learned:
     dataset.remove_unit_outputs(config.output_dir, result.subject, result.session, listed)
     try:
         files = unit_files.write_unit_files(config, result, unit_mask, learned.labels,
-                                            series, source_dirs, learned.regions)
+                                            series, source_dirs, learned.regions,
+                                            learned.stability)
         files += unit_files.write_maps(config, result, unit_mask, learned.regions,
                                        source_dirs)
         if matrices:

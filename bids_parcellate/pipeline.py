@@ -127,6 +127,9 @@ def process_unit(config: Config, key: UnitKey, runs: list[Run], source_dirs: lis
                 plural(len(learned.labels), "parcellation"),
                 ", ".join(map(str, sorted(learned.labels))), unit_mask.n_voxels,
                 plural(len(result.runs), "run"), plural(len(result.files), "file"))
+    if learned.stability:
+        LOGGER.info("%s: mean bootstrap stability %s", result.name, ", ".join(
+            f"{float(v.mean()):.2f} at {k}" for k, v in sorted(learned.stability.items())))
     return result
 
 
@@ -313,7 +316,8 @@ def run_group_level(config: Config, selection: Selection,
     space, res = reduce.space_res(units, config)
     dataset.prepare_output_dir(config.output_dir, source_dirs)
     result.files += atlas_files.write_atlas(config, result, gmask, learned.labels, space,
-                                            res, learned.regions, n_volumes)
+                                            res, learned.regions, n_volumes,
+                                            learned.stability)
     LOGGER.info("group atlas atlas-%s: %s %s from %s written (%.1f s)", result.label,
                 "scale" if len(learned.labels) == 1 else "scales",
                 ", ".join(map(str, sorted(learned.labels))),

@@ -396,3 +396,46 @@ def test_group_bootstrap_builds_a_consensus_atlas(demo8, demo8_out, tmp_path):
     assert (pieces_per_parcel(consensus[mask], grid_connectivity(mask)) == 1).all()
     truth = np.asarray(demo8.labels_img.dataobj)[mask]
     assert adjusted_rand_score(truth, consensus[mask]) > 0.75
+
+
+def check_stability_map(path: Path, labels: np.ndarray, mask: np.ndarray,
+                        n_resamples: int) -> np.ndarray:
+    """A stat-stability_boldmap: 0 outside the mask, in [0, 1] inside, its sidecar's
+    mean and per-parcel means computed from the map and the dseg."""
+    values = np.asarray(nib.load(path).dataobj)
+    meta = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+    assert meta["NumberOfResamples"] == n_resamples
+    assert (values[~mask] == 0).all()
+    inside = values[mask]
+    assert inside.min() >= 0 and inside.max() <= 1
+    assert meta["MeanStability"] == pytest.approx(inside.mean(), abs=1e-4)
+    per_parcel = [inside[labels[mask] == k].mean() for k in range(1, labels.max() + 1)]
+    np.testing.assert_allclose(meta["ParcelStability"], per_parcel, atol=1e-4)
+    return inside
+
+
+def test_bootstrap_writes_stability_maps_at_both_levels(demo8, tmp_path):
+    """--bootstrap: a stat-stability_boldmap per scale beside each dseg and atlas dseg
+    (none without it); parcels more stable at the demo's true scale than at a finer one;
+    the outputs stay BIDS-valid."""
+    out = tmp_path / "out"
+    args = ("--method", "kmeans", "--n-parcels", "20", "50", "--no-quality")
+    assert run_cli(demo8.root, out, *args, level="participant") == 0
+    assert not list(out.rglob("*_boldmap.*"))
+    assert run_cli(demo8.root, out, *args, "--bootstrap", "3", "--overwrite",
+                   level="participant") == 0
+    assert run_cli(demo8.root, out, *args, "--bootstrap", "3", level="group") == 0
+    mask = np.asarray(demo8.mask_img.dataobj) > 0
+    means = {}
+    for scale in (20, 50):
+        dseg = out / "sub-01" / "anat" / f"sub-01_{SPACE}_seg-kmeans_scale-{scale}_dseg.nii.gz"
+        stab = dseg.with_name(dseg.name.replace("_dseg", "_stat-stability_boldmap"))
+        inside = check_stability_map(stab, np.asarray(nib.load(dseg).dataobj), mask, 3)
+        means[scale] = inside.mean()
+        atlas = atlas_path(out, scale, label="bidsKmeans")
+        check_stability_map(atlas.with_name(atlas.name.replace("_dseg",
+                                                               "_stat-stability_boldmap")),
+                            np.asarray(nib.load(atlas).dataobj), mask, 3)
+    assert means[20] > means[50] + 0.05  # 20 true parcels in the demo; 50 splits them
+    assert len(list(out.rglob("*_stat-stability_boldmap.nii.gz"))) == 2 * 2 + 2
+    assert validate(out)["errors"] == []

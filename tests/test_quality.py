@@ -233,7 +233,7 @@ def test_consensus_is_deterministic_and_contiguous(grid):
         return consensus_parcellation(
             lambda: build_features([], mask, np.eye(4), 0.0, 200, prepared=prepared),
             volume_resampler(prepared, mask, np.eye(4), 200), mask, method="ward",
-            scales=[8], n_resamples=4, random_state=0)[8]
+            scales=[8], n_resamples=4, random_state=0).labels[8]
 
     labels = fit()
     for run, copy in zip(runs, copies, strict=True):
@@ -255,7 +255,7 @@ def test_consensus_of_kmeans_resamples_is_contiguous(grid):
     labels = consensus_parcellation(
         lambda: build_features([], mask, np.eye(4), 0.0, 200, prepared=prepared),
         volume_resampler(prepared, mask, np.eye(4), 200), mask, method="kmeans",
-        scales=[8, 20], n_resamples=3, random_state=0)
+        scales=[8, 20], n_resamples=3, random_state=0).labels
     conn = grid_connectivity(mask)
     for k in (8, 20):
         assert sorted(np.unique(labels[k])) == list(range(1, k + 1))

@@ -25,6 +25,7 @@ from bids_parcellate.derivatives.tables import (
     processing_parameters,
     timeseries_sidecar,
     write_relmats,
+    write_stability,
 )
 from bids_parcellate.extract import align_to_volumes
 from bids_parcellate.inputs.query import Run, read_dataset_description
@@ -86,9 +87,10 @@ def atlas_dseg_name(label: str, space: str, res: str | None, scale: int,
 
 def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: dict,
                 space: str, res: str | None, regions: dict[int, RegionSet] | None = None,
-                n_volumes: int = 0) -> list[Path]:
+                n_volumes: int = 0, stability: dict | None = None) -> list[Path]:
     """Write ``atlas-<label>_description.json`` and the dseg files of every scale (and
-    the network maps, ``_probseg``, of dictlearning / canica).
+    the network maps, ``_probseg``, of dictlearning / canica; with ``--bootstrap``, the
+    stability maps, ``stat-stability_boldmap``).
 
     Parameters
     ----------
@@ -106,6 +108,8 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
         Each scale's regions (their ``origin`` column and network maps).
     n_volumes : int
         Kept volumes of every unit together (the automatic dictlearning alpha).
+    stability : dict, optional
+        scale -> per-voxel bootstrap stability over the group mask (``Learned.stability``).
 
     Returns
     -------
@@ -195,6 +199,16 @@ def write_atlas(config: Config, result: GroupResult, gmask: GroupMask, labels: d
                 else f"res-{res}: the resolution of the input BOLD grid")
         written.append(writers.write_json(
             out / naming.build_name("atlas_dseg", {**ents, "extension": ".json"}), sidecar))
+        if stability and scale in stability:
+            written += write_stability(
+                config, out / naming.build_name("atlas_stability", {
+                    **ents, "stat": "stability", "suffix": "boldmap",
+                    "extension": ".nii.gz"}),
+                stability[scale], labels[scale], gmask.mask, gmask.affine,
+                {"Parcellation": naming.build_name("atlas_dseg", {**ents,
+                                                                  "extension": ".nii.gz"}),
+                 "SpatialReference": space,
+                 **({"Resolution": sidecar["Resolution"]} if res is not None else {})})
         maps = regions[scale].maps if scale in regions else None
         if maps is not None:
             written += write_atlas_maps(config, result, gmask, ents, maps,

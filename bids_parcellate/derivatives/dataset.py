@@ -37,6 +37,8 @@ BIDSIGNORE = (
     "*_timeseries.json",
     "*_quality.tsv",
     "*_quality.json",
+    "*_boldmap.nii.gz",
+    "*_boldmap.json",
     "*_relmat.tsv",
     "*_relmat.json",
     "*_completed.json",

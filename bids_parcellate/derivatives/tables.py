@@ -273,6 +273,54 @@ def write_relmats(config: Config, entities: dict, names: list[str],
     return written
 
 
+def write_stability(config: Config, path: Path, stability: np.ndarray, labels: np.ndarray,
+                    mask: np.ndarray, affine: np.ndarray, extra: dict) -> list[Path]:
+    """Write a per-voxel bootstrap stability map (``stat-stability_boldmap``) and its JSON.
+
+    Parameters
+    ----------
+    config : Config
+        ``--bootstrap`` (the number of resamples) and the config hash.
+    path : Path
+        The ``.nii.gz`` path (the JSON is beside it).
+    stability : ndarray, shape (n_voxels,), float32
+        :func:`bids_parcellate.learn.consensus.voxel_stability` over the mask's voxels.
+    labels : ndarray of int, shape (n_voxels,)
+        The parcellation the stability is of (its parcels' mean stability is recorded).
+    mask, affine : ndarray
+        The grid of the map (0 outside the mask).
+    extra : dict
+        More sidecar keys (``Parcellation``, ``SpatialReference``, ``Resolution``...).
+
+    Returns
+    -------
+    list of Path
+        The image and its sidecar.
+    """
+    volume = np.zeros(mask.shape, dtype=np.float32)
+    volume[mask] = stability
+    img = nib.Nifti1Image(volume, affine)
+    img.header.set_xyzt_units("mm")
+    counts = np.bincount(labels)
+    per_parcel = np.bincount(labels, weights=stability.astype(np.float64))[1:] / np.maximum(
+        counts[1:], 1)
+    sidecar = {
+        "Description": "Per-voxel stability of the parcellation over the "
+                       f"{config.bootstrap} --bootstrap resamples (the BASC stability of "
+                       "a voxel with its parcel): the mean, over resamples, of the share "
+                       "of the other voxels of its parcel that fell in the same parcel "
+                       "as it in that resample. 1: always together with its parcel; low "
+                       "values mark unstable borders. 0 outside the mask.",
+        "NumberOfResamples": int(config.bootstrap),
+        "MeanStability": round(float(stability.mean()), 4),
+        "ParcelStability": [round(float(v), 4) for v in per_parcel],
+        **extra,
+        "ConfigHash": config.config_hash(),
+    }
+    json_path = path.with_name(path.name.removesuffix(".nii.gz") + ".json")
+    return [writers.write_nifti(path, img), writers.write_json(json_path, sidecar)]
+
+
 # --------------------------------------------------------------------------- record
 def unit_entities(config: Config, result: UnitResult) -> dict:
     """Entities of the unit's outputs, as the participant level names its dseg files.

@@ -23,6 +23,7 @@ from bids_parcellate.derivatives.tables import (
     timeseries_sidecar,
     unit_entities,
     write_relmats,
+    write_stability,
 )
 from bids_parcellate.extract import align_to_volumes
 from bids_parcellate.learn.features import labels_to_volume
@@ -36,8 +37,10 @@ if TYPE_CHECKING:  # annotations only
 
 def write_unit_files(config: Config, result: UnitResult, unit_mask: UnitMask, labels: dict,
                 series: dict, source_dirs: list[Path],
-                regions: dict[int, RegionSet] | None = None) -> list[Path]:
-    """Write the dseg files of every scale and the timeseries of every run.
+                regions: dict[int, RegionSet] | None = None,
+                stability: dict | None = None) -> list[Path]:
+    """Write the dseg files of every scale (with ``--bootstrap``, their stability maps)
+    and the timeseries of every run.
 
     Parameters
     ----------
@@ -55,6 +58,9 @@ def write_unit_files(config: Config, result: UnitResult, unit_mask: UnitMask, la
     regions : dict of int -> RegionSet, optional
         Each scale's regions; needed for their ``origin`` column with region-based
         methods and ``--split-disconnected``.
+    stability : dict, optional
+        scale -> per-voxel bootstrap stability (``Learned.stability``): written as
+        ``stat-stability_boldmap`` beside the dseg.
 
     Returns
     -------
@@ -108,6 +114,14 @@ def write_unit_files(config: Config, result: UnitResult, unit_mask: UnitMask, la
             sidecar["Resolution"] = resolution
         written.append(writers.write_json(
             out / naming.build_name("dseg", {**ents, "extension": ".json"}), sidecar))
+        if stability and scale in stability:
+            written += write_stability(
+                config, out / naming.build_name("stability", {
+                    **ents, "stat": "stability", "suffix": "boldmap",
+                    "extension": ".nii.gz"}),
+                stability[scale], labels[scale], unit_mask.mask, unit_mask.affine,
+                {"Parcellation": naming.build_name("dseg", {**ents, "extension": ".nii.gz"}),
+                 "SpatialReference": space, **({"Resolution": resolution} if res else {})})
 
     for clean in result.runs:
         run = clean.run

@@ -23,6 +23,13 @@ accuracy: where the co-assignment is ambiguous (scales finer than the data suppo
 average linkage leaves single voxels as parcels. The bagged-feature Ward cut raised both
 (see docs/quality.md for the figures).
 
+Stability (:func:`voxel_stability`): how consistently a voxel stays with its final
+parcel across the resamples, the per-voxel stability of BASC (Bellec et al. 2010): the
+mean over resamples of the share of the other voxels of its final parcel that fell in
+its parcel in that resample (1: always together; near ``1/k``-like values: a border
+voxel that goes with another parcel as often as with its own). It is computed from one
+contingency table per resample (final parcel x resample parcel), never voxel x voxel.
+
 Resampling: circular block bootstrap of the kept volumes within each run (Bellec et al.
 2010, NeuroImage 51:1126), with blocks of ``round(sqrt(n_volumes))`` consecutive volumes
 so that the autocorrelation within blocks is kept; every resample has as many volumes per
@@ -38,6 +45,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -106,6 +114,47 @@ def bagged_features(features: np.ndarray, resample_labels: np.ndarray) -> np.nda
     return out.astype(np.float32)
 
 
+def voxel_stability(resample_labels: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-voxel stability of a parcellation over bootstrap resamples (see module doc).
+
+    Parameters
+    ----------
+    resample_labels : ndarray of int, shape (n_resamples, n_voxels)
+        Labels 1..n of every resample's parcellation.
+    labels : ndarray of int, shape (n_voxels,)
+        The final labels 1..k (0: no parcel, stability 0).
+
+    Returns
+    -------
+    ndarray, shape (n_voxels,), float32
+        In [0, 1]: for voxel v in final parcel P, the mean over resamples of
+        ``|{u in P, u != v, same resample parcel as v}| / (|P| - 1)``; 1 for a parcel
+        of one voxel.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    sizes = np.bincount(labels)[labels]
+    others = np.maximum(sizes - 1, 1).astype(np.float64)
+    total = np.zeros(labels.size, dtype=np.float64)
+    for resample in resample_labels:
+        pair = labels * (int(resample.max()) + 1) + resample
+        _, inverse, counts = np.unique(pair, return_inverse=True, return_counts=True)
+        total += (counts[inverse] - 1) / others
+    out = total / len(resample_labels)
+    out[sizes == 1] = 1.0
+    out[labels == 0] = 0.0
+    return out.astype(np.float32)
+
+
+@dataclass
+class Consensus:
+    """A consensus parcellation and the resamples it was built from."""
+
+    labels: LabelsByScale
+    #: scale -> (n_resamples, n_voxels) labels of every resample
+    #: (for :func:`voxel_stability` of the final labels)
+    resamples: dict[int, np.ndarray]
+
+
 def volume_resampler(prepared: Sequence[np.ndarray], mask: np.ndarray, affine: np.ndarray,
                      n_components: int, weighting: float = 1.0
                      ) -> Callable[[np.random.Generator], np.ndarray]:
@@ -142,7 +191,7 @@ def consensus_parcellation(features: Callable[[], np.ndarray],
                            mask: np.ndarray, *, method: str, scales: Sequence[int],
                            n_resamples: int, random_state: int,
                            options: dict | None = None,
-                           warn_pieces: bool = True) -> LabelsByScale:
+                           warn_pieces: bool = True) -> Consensus:
     """Consensus of ``method`` over ``n_resamples`` bootstrap resamples.
 
     Parameters
@@ -167,8 +216,9 @@ def consensus_parcellation(features: Callable[[], np.ndarray],
 
     Returns
     -------
-    dict
-        scale -> int32 labels 1..n over the in-mask voxels (ordered by centroid).
+    Consensus
+        ``labels``: scale -> int32 labels 1..n over the in-mask voxels (ordered by
+        centroid); ``resamples``: the labels of every resample, by scale.
     """
     scales = sorted(scales)
     n_voxels = int(mask.sum())
@@ -189,6 +239,6 @@ def consensus_parcellation(features: Callable[[], np.ndarray],
     full = features()
     out = {}
     for k in scales:
-        bagged = bagged_features(full, labels.pop(k))
+        bagged = bagged_features(full, labels[k])
         out[k] = parcellate(bagged, mask, "ward", [k], random_state, warn_pieces=False)[k]
-    return out
+    return Consensus(out, labels)

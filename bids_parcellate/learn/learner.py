@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from bids_parcellate.learn.consensus import consensus_parcellation, volume_resampler
+from bids_parcellate.learn.consensus import (
+    consensus_parcellation,
+    volume_resampler,
+    voxel_stability,
+)
 from bids_parcellate.learn.features import build_features, prepare_runs
 from bids_parcellate.learn.methods import LabelsByScale, parcellate
 from bids_parcellate.learn.regions import RegionSet, learn_regions, split_disconnected
@@ -67,6 +71,9 @@ class Learned:
 
     labels: LabelsByScale
     regions: dict[int, RegionSet]
+    #: scale -> per-voxel stability over the ``--bootstrap`` resamples (float32, 0..1,
+    #: :func:`~bids_parcellate.learn.consensus.voxel_stability`); empty without bootstrap
+    stability: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def runs_training(config, runs_data: Sequence[np.ndarray], mask: np.ndarray,
@@ -141,12 +148,14 @@ def learn(config, training: Training, *, warn_pieces: bool = True) -> Learned:
         runs, n_volumes = training.decomposition_input()
         regions = learn_regions(runs, mask, affine, config, n_volumes=n_volumes)
         return Learned({k: r.labels for k, r in regions.items()}, regions)
+    resamples: dict[int, np.ndarray] = {}
     if config.bootstrap:
-        labels = consensus_parcellation(
+        consensus = consensus_parcellation(
             training.features, training.resampler(), mask, method=config.method,
             scales=config.n_parcels, n_resamples=config.bootstrap,
             random_state=config.random_seed, options=config.method_options(),
             warn_pieces=warn_pieces)
+        labels, resamples = consensus.labels, consensus.resamples
     else:
         labels = parcellate(training.features(), mask, config.method, config.n_parcels,
                             config.random_seed, memo=training.memo, n_jobs=config.nprocs,
@@ -156,4 +165,6 @@ def learn(config, training: Training, *, warn_pieces: bool = True) -> Learned:
         regions = {k: split_disconnected(lab, mask, affine, config.min_region_size)
                    for k, lab in labels.items()}
         labels = {k: r.labels for k, r in regions.items()}
-    return Learned(labels, regions)
+    # the stability of the final parcels (after --split-disconnected)
+    stability = {k: voxel_stability(resamples[k], labels[k]) for k in resamples}
+    return Learned(labels, regions, stability)
