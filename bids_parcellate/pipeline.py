@@ -118,7 +118,7 @@ def process_unit(config: Config, key: UnitKey, runs: list[Run], source_dirs: lis
         try:
             result.report_files, result.report = report.write_unit_report_data(
                 config, result, unit_mask, cleaned, learned.labels, series, source_dirs,
-                unit_log)
+                unit_log, learned.stability)
         except Exception as exc:  # a report problem must not lose the unit's data outputs
             LOGGER.error("%s: report data not written (%s: %s)", result.name,
                          type(exc).__name__, exc)

@@ -437,5 +437,10 @@ def test_bootstrap_writes_stability_maps_at_both_levels(demo8, tmp_path):
                                                                "_stat-stability_boldmap")),
                             np.asarray(nib.load(atlas).dataobj), mask, 3)
     assert means[20] > means[50] + 0.05  # 20 true parcels in the demo; 50 splits them
+    # the participant report shows each scale's mean stability in its parcellation table
+    page = (out / "sub-01.html").read_text()
+    assert "bootstrap stability</th>" in page
+    for scale in (20, 50):
+        assert f'<td class="num">{means[scale]:.2f}</td>' in page
     assert len(list(out.rglob("*_stat-stability_boldmap.nii.gz"))) == 2 * 2 + 2
     assert validate(out)["errors"] == []

@@ -403,7 +403,9 @@ def write_unit_report_data(config: Config, result: UnitResult, unit_mask: UnitMa
                            cleaned: list[CleanRun], labels: dict[int, np.ndarray],
                            series: dict[Path, dict[int, np.ndarray]],
                            source_dirs: Sequence[Path],
-                           unit_log: UnitLog) -> tuple[list[Path], dict]:
+                           unit_log: UnitLog,
+                           stability: dict[int, np.ndarray] | None = None
+                           ) -> tuple[list[Path], dict]:
     """Draw a unit's figures and write its report record.
 
     Parameters
@@ -422,6 +424,8 @@ def write_unit_report_data(config: Config, result: UnitResult, unit_mask: UnitMa
         fMRIPrep folders (for checksums' display paths and the fMRIPrep version).
     unit_log : UnitLog
         Warnings and selection-level skipped runs of this unit.
+    stability : dict, optional
+        scale -> per-voxel ``--bootstrap`` stability (its mean is shown per scale).
 
     Returns
     -------
@@ -491,6 +495,8 @@ def write_unit_report_data(config: Config, result: UnitResult, unit_mask: UnitMa
                                                 "extension": ".nii.gz"}),
             "size_min": int(sizes.min()), "size_median": float(np.median(sizes)),
             "size_max": int(sizes.max()),
+            "stability": (round(float(stability[s].mean()), 4)
+                          if stability and s in stability else None),
         })
     record = {
         "RecordVersion": RECORD_VERSION,
