@@ -117,7 +117,15 @@ def unit_rows(subject: str, session: str | None, method: str, bootstrap: int,
     return rows
 
 
-def sidecar(description: str, extra: Mapping | None = None) -> dict:
+#: Columns of a unit's table whose value its file name gives (``scale-<n>``): its sidecar
+#: leaves them to the entity. BIDS readers such as pybids take every key of a sidecar as
+#: metadata of the file, and a ``scale`` key beside a ``scale-`` entity is a conflict
+#: (pybids raises ``BIDSConflictingValuesError`` while indexing the folder).
+NAMED_COLUMNS = ("scale",)
+
+
+def sidecar(description: str, extra: Mapping | None = None,
+            named: tuple[str, ...] = ()) -> dict:
     """JSON sidecar of a quality table: column descriptions and method notes.
 
     Parameters
@@ -126,6 +134,9 @@ def sidecar(description: str, extra: Mapping | None = None) -> dict:
         The ``Description`` of the table.
     extra : mapping, optional
         Additional keys, added last.
+    named : tuple of str
+        Columns described by an entity of the table's file name instead
+        (:data:`NAMED_COLUMNS` for a unit's table).
 
     Returns
     -------
@@ -133,7 +144,8 @@ def sidecar(description: str, extra: Mapping | None = None) -> dict:
     """
     return {
         "Description": description,
-        **{name: {"Description": text} for name, text in COLUMNS.items()},
+        **{name: {"Description": text} for name, text in COLUMNS.items()
+           if name not in named},
         "Methods": {**METHOD_NOTES, "GapSeconds": GAP_SECONDS, "NullDraws": NULL_DRAWS},
         **(extra or {}),
     }
@@ -166,8 +178,9 @@ def write_unit_tables(output_dir: Path, entities: Mapping, rows: Mapping[int, li
             list(COLUMNS), [row]))
         written.append(writers.write_json(
             output_dir / naming.build_name("quality", {**ents, "extension": ".json"}),
-            sidecar("Quality figures of one parcellation (one row); see Methods.",
-                    extra.get(scale))))
+            sidecar("Quality figures of one parcellation (one row); see Methods. The "
+                    "scale column is the file name's scale- entity (requested number of "
+                    "parcels).", extra.get(scale), named=NAMED_COLUMNS)))
     return written
 
 
