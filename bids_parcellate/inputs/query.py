@@ -119,8 +119,7 @@ def read_dataset_description(path: Path) -> dict:
     """Read ``dataset_description.json`` of a dataset root, or raise :class:`InputError`."""
     desc = path / "dataset_description.json"
     if not desc.is_file():
-        raise InputError(f"{path}: no dataset_description.json (not a BIDS dataset)"
-                         + hints.folder_hint(path))
+        raise InputError(f"{path}: no dataset_description.json (not a BIDS dataset)")
     try:
         data = json.loads(desc.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -147,6 +146,9 @@ def find_fmriprep_dirs(config: Config) -> list[Path]:
     bids_dir = config.bids_dir
     if not bids_dir.is_dir():
         raise InputError(f"{bids_dir}: BIDS_DIR does not exist or is not a folder")
+    if not (bids_dir / "dataset_description.json").is_file():  # e.g. its derivatives/
+        raise InputError(f"{bids_dir}: no dataset_description.json (not a BIDS dataset)"
+                         + hints.folder_hint(bids_dir))
     description = read_dataset_description(bids_dir)
     if config.derivatives:
         dirs = []
