@@ -365,6 +365,13 @@ def test_participant_not_found_names_those_there_and_the_one_meant(tmp_path):
     assert str(err.value) == (
         f"--participant-label sf2: not found in {root} (participants there: 01, 02, 03, "
         "04, 05, 06, 07, 08, 09, sf02 and 1 more); did you mean sf02?")
+    # a participant folder without func/ files (e.g. anatomical outputs only)
+    config = helpers.make_config(tmp_path, bids_dir=root, participant_label=("03", "sf02"))
+    with pytest.raises(query.InputError) as err:
+        query.collect_runs(config)
+    assert str(err.value) == (
+        f"--participant-label 03: not found in {root} (participants there: 01, 02, 03, "
+        "04, 05, 06, 07, 08, 09, sf02 and 1 more); sub-03 has no func/ files there")
 
 
 def test_no_runs_left_names_what_each_filter_could_be(tmp_path):

@@ -62,13 +62,17 @@ def participants_hint(missing: Sequence[str], dirs: Sequence[Path]) -> str:
     Returns
     -------
     str
-        E.g. ``" (participants there: sf02); did you mean sf02?"``.
+        E.g. ``" (participants there: sf02); did you mean sf02?"``; a folder
+        ``sub-<label>`` without ``func/`` files is said so.
     """
     available = participants_in(dirs)
     if not available:
         return " (no sub-* folder there)"
     guess = did_you_mean(missing, available, prefix="sub")
-    return f" (participants there: {listing(available)})" + (f"; {guess}" if guess else "")
+    empty = [f"sub-{label}" for label in missing if label in available]
+    return (f" (participants there: {listing(available)})" + (f"; {guess}" if guess else "")
+            + (f"; {listing(empty)} {'has' if len(empty) == 1 else 'have'} no func/ files "
+               "there" if empty else ""))
 
 
 def describe_filters(config: Config) -> str:
