@@ -30,6 +30,7 @@ from bids_parcellate.inputs.bold import (
     open_bold,
     read_bold,
 )
+from bids_parcellate.inputs.confounds import lacks_message, missing_in_error, needed_columns
 from bids_parcellate.inputs.grids import BoldReader
 from bids_parcellate.inputs.query import Run, Skipped
 from bids_parcellate.runtime import helper_process
@@ -157,6 +158,11 @@ def load_confounds(run: Run, n_volumes: int, config: Config
         raise RunError(
             f"{run.confounds}: {len(table)} rows but the BOLD has {n_volumes} volumes"
         )
+    options = strategy_kwargs(config)
+    columns = {str(c) for c in table.columns}
+    missing = [c for c in needed_columns(nilearn_strategy, options) if c not in columns]
+    if missing:
+        raise RunError(lacks_message(run.confounds, missing, config.denoise_strategy, options))
     fd = None
     if "framewise_displacement" in table.columns:
         fd = table["framewise_displacement"].fillna(0).to_numpy(dtype=float)
@@ -164,9 +170,13 @@ def load_confounds(run: Run, n_volumes: int, config: Config
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=DeprecationWarning)
             confounds, sample_mask = load_confounds_strategy(
-                str(run.bold), denoise_strategy=nilearn_strategy, **strategy_kwargs(config)
+                str(run.bold), denoise_strategy=nilearn_strategy, **options
             )
-    except Exception as exc:
+    except Exception as exc:  # e.g. no CompCor components: nilearn names the group
+        lacks = missing_in_error(exc)
+        if lacks:
+            raise RunError(lacks_message(run.confounds, lacks, config.denoise_strategy,
+                                         options)) from exc
         raise RunError(
             f"{run.confounds}: unusable for --denoise-strategy {config.denoise_strategy} "
             f"({first_line(exc)})"

@@ -41,9 +41,10 @@ def complete_runs(runs: list[Run], result: UnitResult) -> list[Run]:
     """The runs with every required file; the others are recorded as skipped.
 
     A run missing a required piece (mask, confounds, readable sidecar) is skipped with
-    the reason recorded in ``result.skipped``; the unit goes on with its complete runs and
-    the invocation exits non-zero (see :mod:`bids_parcellate.cli.run`), so an incomplete
-    input never passes silently.
+    the reason recorded in ``result.skipped`` and logged (once: the end-of-run summary
+    names the unit only); the unit goes on with its complete runs and the invocation
+    exits non-zero (see :mod:`bids_parcellate.cli.run`), so an incomplete input never
+    passes silently.
 
     Parameters
     ----------
@@ -62,13 +63,13 @@ def complete_runs(runs: list[Run], result: UnitResult) -> list[Run]:
     UserError
         When no run is complete.
     """
-    for run in runs:
-        if run.error:
-            LOGGER.error("skipping run: %s", run.error)
-            result.skipped.append(Skipped(run.bold, run.error, missing_input=True))
+    incomplete = [run for run in runs if run.error]
+    result.skipped += [Skipped(run.bold, run.error, missing_input=True) for run in incomplete]
     complete = [run for run in runs if not run.error]
-    if not complete:
-        raise UserError("; ".join(s.reason for s in result.skipped))
+    if not complete:  # the unit fails with the reasons (logged once, by the caller)
+        raise UserError("; ".join(run.error for run in incomplete))
+    for run in incomplete:
+        LOGGER.error("%s: skipping run: %s", result.name, run.error)
     return complete
 
 

@@ -245,9 +245,10 @@ def run_unit(config: Config, key: UnitKey, runs: list[Run], source_dirs: list[Pa
             markers.write_marker(config, key[0], key[1], result.files,
                                 markers.unit_sources(runs, source_dirs))
         return result
-    except UserError as exc:
+    except UserError as exc:  # bad input: its one-line reason, logged here only
         LOGGER.error("%s failed: %s", name, exc)
-        LOGGER.debug("traceback", exc_info=True)
+        if config.verbosity:
+            LOGGER.debug("traceback", exc_info=True)
         return UnitResult(subject=key[0], session=key[1], error=str(exc))
     except Exception as exc:  # a bug or a system error: the other units still run
         LOGGER.error("%s failed with an internal error: %s: %s", name,

@@ -150,6 +150,14 @@ def drop_confound_column(root):
                                            na_rep="n/a")
 
 
+def drop_columns(*names):
+    def breaker(root):
+        table = pd.read_csv(confounds(root), sep="\t")
+        table.drop(columns=list(names)).to_csv(confounds(root), sep="\t", index=False,
+                                               na_rep="n/a")
+    return breaker
+
+
 def set_tr(value):
     def breaker(root):
         meta = json.loads(sidecar(root).read_text())
@@ -207,8 +215,27 @@ UNIT_CASES = [
                                                     "confounds TSV is empty"]),
     ("confounds-header-only", header_only, [], ["desc-confounds_timeseries.tsv",
                                                 "confounds TSV is empty"]),
-    ("confounds-column", drop_confound_column, [], ["desc-confounds_timeseries.tsv",
-                                                    "--denoise-strategy simple", "trans_x"]),
+    ("confounds-column", drop_confound_column, [], [
+        "desc-confounds_timeseries.tsv: lacks confound column trans_x (needed by "
+        "--denoise-strategy simple)"]),
+    # nilearn would say "['csf'] not in index" (pandas' KeyError)
+    ("confounds-csf", drop_columns("csf"), [], [
+        "desc-confounds_timeseries.tsv: lacks confound column csf (needed by "
+        "--denoise-strategy simple)"]),
+    ("confounds-wm-csf", drop_columns("csf", "white_matter"), [], [
+        "desc-confounds_timeseries.tsv: lacks confound columns csf, white_matter (needed "
+        "by --denoise-strategy simple)"]),
+    ("confounds-global-signal", drop_columns("global_signal"),
+     ["--global-signal", "basic"], [
+         "desc-confounds_timeseries.tsv: lacks confound column global_signal (needed by "
+         "--denoise-strategy simple --global-signal basic)"]),
+    ("confounds-std-dvars", drop_columns("std_dvars"), ["--denoise-strategy", "scrubbing"], [
+        "desc-confounds_timeseries.tsv: lacks confound column std_dvars (needed by "
+        "--denoise-strategy scrubbing)"]),
+    ("confounds-compcor", drop_columns(*(f"a_comp_cor_{i:02d}" for i in range(6))),
+     ["--denoise-strategy", "compcor"], [
+         "desc-confounds_timeseries.tsv: lacks CompCor components (a_comp_cor_* columns "
+         "listed in the JSON sidecar) (needed by --denoise-strategy compcor)"]),
     ("tr-missing", set_tr(None), [], ["desc-preproc_bold.nii.gz", "RepetitionTime missing"]),
     ("tr-zero", set_tr(0), [], ["desc-preproc_bold.nii.gz", "RepetitionTime missing or <= 0"]),
     ("tr-negative", set_tr(-2.0), [], ["desc-preproc_bold.nii.gz", "<= 0"]),
@@ -230,9 +257,16 @@ def test_bad_participant_fails_alone(copy, tmp_path, capsys, breaker, extra, fra
     lines = stderr_lines(capsys)
     assert code == 1, lines
     assert not any("Traceback" in line for line in lines)
-    failed = [line for line in lines if "FAILED sub-01:" in line]
+    failed = [line for line in lines if "sub-01 failed:" in line]
     assert len(failed) == 1, lines
     assert all(f in failed[0] for f in fragments), (failed[0], fragments)
+    # the reason once, where it happened; the summary at the end names the unit only
+    reason = failed[0].split("sub-01 failed: ", 1)[1]
+    assert sum(reason in line for line in lines) == 1, lines
+    (log,) = (out / "logs").glob("participant-*.log")
+    assert log.read_text().count(reason) == 1
+    assert lines[-1].endswith("ERROR   1 unit failed: sub-01 (see above)"), lines
+    assert "not in index" not in failed[0]
     # nothing for the failing participant, a complete result for the other one
     assert not (out / "sub-01").exists()
     assert (out / "sub-02" / "sub-02_completed.json").is_file()
@@ -300,6 +334,28 @@ def _derivative_without_bold(root, tmp):
     return fmriprep, tmp / "out", []
 
 
+def _without_dataset_type(root, tmp):
+    fmriprep = root / "derivatives" / "fmriprep"
+    description = json.loads((fmriprep / "dataset_description.json").read_text())
+    del description["DatasetType"]
+    (fmriprep / "dataset_description.json").write_text(json.dumps(description))
+    return fmriprep, tmp / "out", []
+
+
+def _other_derivatives(root, tmp):
+    mriqc = root / "derivatives" / "mriqc"
+    mriqc.mkdir()
+    (mriqc / "dataset_description.json").write_text(json.dumps(
+        {"Name": "MRIQC", "BIDSVersion": "1.8.0", "DatasetType": "derivative"}))
+    return mriqc, tmp / "out", []
+
+
+def _space_t1w(root, tmp):
+    for path in (root / "derivatives").rglob(f"*_{SPACE}_*"):
+        path.rename(path.with_name(path.name.replace(SPACE, "space-T1w")))
+    return root, tmp / "out", []
+
+
 def _bad_description(root, tmp):
     (root / "dataset_description.json").write_text("{")
     return root, tmp / "out", []
@@ -337,7 +393,36 @@ DATASET_CASES = [
     ("raw-without-derivatives", _raw_without_derivatives, ["no fMRIPrep derivatives found"]),
     ("derivatives-without-bold", _derivative_without_bold, ["no fMRIPrep derivatives found"]),
     ("participant-not-found", _args("--participant-label", "99"),
-     ["--participant-label 99: not found"]),
+     ["--participant-label 99: not found", "fmriprep (participants there: 01, 02)"]),
+    ("participant-typo", _args("--participant-label", "sub-1"),
+     ["--participant-label 1: not found", "fmriprep (participants there: 01, 02); did you "
+      "mean 01?"]),
+    ("bids-dir-is-derivatives", lambda root, tmp: (root / "derivatives", tmp / "out", []),
+     ["bids/derivatives: no dataset_description.json (not a BIDS dataset); did you mean ",
+      "/bids (the dataset it is in) or ", "/bids/derivatives/fmriprep (fMRIPrep outputs "
+      "in it)?"]),
+    ("fmriprep-without-dataset-type", _without_dataset_type,
+     ["fmriprep: no fMRIPrep derivatives found (BIDS_DIR is a raw dataset without "
+      "derivatives/; pass --derivatives PATH); it holds fMRIPrep outputs, but its "
+      'dataset_description.json lacks "DatasetType": "derivative": add it, or pass '
+      "--derivatives ", "/bids/derivatives/fmriprep"]),
+    ("bids-dir-is-other-derivatives", _other_derivatives,
+     ["mriqc: no fMRIPrep derivatives found (no *_desc-preproc_bold.nii[.gz] under "
+      "func/); did you mean ", "/bids/derivatives/fmriprep?"]),
+    ("no-runs-after-filters", _args("--task", "nback"),
+     ["no runs left after filters (space MNI152NLin2009cAsym, task nback); --task nback: "
+      "no BOLD run has this task (the BOLD runs have task rest)"]),
+    ("task-typo", _args("--task", "rets"),
+     ["--task rets: no BOLD run has this task (the BOLD runs have task rest); did you "
+      "mean rest?"]),
+    ("space-absent", _args("--space", "T1w"),
+     ["no runs left after filters (space T1w); --space T1w: no BOLD run has this space "
+      "(the BOLD runs have space MNI152NLin2009cAsym)"]),
+    ("default-space-absent", _space_t1w,
+     ["--space MNI152NLin2009cAsym (the default): no BOLD run has this space (the BOLD "
+      "runs have space T1w); choose one with --space"]),
+    ("session-absent", _args("--session-label", "2"),
+     ["--session-label 2: no BOLD run has this session (the BOLD runs have no sessions)"]),
     ("label-dotdot", _args("--participant-label", "../x"),
      ["--participant-label '../x': not a BIDS label"]),
     ("label-trailing-dotdot", _args("--participant-label", "sub-01/.."),
@@ -350,8 +435,6 @@ DATASET_CASES = [
      ["--session-label '../1': not a BIDS label"]),
     ("task-label-path", _args("--task", "rest/.."), ["--task 'rest/..': not a BIDS label"]),
     ("run-not-index", _args("--run", "1;2"), ["--run '1;2': not a run index"]),
-    ("no-runs-after-filters", _args("--task", "nback"), ["no runs left after filters",
-                                                         "task nback"]),
     ("filter-leaves-no-run", _filter_file('{"bold": {"run": 7}}'),
      ["no runs left after filters", "--bids-filter-file"]),
     ("filter-not-json", _filter_file('{"bold": '), ["--bids-filter-file", "not valid JSON"]),
@@ -422,8 +505,9 @@ def test_bad_dataset_or_option(copy, tmp_path, capsys, setup, fragments):
         assert snapshot(out) == before_out
     else:
         # per participant (each has the same too-small mask): both fail, nothing written
-        failed = [line for line in lines if "FAILED" in line]
+        failed = [line for line in lines if " failed: --n-parcels" in line]
         assert len(failed) == 2 and all(all(f in line for f in fragments) for line in failed)
+        assert lines[-1].endswith("2 units failed: sub-01, sub-02 (see above)"), lines
         assert not list(out.glob("sub-*"))
     if out != copy and copy not in out.parents:
         assert snapshot(copy) == before_bids
@@ -436,7 +520,8 @@ def test_one_unit_failure_is_summarised(copy, tmp_path, capsys):
     lines = stderr_lines(capsys)
     done = [i for i, line in enumerate(lines) if "1 unit succeeded" in line]
     assert done and "1 failed" in lines[done[0]]
-    assert any("FAILED sub-01" in line for line in lines[done[0]:])
+    assert lines[done[0] + 1:] == [lines[-1]]
+    assert lines[-1].endswith(" ERROR   1 unit failed: sub-01 (see above)")
 
 
 def test_run_missing_a_piece_is_skipped_and_recorded(tmp_path, capsys):
@@ -451,8 +536,14 @@ def test_run_missing_a_piece_is_skipped_and_recorded(tmp_path, capsys):
     out = tmp_path / "out"
     assert run_cli(truth.root, out, "--n-parcels", "10") == 1
     err = capsys.readouterr().err
-    assert "INCOMPLETE sub-01: run skipped:" in err
-    assert "sub-01_task-rest_run-2" in err and "desc-confounds_timeseries.tsv" in err
+    skipped = [line for line in err.splitlines() if "sub-01: skipping run: " in line]
+    assert len(skipped) == 1
+    assert "sub-01_task-rest_run-2" in skipped[0]
+    assert skipped[0].endswith("no matching *_desc-confounds_timeseries.tsv (needed by "
+                               "--denoise-strategy simple)")
+    assert err.count("desc-confounds_timeseries.tsv") == 1
+    assert err.rstrip().endswith("ERROR   1 unit incomplete: sub-01 (runs skipped for a "
+                                 "missing input, see above)")
     names = sorted(p.name for p in (out / "sub-01" / "func").glob("*_timeseries.tsv"))
     assert len(names) == 1 and "run-1" in names[0]
     assert not (out / "sub-01" / "sub-01_completed.json").exists()

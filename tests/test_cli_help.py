@@ -12,7 +12,15 @@ import pytest
 
 from bids_parcellate.cli import main
 from bids_parcellate.cli.parser import DOCS_URL
-from bids_parcellate.words import plural, plural_noun, value_text, values_text
+from bids_parcellate.words import (
+    close_match,
+    did_you_mean,
+    listing,
+    plural,
+    plural_noun,
+    value_text,
+    values_text,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "bids_parcellate"
@@ -210,6 +218,25 @@ def test_values_are_shown_as_typed():
     assert value_text(4.0) == "4" and value_text(0.25) == "0.25"
     assert value_text((0.5, 2)) == "0.5 2"
     assert value_text({"b": 1, "a": 0.3}) == '{"a": 0.3, "b": 1}'
+
+
+def test_listing_is_bounded():
+    assert listing(["01", "02"]) == "01, 02"
+    assert listing([]) == "none"
+    assert listing(range(1, 13)) == "1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 2 more"
+    assert listing("abcd", limit=2) == "a, b and 2 more"
+
+
+def test_close_match_and_did_you_mean():
+    assert close_match("sf2", ["sf02", "sf10"]) == "sf02"
+    assert close_match("sub-sf2", ["sf02"], prefix="sub") == "sf02"
+    assert close_match("SF02", ["sf02"]) == "sf02"  # case only
+    assert close_match("1", ["01", "02"]) == "01"
+    assert close_match("nback", ["rest", "movie"]) is None
+    assert did_you_mean(["rst"], ["rest", "movie"]) == "did you mean rest?"
+    assert did_you_mean(["rst", "muvie", "zzz"], ["rest", "movie"]) == (
+        "did you mean rest for rst, movie for muvie?")
+    assert did_you_mean(["99"], ["01", "02"]) == ""
 
 
 def test_no_message_of_the_package_writes_a_count_with_s_in_brackets():

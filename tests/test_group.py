@@ -373,6 +373,25 @@ def test_run_missing_a_file_is_left_out_and_reported(demo8, tmp_path, capsys):
         f"bids:fmriprep:sub-02/func/sub-02_task-rest_run-1_{SPACE}_desc-preproc_bold.nii.gz"]
 
 
+def test_unit_left_out_of_the_group_is_named_once_at_the_end(demo8, tmp_path, capsys):
+    """Each run's reason is logged once; the end of the group level names the unit."""
+    root = tmp_path / "bids"
+    shutil.copytree(demo8.root, root)
+    for path in (root / "derivatives" / "fmriprep" / "sub-02").rglob("*_desc-brain_mask.*"):
+        path.unlink()
+    out = tmp_path / "out"
+    assert run_cli(root, out, "--n-parcels", "20", level="group") == 1
+    lines = capsys.readouterr().err.splitlines()
+    skipped = [line for line in lines if "group level: skipping run: " in line]
+    assert len(skipped) == 2
+    assert all(line.endswith("no matching *_desc-brain_mask.nii[.gz] next to it")
+               for line in skipped)
+    assert sum("desc-brain_mask" in line for line in lines) == 2
+    assert [line.split("ERROR   ", 1)[1] for line in lines
+            if "left out" in line] == ["group level: 1 unit left out: sub-02 (see above)"]
+    assert atlas_path(out, 20).is_file()
+
+
 def test_group_bootstrap_builds_a_consensus_atlas(demo8, demo8_out, tmp_path):
     """--bootstrap at the group level: participants drawn with replacement, one kmeans fit
     per resample, then the consensus (a Ward cut of the bagged features: every parcel is

@@ -230,7 +230,9 @@ def test_a_failing_unit_in_a_worker_does_not_stop_the_others(demo8, demo8_out, t
     tree.pop("group_quality.tsv")
     assert tree == ours
     assert "sub-02" not in (out / "group_quality.tsv").read_text()
-    assert "FAILED sub-02" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("desc-brain_mask.nii.gz: mask is empty") == 1
+    assert "1 unit failed: sub-02 (see above)" in err
 
 
 def _exit_on_two(value: int, handshake: Path, progress) -> int:

@@ -291,12 +291,15 @@ def test_collect_runs_errors(tmp_path):
     config = helpers.make_config(tmp_path, bids_dir=root, participant_label=("01", "09"))
     with pytest.raises(query.InputError) as err:
         query.collect_runs(config)
-    assert str(err.value) == f"--participant-label 09: not found in {root}"
+    assert str(err.value) == (f"--participant-label 09: not found in {root} "
+                              "(participants there: 01)")
 
     config = helpers.make_config(tmp_path, bids_dir=root, task=("motor",))
     with pytest.raises(query.InputError) as err:
         query.collect_runs(config)
-    assert str(err.value) == f"no runs left after filters (space {helpers.SPACE}, task motor)"
+    assert str(err.value) == (f"no runs left after filters (space {helpers.SPACE}, task "
+                              "motor); --task motor: no BOLD run has this task (the BOLD "
+                              "runs have task rest)")
 
     empty = helpers.derivative_dataset(tmp_path / "empty")
     helpers.save_nifti(empty / "sub-01" / "anat" / "sub-01_desc-preproc_T1w.nii.gz",
@@ -348,3 +351,128 @@ def test_run_is_frozen_and_compares_without_metadata(tmp_path):
     assert one == two
     with pytest.raises(AttributeError):
         one.tr = 3.0  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- hints
+def test_participant_not_found_names_those_there_and_the_one_meant(tmp_path):
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    for label in ("sf02", "sf10", "01", "02", "03", "04", "05", "06", "07", "08", "09"):
+        (root / f"sub-{label}").mkdir()
+    helpers.add_run(root, "sf02")
+    config = helpers.make_config(tmp_path, bids_dir=root, participant_label=("sf2",))
+    with pytest.raises(query.InputError) as err:
+        query.collect_runs(config)
+    assert str(err.value) == (
+        f"--participant-label sf2: not found in {root} (participants there: 01, 02, 03, "
+        "04, 05, 06, 07, 08, 09, sf02 and 1 more); did you mean sf02?")
+    # a participant folder without func/ files (e.g. anatomical outputs only)
+    config = helpers.make_config(tmp_path, bids_dir=root, participant_label=("03", "sf02"))
+    with pytest.raises(query.InputError) as err:
+        query.collect_runs(config)
+    assert str(err.value) == (
+        f"--participant-label 03: not found in {root} (participants there: 01, 02, 03, "
+        "04, 05, 06, 07, 08, 09, sf02 and 1 more); sub-03 has no func/ files there")
+
+
+def test_no_runs_left_names_what_each_filter_could_be(tmp_path):
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    helpers.add_run(root, "01", session="1", task="movie", run=1)
+    helpers.add_run(root, "01", session="2", task="rest", run=2, space="T1w")
+
+    def message(**kwargs):
+        with pytest.raises(query.InputError) as err:
+            query.collect_runs(helpers.make_config(tmp_path, bids_dir=root, **kwargs))
+        return str(err.value)
+
+    assert message(task=("muvie", "rest", "nback"), session_label=("3",)) == (
+        f"no runs left after filters (space {helpers.SPACE}, session 3, task muvie rest "
+        "nback); --session-label 3: no BOLD run has this session (the BOLD runs have "
+        "sessions 1, 2); --task muvie nback: no BOLD run has this task (the BOLD runs "
+        "have tasks movie, rest); did you mean movie for muvie?")
+    assert message(space="T1W", run=(7,)) == (
+        "no runs left after filters (space T1W, run 7); --space T1W: no BOLD run has "
+        f"this space (the BOLD runs have spaces {helpers.SPACE}, T1w); did you mean "
+        "T1w?; --run 7: no BOLD run has this run index (the BOLD runs have run indexes "
+        "1, 2)")
+    # every filter matches something, not together: nothing to add
+    assert message(task=("rest",)) == (f"no runs left after filters (space {helpers.SPACE}, "
+                                       "task rest)")
+
+
+def test_default_space_missing_says_which_spaces_there_are(tmp_path):
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    helpers.add_run(root, "01", space="T1w")
+    helpers.add_run(root, "01", space="MNI152NLin6Asym")
+    with pytest.raises(query.InputError) as err:
+        query.collect_runs(helpers.make_config(tmp_path, bids_dir=root))
+    assert str(err.value) == (
+        f"no runs left after filters (space {helpers.SPACE}); --space {helpers.SPACE} "
+        "(the default): no BOLD run has this space (the BOLD runs have spaces "
+        "MNI152NLin6Asym, T1w); choose one with --space")
+
+
+def test_ica_aroma_without_aroma_outputs(tmp_path):
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    helpers.add_run(root, "01")
+    with pytest.raises(query.InputError) as err:
+        query.collect_runs(helpers.make_config(tmp_path, bids_dir=root,
+                                               denoise_strategy="ica_aroma"))
+    assert str(err.value) == (
+        f"no runs left after filters (space {helpers.SPACE}); no "
+        "*_desc-smoothAROMAnonaggr_bold.nii[.gz] of these participants (needed by "
+        "--denoise-strategy ica_aroma)")
+
+
+def test_bids_dir_at_the_derivatives_folder_points_to_the_root(tmp_path):
+    raw = helpers.raw_dataset(tmp_path / "ds")
+    fmriprep = helpers.derivative_dataset(raw / "derivatives" / "fmriprep")
+    helpers.add_run(fmriprep, "01")
+    deriv = raw / "derivatives"
+    with pytest.raises(query.InputError) as err:
+        query.collect_runs(helpers.make_config(tmp_path, bids_dir=deriv))
+    assert str(err.value) == (
+        f"{deriv}: no dataset_description.json (not a BIDS dataset); did you mean "
+        f"{raw} (the dataset it is in) or {fmriprep} (fMRIPrep outputs in it)?")
+    # a folder inside a participant's: the dataset it is in
+    inside = raw / "sub-01"
+    inside.mkdir()
+    with pytest.raises(query.InputError) as err:
+        query.collect_runs(helpers.make_config(tmp_path, bids_dir=inside))
+    assert str(err.value) == (f"{inside}: no dataset_description.json (not a BIDS "
+                              f"dataset); did you mean {raw} (the dataset it is in)?")
+    # nothing to point to: no hint
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    with pytest.raises(query.InputError) as err:
+        query.collect_runs(helpers.make_config(tmp_path, bids_dir=lone))
+    assert str(err.value) == f"{lone}: no dataset_description.json (not a BIDS dataset)"
+
+
+def test_fmriprep_outputs_without_dataset_type(tmp_path):
+    """fMRIPrep's folder as BIDS_DIR is fine; without "DatasetType" it reads as raw."""
+    root = tmp_path / "fmriprep"
+    helpers.write_json(root / "dataset_description.json", {"Name": "x",
+                                                            "BIDSVersion": "1.8.0"})
+    helpers.add_run(root, "01")
+    with pytest.raises(query.InputError) as err:
+        query.collect_runs(helpers.make_config(tmp_path, bids_dir=root))
+    assert str(err.value) == (
+        f"{root}: no fMRIPrep derivatives found (BIDS_DIR is a raw dataset without "
+        "derivatives/; pass --derivatives PATH); it holds fMRIPrep outputs, but its "
+        'dataset_description.json lacks "DatasetType": "derivative": add it, or pass '
+        f"--derivatives {root}")
+    config = helpers.make_config(tmp_path, bids_dir=root, derivatives=(root,))
+    assert len(query.collect_runs(config).runs) == 1  # as the hint says
+
+
+def test_other_derivatives_as_bids_dir_points_to_fmriprep_beside_it(tmp_path):
+    deriv = tmp_path / "ds" / "derivatives"
+    fmriprep = helpers.derivative_dataset(deriv / "fmriprep")
+    helpers.add_run(fmriprep, "01")
+    mriqc = helpers.derivative_dataset(deriv / "mriqc", name="MRIQC")
+    (mriqc / "sub-01").mkdir()
+    with pytest.raises(query.InputError) as err:
+        query.collect_runs(helpers.make_config(tmp_path, bids_dir=mriqc))
+    assert str(err.value) == (f"{mriqc}: no fMRIPrep derivatives found (no "
+                              "*_desc-preproc_bold.nii[.gz] under func/); did you mean "
+                              f"{fmriprep}?")

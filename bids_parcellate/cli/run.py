@@ -194,11 +194,15 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
             LOGGER.info("participant level done in %.1f s: %s succeeded (%d complete from "
                         "an earlier run), %d failed", time.monotonic() - start,
                         plural(len(results) - len(failed), "unit"), reused, len(failed))
-            for r in failed:
-                LOGGER.error("FAILED %s: %s", r.name, r.error)
-            incomplete = [(r, s) for r in results if not r.error for s in r.missing_inputs]
-            for r, skipped in incomplete:
-                LOGGER.error("INCOMPLETE %s: run skipped: %s", r.name, skipped.reason)
+            # each reason was logged once, when it happened: here the units' names only
+            if failed:
+                LOGGER.error("%s failed: %s (see above)", plural(len(failed), "unit"),
+                             ", ".join(r.name for r in failed))
+            incomplete = [r for r in results if not r.error and r.missing_inputs]
+            if incomplete:
+                LOGGER.error("%s incomplete: %s (runs skipped for a missing input, see "
+                             "above)", plural(len(incomplete), "unit"),
+                             ", ".join(r.name for r in incomplete))
             if any(r.error.startswith("internal error") for r in failed):
                 code = 3
             elif failed or incomplete:
@@ -211,8 +215,9 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
                         plural(len(group.units), "unit"),
                         plural(len(group.reused), "summary", zero="0"),
                         len(group.computed), plural(len(group.files), "file"))
-            for name, error in group.errors.items():
-                LOGGER.error("FAILED %s (group level): %s", name, error)
+            if group.errors:
+                LOGGER.error("group level: %s left out: %s (see above)",
+                             plural(len(group.errors), "unit"), ", ".join(group.errors))
             if (group.errors or group.incomplete) and code == 0:
                 code = 1
             report.finish_group_level(config, selection, group)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bids_parcellate.config import Config, UserError
+from bids_parcellate.inputs import hints
 
 LOGGER = logging.getLogger("bids_parcellate")
 
@@ -145,6 +146,9 @@ def find_fmriprep_dirs(config: Config) -> list[Path]:
     bids_dir = config.bids_dir
     if not bids_dir.is_dir():
         raise InputError(f"{bids_dir}: BIDS_DIR does not exist or is not a folder")
+    if not (bids_dir / "dataset_description.json").is_file():  # e.g. its derivatives/
+        raise InputError(f"{bids_dir}: no dataset_description.json (not a BIDS dataset)"
+                         + hints.folder_hint(bids_dir))
     description = read_dataset_description(bids_dir)
     if config.derivatives:
         dirs = []
@@ -172,7 +176,7 @@ def find_fmriprep_dirs(config: Config) -> list[Path]:
     if not candidates:
         raise InputError(
             f"{bids_dir}: no fMRIPrep derivatives found (BIDS_DIR is a raw dataset without "
-            "derivatives/; pass --derivatives PATH)"
+            "derivatives/; pass --derivatives PATH)" + hints.raw_dataset_hint(bids_dir)
         )
     for path in candidates:
         _check_not_output(path, config.output_dir, "derivatives dataset")
@@ -459,6 +463,9 @@ def collect_runs(config: Config) -> Selection:
     skipped: list[Skipped] = []
     seen_subjects: set[str] = set()
     any_bold = False
+    empty: list = []  # the layouts where nothing matched (the hints look there)
+    # ICA-AROMA denoising works on fMRIPrep's non-aggressively denoised BOLD
+    desc = "smoothAROMAnonaggr" if config.denoise_strategy == "ica_aroma" else "preproc"
     for root in fmriprep_dirs:
         layout = index_layout(config, root)
         parse = _entity_parser(layout)
@@ -473,8 +480,7 @@ def collect_runs(config: Config) -> Selection:
                                        return_type="file"))
         query: dict = {
             "datatype": "func",
-            # ICA-AROMA denoising works on fMRIPrep's non-aggressively denoised BOLD
-            "desc": "smoothAROMAnonaggr" if config.denoise_strategy == "ica_aroma" else "preproc",
+            "desc": desc,
             "suffix": "bold",
             "extension": [".nii.gz", ".nii"],
             "space": config.space,
@@ -494,9 +500,10 @@ def collect_runs(config: Config) -> Selection:
         if bolds.by_source or layout.get(datatype="func", desc="preproc", suffix="bold",
                                          extension=[".nii.gz", ".nii"], return_type="file"):
             any_bold = True
-        if not bolds.by_source:
-            continue
         narrow = {"subject": query["subject"]} if "subject" in query else {}
+        if not bolds.by_source:
+            empty.append((layout, parse, narrow))
+            continue
         masks = _Found(layout, parse, **narrow, datatype="func", desc="brain", suffix="mask",
                        extension=[".nii.gz", ".nii"], space=config.space)
         confounds = (None if config.denoise_strategy == "none" else
@@ -521,37 +528,22 @@ def collect_runs(config: Config) -> Selection:
         raise InputError(
             f"--participant-label {' '.join(missing)}: not found in "
             f"{', '.join(str(d) for d in fmriprep_dirs)}"
+            + hints.participants_hint(missing, fmriprep_dirs)
         )
     if not any_bold:
         raise InputError(
             f"{', '.join(str(d) for d in fmriprep_dirs)}: no fMRIPrep derivatives found "
             "(no *_desc-preproc_bold.nii[.gz] under func/)"
+            + ("" if config.derivatives else hints.sibling_hint(fmriprep_dirs))
         )
-    if not runs:
-        reasons = "; ".join(f"{s.bold.name}: {s.reason}" for s in skipped[:3])
-        raise InputError(
-            "no runs left after filters"
-            + (f" ({_describe_filters(config)})" if _describe_filters(config) else "")
-            + (f"; skipped: {reasons}" if reasons else "")
-        )
+    if not runs:  # (runs missing a file stay in ``runs``: none was skipped here)
+        present = [parse(path) for layout, parse, narrow in empty
+                   for path in layout.get(datatype="func", desc=desc, suffix="bold",
+                                          extension=[".nii.gz", ".nii"],
+                                          return_type="file", **narrow)]
+        raise InputError(f"no runs left after filters ({hints.describe_filters(config)})"
+                         + hints.filter_hints(config, present, desc))
     return Selection(fmriprep_dirs=fmriprep_dirs, runs=runs, skipped=skipped)
-
-
-def _describe_filters(config: Config) -> str:
-    parts = [f"space {config.space}"]
-    for name, value in (
-        ("participant", config.participant_label),
-        ("session", config.session_label),
-        ("task", config.task),
-        ("run", config.run),
-    ):
-        if value:
-            parts.append(f"{name} {' '.join(str(v) for v in value)}")
-    if config.res is not None:
-        parts.append(f"res {config.res}")
-    if config.bids_filters:
-        parts.append("--bids-filter-file")
-    return ", ".join(parts)
 
 
 def _pair_run(bold: Path, ents: dict, masks: _Found, confounds_found: _Found | None,
