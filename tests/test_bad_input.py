@@ -236,6 +236,11 @@ UNIT_CASES = [
      ["--denoise-strategy", "compcor"], [
          "desc-confounds_timeseries.tsv: lacks CompCor components (a_comp_cor_* columns "
          "listed in the JSON sidecar) (needed by --denoise-strategy compcor)"]),
+    # one component listed in the sidecar but absent from the TSV: pandas' KeyError
+    ("confounds-compcor-one", drop_columns("a_comp_cor_01"),
+     ["--denoise-strategy", "compcor"], [
+         "desc-confounds_timeseries.tsv: lacks confound column a_comp_cor_01 (needed by "
+         "--denoise-strategy compcor)"]),
     ("tr-missing", set_tr(None), [], ["desc-preproc_bold.nii.gz", "RepetitionTime missing"]),
     ("tr-zero", set_tr(0), [], ["desc-preproc_bold.nii.gz", "RepetitionTime missing or <= 0"]),
     ("tr-negative", set_tr(-2.0), [], ["desc-preproc_bold.nii.gz", "<= 0"]),

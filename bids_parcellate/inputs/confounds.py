@@ -74,6 +74,14 @@ def missing_in_error(exc: BaseException) -> list[str]:
         Column names, then groups in words (:data:`GROUP_WORDS`); empty when the error
         is about something else.
     """
+    # pandas, for columns nilearn found elsewhere (e.g. CompCor components listed in
+    # the JSON sidecar but absent from the TSV): "['a_comp_cor_01'] not in index"
+    absent = re.search(r"(\[[^\]]*\]) not in index", str(exc))
+    if absent is not None:
+        try:
+            return [str(c) for c in ast.literal_eval(absent[1])]
+        except (ValueError, SyntaxError):
+            return []
     found = re.search(r"missing:\s*(\[[^\]]*\])\s*(\[[^\]]*\])", str(exc))
     if found is None:
         return []
