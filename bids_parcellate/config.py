@@ -93,6 +93,10 @@ class UserError(Exception):
     """
 
 
+class InputError(UserError):
+    """The input dataset cannot be used as asked."""
+
+
 class ConfigError(UserError):
     """A parameter is invalid: a value out of its range or choices, or options that do not
     go together. The CLI treats it as a usage error (exit code 2, as argparse's own)."""

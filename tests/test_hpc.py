@@ -98,11 +98,15 @@ def test_indexer_keeps_only_the_requested_participants_and_the_files_used(tmp_pa
     # the database sits in the work directory, keyed by the participants indexed
     databases = list((tmp_path / "work" / "bids_db").glob("*/layout_index.sqlite"))
     assert len(databases) == 1
-    # ... saved from the in-memory index and reused by the next invocation: a file
-    # removed since is still listed (nothing was scanned again)
+    # ... saved from the in-memory index and reused by the next invocation
+    stamp = databases[0].stat().st_mtime_ns
+    assert indexed_names(index_layout(config, root)) == used
+    assert databases[0].stat().st_mtime_ns == stamp
+    # a file removed since: the dataset's fingerprint changed, it is indexed again
     removed = next((root / "sub-02").rglob("*space-T1w_desc-brain_mask.nii.gz"))
     removed.unlink()
-    assert indexed_names(index_layout(config, root)) == used
+    assert indexed_names(index_layout(config, root)) == used - {removed.name}
+    assert len(list((tmp_path / "work" / "bids_db").glob("*/layout_index.sqlite"))) == 2
 
 
 def test_an_index_that_cannot_be_saved_still_serves_the_run(tmp_path, monkeypatch):

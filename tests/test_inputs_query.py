@@ -344,6 +344,28 @@ def test_index_layout_keys_the_database_by_participants(tmp_path):
     assert len(list((work / "bids_db").glob("*/layout_index.sqlite"))) == 2
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["work-dir", "bids-database-dir"])
+def test_index_layout_sees_runs_added_since_the_database(tmp_path, shared):
+    """A database is not reused after runs or participants were added to the dataset
+    (it used to be: the new ones were "not found")."""
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    helpers.add_run(root, "01")
+    where = ({"bids_database_dir": tmp_path / "db"} if shared
+             else {"work_dir": tmp_path / "work"})
+    config = helpers.make_config(tmp_path, bids_dir=root, **where)
+    assert [r.entities["subject"] for r in query.collect_runs(config).runs] == ["01"]
+    helpers.add_run(root, "01", run=2)
+    helpers.add_run(root, "02")
+    runs = query.collect_runs(config).runs
+    assert sorted((r.entities["subject"], r.entities.get("run")) for r in runs) == [
+        ("01", "1"), ("01", "2"), ("02", "1")]
+    # unchanged dataset: the database is reused
+    databases = sorted((tmp_path / ("db" if shared else "work/bids_db")).glob("*/*.sqlite"))
+    stamps = [p.stat().st_mtime_ns for p in databases]
+    assert query.collect_runs(config).runs == runs
+    assert [p.stat().st_mtime_ns for p in databases] == stamps
+
+
 def test_run_is_frozen_and_compares_without_metadata(tmp_path):
     bold = Path(tmp_path / "b.nii.gz")
     one = query.Run({"subject": "01"}, bold, None, None, 2.0, metadata={"a": 1})
