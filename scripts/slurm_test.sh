@@ -201,7 +201,7 @@ for out in "$W"/bids_parcellate-*.out; do echo "----- $out"; tail -n 2 "$out"; d
 [ "$(completed_ok "$GROUP")" = 1 ] || fail "group job: $(job_states "$GROUP")"
 # one participant per task, task i = LABELS[i] (from the task's own log)
 for task in $(seq 0 $((N - 1))); do
-    grep -q "in 1 unit(s) (sub-0$((task + 1)))" "$W/bids_parcellate-${ARRAY}_$task.out" \
+    grep -q "in 1 unit (sub-0$((task + 1)))" "$W/bids_parcellate-${ARRAY}_$task.out" \
         || fail "array task $task did not process exactly sub-0$((task + 1))"
 done
 # (a job without --array writes bids_parcellate-<job>_4294967294.out: %a is unset)
@@ -251,7 +251,7 @@ cd "$REPO"
 wait_jobs "$RERUN" "$REGROUP"
 [ "$(completed_ok "$RERUN")" = 1 ] || fail "rerun: $(job_states "$RERUN")"
 [ "$(completed_ok "$REGROUP")" = 1 ] || fail "group after the rerun: $(job_states "$REGROUP")"
-grep -q "in 1 unit(s) (sub-02)" "$W/bids_parcellate-${RERUN}_1.out" \
+grep -q "in 1 unit (sub-02)" "$W/bids_parcellate-${RERUN}_1.out" \
     || fail "the rerun task did not process sub-02"
 [ -e "$W/slurm/sub-02/sub-02_completed.json" ] || fail "the rerun did not complete sub-02"
 compare_with_serial
