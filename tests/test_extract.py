@@ -61,22 +61,15 @@ def test_parcel_timeseries_without_standardisation_equals_the_means():
         np.testing.assert_allclose(out[scale], hand_means(data, labels[scale]), rtol=1e-12)
 
 
-def test_parcel_timeseries_zscore_sample():
+@pytest.mark.parametrize("standardize, ddof", [("zscore_sample", 1), ("zscore", 0)])
+def test_parcel_timeseries_zscore(standardize, ddof):
+    """``zscore_sample``: the sample std; ``zscore`` (removed from nilearn 0.14, computed
+    here): the population std."""
     labels, data = labels_and_data(n_times=40, seed=1)
-    out = extract.parcel_timeseries(data, labels, standardize="zscore_sample")
+    out = extract.parcel_timeseries(data, labels, standardize=standardize)
     for scale in (3, 7):
         means = hand_means(data, labels[scale])
-        expected = (means - means.mean(axis=0)) / means.std(axis=0, ddof=1)
-        np.testing.assert_allclose(out[scale], expected, rtol=1e-10, atol=1e-12)
-
-
-def test_parcel_timeseries_zscore_population():
-    """``--standardize zscore`` (removed from nilearn 0.14): the population std."""
-    labels, data = labels_and_data(n_times=40, seed=1)
-    out = extract.parcel_timeseries(data, labels, standardize="zscore")
-    for scale in (3, 7):
-        means = hand_means(data, labels[scale])
-        expected = (means - means.mean(axis=0)) / means.std(axis=0, ddof=0)
+        expected = (means - means.mean(axis=0)) / means.std(axis=0, ddof=ddof)
         np.testing.assert_allclose(out[scale], expected, rtol=1e-10, atol=1e-12)
 
 
