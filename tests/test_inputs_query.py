@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from bids_parcellate.inputs import query
@@ -238,6 +240,18 @@ def test_collect_runs_records_missing_files_on_the_run(tmp_path):
     assert runs["03"].metadata == {}
     # the repetition time then comes from the header
     assert runs["03"].tr == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("unit, pixdim", [("sec", 2.5), ("msec", 2500.0),
+                                           ("usec", 2.5e6)])
+def test_repetition_time_from_the_header_in_its_unit(tmp_path, unit, pixdim):
+    """Without RepetitionTime in the sidecar, pixdim[4] in the header's time unit."""
+    root = helpers.derivative_dataset(tmp_path / "prep")
+    paths = helpers.add_run(root, "01", sidecar={"TaskName": "rest"})
+    data = np.asarray(nib.load(paths["bold"]).dataobj)
+    helpers.save_nifti(paths["bold"], data, tr=pixdim, time_unit=unit)
+    (run,) = query.collect_runs(helpers.make_config(tmp_path, bids_dir=root)).runs
+    assert run.tr == pytest.approx(2.5)
 
 
 def test_collect_runs_without_confounds_for_strategy_none(tmp_path):

@@ -240,7 +240,7 @@ def _repetition_time(bold: Path, metadata: dict) -> float | None:
             return None
         if len(zooms) < 4 or not zooms[3]:
             return None
-        tr = float(zooms[3]) / (1000.0 if units == "msec" else 1.0)
+        tr = float(zooms[3]) / {"msec": 1e3, "usec": 1e6}.get(units, 1.0)
         LOGGER.warning("%s: RepetitionTime missing from the sidecar, %.3f s from the header",
                        bold.name, tr)
     try:
