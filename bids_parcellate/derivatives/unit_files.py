@@ -199,8 +199,7 @@ def write_maps(config: Config, result: UnitResult, unit_mask: UnitMask,
         sidecar = {
             "Description": f"{maps.shape[0]} {config.method} network maps learned from "
                            f"{plural(len(result.runs), 'run')} of {result.name}: volume k "
-                           "is map "
-                           "k (the component column of the dseg table). Values are map "
+                           "is map k (the component column of the dseg table). Values are map "
                            "loadings, not probabilities.",
             "Method": config.method,
             "NumberOfMaps": int(maps.shape[0]),

@@ -136,9 +136,8 @@ def voxel_stability(resample_labels: np.ndarray, labels: np.ndarray) -> np.ndarr
     others = np.maximum(sizes - 1, 1).astype(np.float64)
     total = np.zeros(labels.size, dtype=np.float64)
     for resample in resample_labels:
-        pair = labels * (int(resample.max()) + 1) + resample
-        _, inverse, counts = np.unique(pair, return_inverse=True, return_counts=True)
-        total += (counts[inverse] - 1) / others
+        pair = labels * (int(resample.max()) + 1) + resample  # one cell per voxel
+        total += (np.bincount(pair)[pair] - 1) / others
     out = total / len(resample_labels)
     out[sizes == 1] = 1.0
     out[labels == 0] = 0.0
