@@ -20,7 +20,7 @@ from importlib import resources
 import numpy as np
 from nibabel.affines import apply_affine
 
-from bids_parcellate.config import Config, UserError
+from bids_parcellate.config import Config, ConfigError
 from bids_parcellate.derivatives.naming import source_prefix
 from bids_parcellate.inputs.bold import (
     RunError,
@@ -62,11 +62,12 @@ def strategy_kwargs(config: Config) -> dict:
 
 
 def check_strategy_options(config: Config) -> None:
-    """Reject denoising options that the chosen strategy does not use."""
+    """Reject denoising options that the chosen strategy does not use (a usage error:
+    :class:`~bids_parcellate.config.ConfigError`)."""
     options = strategies()[config.denoise_strategy]["options"]
     for name in ("motion", "global_signal", "fd_threshold", "std_dvars_threshold"):
         if getattr(config, name) is not None and name not in options:
-            raise UserError(
+            raise ConfigError(
                 f"--{name.replace('_', '-')} has no effect with --denoise-strategy "
                 f"{config.denoise_strategy} (it applies to: "
                 + ", ".join(k for k, v in strategies().items() if name in v["options"])

@@ -131,12 +131,7 @@ def run(config: Config, memory: logging.handlers.MemoryHandler) -> int:
     from bids_parcellate.pipeline import run_group_level, run_participant_level
     from bids_parcellate.runtime.resources import check_memory
 
-    try:
-        check_strategy_options(config)
-    except ConfigError:
-        raise
-    except UserError as exc:  # an option the strategy does not use: a usage error
-        raise ConfigError(str(exc)) from None
+    check_strategy_options(config)  # ConfigError: a usage error
     if config.reports_only:
         log_path = attach_log_file(memory, _existing_output_dir(config),
                                    config.analysis_levels)
